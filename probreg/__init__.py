@@ -1,0 +1,1 @@
+"""probreg: probabilistic regression with L2 multivariate Huber distributions."""
