@@ -1,1 +1,22 @@
-"""probreg: probabilistic regression with L2 multivariate Huber distributions."""
+"""probreg: probabilistic regression with L2 multivariate Huber distributions.
+
+Fused C++/CUDA operators (registered as torch.ops.probreg.*) under a Python API:
+    symeig, spd_remap, spd_from_raw   the SPD parameterisation (paper sec. 3.3, app. B)
+    pack_sym, unpack_sym              the packed symmetric layout of network outputs
+Pure-PyTorch references of every operator live in probreg.reference.
+"""
+from . import _ops  # noqa: F401  (registers operators, fake kernels and autograd)
+from . import reference
+from .packing import pack_sym, unpack_sym
+from .spd import spd_from_raw, spd_remap, symeig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "symeig",
+    "spd_remap",
+    "spd_from_raw",
+    "pack_sym",
+    "unpack_sym",
+    "reference",
+]

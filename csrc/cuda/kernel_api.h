@@ -1,0 +1,33 @@
+// Host-callable entry points of the torch-free CUDA kernels (raw pointers, element
+// counts, cudaStream_t). The torch registration glue (*_cuda.cpp) validates arguments,
+// makes tensors contiguous and calls these; each returns the launch status
+// (cudaGetLastError) and never synchronises. n = 0 launches nothing.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace probreg {
+namespace cuda {
+
+enum class Dtype : int { kFloat64, kFloat32, kFloat16, kBFloat16 };
+
+// ---- spectral SPD map (csrc/include/probreg/spectral.h), d in {1, 2, 3} ----
+// B, V, A, grads: n row-major d x d matrices; L: n x d; raw: n x d(d+1)/2.
+cudaError_t launch_symeig_forward(Dtype dtype, int d, const void* B, void* L, void* V, int64_t n,
+                           cudaStream_t stream);
+cudaError_t launch_symeig_backward(Dtype dtype, int d, const void* grad_L, const void* grad_V,
+                            const void* L, const void* V, void* grad_B, int64_t n,
+                            cudaStream_t stream);
+cudaError_t launch_spd_remap_forward(Dtype dtype, int d, const void* B, void* A, int64_t n, double theta,
+                              cudaStream_t stream);
+cudaError_t launch_spd_remap_backward(Dtype dtype, int d, const void* grad_A, const void* B,
+                               void* grad_B, int64_t n, double theta, cudaStream_t stream);
+cudaError_t launch_spd_from_raw_forward(Dtype dtype, int d, const void* raw, void* A, int64_t n,
+                                 double theta, cudaStream_t stream);
+cudaError_t launch_spd_from_raw_backward(Dtype dtype, int d, const void* grad_A, const void* raw,
+                                  void* grad_raw, int64_t n, double theta, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace probreg

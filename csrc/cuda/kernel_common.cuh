@@ -1,0 +1,113 @@
+// Shared device-side plumbing of the torch-free CUDA kernels: storage <-> compute type
+// conversion, the grid-stride item loop, and launch configuration. No torch includes:
+// every .cu file compiles with nvcc alone (make cuda-check).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernel_api.h"
+
+namespace probreg {
+namespace cuda {
+
+// Compute type of a storage type: float32 data is decomposed in double (see
+// csrc/checks.h ComputeType for the accuracy argument), half types in float.
+template <typename S>
+struct Compute {
+  using type = double;
+};
+template <>
+struct Compute<__half> {
+  using type = float;
+};
+template <>
+struct Compute<__nv_bfloat16> {
+  using type = float;
+};
+
+template <typename C, typename S>
+__device__ __forceinline__ C load_as(const S* p) {
+  return C(*p);
+}
+template <>
+__device__ __forceinline__ float load_as<float, __half>(const __half* p) {
+  return __half2float(*p);
+}
+template <>
+__device__ __forceinline__ float load_as<float, __nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+
+template <typename S, typename C>
+__device__ __forceinline__ void store_as(S* p, C v) {
+  *p = S(v);
+}
+template <>
+__device__ __forceinline__ void store_as<__half, float>(__half* p, float v) {
+  *p = __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ void store_as<__nv_bfloat16, float>(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+
+template <int N, typename C, typename S>
+__device__ __forceinline__ void load_row(const S* base, int64_t i, C out[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) out[k] = load_as<C>(base + i * N + k);
+}
+template <int N, typename S, typename C>
+__device__ __forceinline__ void store_row(S* base, int64_t i, const C in[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) store_as(base + i * N + k, in[k]);
+}
+
+constexpr int kThreads = 256;
+
+// Blocks for n items with a grid-stride loop (int64 indices; the grid is capped and the
+// loop covers the rest).
+inline unsigned int blocks_for(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned int>(blocks < (int64_t(1) << 20) ? blocks : (int64_t(1) << 20));
+}
+
+#define PROBREG_GRID_STRIDE_LOOP(i, n)                                                   \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n);              \
+       i += int64_t(blockDim.x) * gridDim.x)
+
+// Calls f(S{}) with the storage type of `dtype`.
+template <typename F>
+cudaError_t dispatch_dtype(Dtype dtype, F&& f) {
+  switch (dtype) {
+    case Dtype::kFloat64:
+      return f(double{});
+    case Dtype::kFloat32:
+      return f(float{});
+    case Dtype::kFloat16:
+      return f(__half{});
+    case Dtype::kBFloat16:
+      return f(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Calls f(std::integral_constant<int, D>) for d in {1, 2, 3}.
+template <typename F>
+cudaError_t dispatch_dim(int d, F&& f) {
+  switch (d) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace probreg

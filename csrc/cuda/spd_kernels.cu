@@ -1,0 +1,169 @@
+// CUDA kernels of symeig, spd_remap and spd_from_raw: one thread per matrix, calling the
+// same header math as the CPU loop (csrc/include/probreg). Torch-free.
+#include <type_traits>
+
+#include "kernel_common.cuh"
+#include "probreg/packed.h"
+#include "probreg/spectral.h"
+
+namespace probreg {
+namespace cuda {
+namespace {
+
+template <int D, typename C, typename S>
+__device__ __forceinline__ void load_symmetric(const S* base, int64_t i, C B[D][D]) {
+  C flat[D * D];
+  load_row<D * D>(base, i, flat);
+#pragma unroll
+  for (int r = 0; r < D; ++r)
+#pragma unroll
+    for (int c = r; c < D; ++c) {
+      B[r][c] = r == c ? flat[r * D + r] : C(0.5) * (flat[r * D + c] + flat[c * D + r]);
+      B[c][r] = B[r][c];
+    }
+}
+
+template <int D, typename S>
+__global__ void symeig_forward_kernel(const S* __restrict__ B, S* __restrict__ L,
+                                      S* __restrict__ V, int64_t n) {
+  using C = typename Compute<S>::type;
+  PROBREG_GRID_STRIDE_LOOP(i, n) {
+    C Bm[D][D], l[D], Vm[D][D];
+    load_symmetric<D>(B, i, Bm);
+    symeig<D, C>(Bm, l, Vm);
+    store_row<D>(L, i, l);
+    store_row<D * D>(V, i, &Vm[0][0]);
+  }
+}
+
+template <int D, typename S>
+__global__ void symeig_backward_kernel(const S* __restrict__ gL, const S* __restrict__ gV,
+                                       const S* __restrict__ L, const S* __restrict__ V,
+                                       S* __restrict__ gB, int64_t n) {
+  using C = typename Compute<S>::type;
+  PROBREG_GRID_STRIDE_LOOP(i, n) {
+    C l[D], gl[D], Vm[D][D], gVm[D][D], g[D][D];
+    load_row<D>(L, i, l);
+    load_row<D>(gL, i, gl);
+    load_row<D * D>(V, i, &Vm[0][0]);
+    load_row<D * D>(gV, i, &gVm[0][0]);
+    symeig_backward<D, C>(l, Vm, gl, gVm, g);
+    store_row<D * D>(gB, i, &g[0][0]);
+  }
+}
+
+template <int D, typename S>
+__global__ void spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, int64_t n,
+                                         double theta) {
+  using C = typename Compute<S>::type;
+  PROBREG_GRID_STRIDE_LOOP(i, n) {
+    C Bm[D][D], Am[D][D];
+    load_symmetric<D>(B, i, Bm);
+    spd_remap_forward<D, C>(Bm, C(theta), Am);
+    store_row<D * D>(A, i, &Am[0][0]);
+  }
+}
+
+template <int D, typename S>
+__global__ void spd_remap_backward_kernel(const S* __restrict__ gA, const S* __restrict__ B,
+                                          S* __restrict__ gB, int64_t n, double theta) {
+  using C = typename Compute<S>::type;
+  PROBREG_GRID_STRIDE_LOOP(i, n) {
+    C Bm[D][D], gAm[D][D], gBm[D][D];
+    load_symmetric<D>(B, i, Bm);
+    load_row<D * D>(gA, i, &gAm[0][0]);
+    spd_remap_backward<D, C>(Bm, gAm, C(theta), gBm);
+    store_row<D * D>(gB, i, &gBm[0][0]);
+  }
+}
+
+template <int D, typename S>
+__global__ void spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __restrict__ A, int64_t n,
+                                            double theta) {
+  using C = typename Compute<S>::type;
+  constexpr int P = Packed<D>::P;
+  PROBREG_GRID_STRIDE_LOOP(i, n) {
+    C r[P], Bm[D][D], Am[D][D];
+    load_row<P>(raw, i, r);
+    unpack_symmetric<D, C>(r, Bm);
+    spd_remap_forward<D, C>(Bm, C(theta), Am);
+    store_row<D * D>(A, i, &Am[0][0]);
+  }
+}
+
+template <int D, typename S>
+__global__ void spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* __restrict__ raw,
+                                             S* __restrict__ graw, int64_t n, double theta) {
+  using C = typename Compute<S>::type;
+  constexpr int P = Packed<D>::P;
+  PROBREG_GRID_STRIDE_LOOP(i, n) {
+    C r[P], Bm[D][D], gAm[D][D], gBm[D][D], g[P];
+    load_row<P>(raw, i, r);
+    unpack_symmetric<D, C>(r, Bm);
+    load_row<D * D>(gA, i, &gAm[0][0]);
+    spd_remap_backward<D, C>(Bm, gAm, C(theta), gBm);
+    pack_symmetric_grad<D, C>(gBm, g);
+    store_row<P>(graw, i, g);
+  }
+}
+
+// Dispatches (dtype, d) and launches KERNEL<D, S> with the given arguments, each pointer
+// argument cast to the storage type.
+#define PROBREG_LAUNCH(dtype, d, n, stream, KERNEL, ...)                                 \
+  if ((n) == 0) return cudaSuccess;                                                    \
+  return dispatch_dtype(dtype, [&](auto storage) {                                     \
+    using S = decltype(storage);                                                       \
+    return dispatch_dim(d, [&](auto dim) {                                             \
+      constexpr int D = decltype(dim)::value;                                          \
+      KERNEL<D, S><<<blocks_for(n), kThreads, 0, stream>>>(__VA_ARGS__);               \
+      return cudaGetLastError();                                                       \
+    });                                                                                \
+  })
+
+template <typename S>
+const S* in(const void* p) {
+  return static_cast<const S*>(p);
+}
+template <typename S>
+S* out(void* p) {
+  return static_cast<S*>(p);
+}
+
+}  // namespace
+
+cudaError_t launch_symeig_forward(Dtype dtype, int d, const void* B, void* L, void* V, int64_t n,
+                           cudaStream_t stream) {
+  PROBREG_LAUNCH(dtype, d, n, stream, symeig_forward_kernel, in<S>(B), out<S>(L), out<S>(V), n);
+}
+
+cudaError_t launch_symeig_backward(Dtype dtype, int d, const void* grad_L, const void* grad_V,
+                            const void* L, const void* V, void* grad_B, int64_t n,
+                            cudaStream_t stream) {
+  PROBREG_LAUNCH(dtype, d, n, stream, symeig_backward_kernel, in<S>(grad_L), in<S>(grad_V),
+                 in<S>(L), in<S>(V), out<S>(grad_B), n);
+}
+
+cudaError_t launch_spd_remap_forward(Dtype dtype, int d, const void* B, void* A, int64_t n, double theta,
+                              cudaStream_t stream) {
+  PROBREG_LAUNCH(dtype, d, n, stream, spd_remap_forward_kernel, in<S>(B), out<S>(A), n, theta);
+}
+
+cudaError_t launch_spd_remap_backward(Dtype dtype, int d, const void* grad_A, const void* B,
+                               void* grad_B, int64_t n, double theta, cudaStream_t stream) {
+  PROBREG_LAUNCH(dtype, d, n, stream, spd_remap_backward_kernel, in<S>(grad_A), in<S>(B),
+                 out<S>(grad_B), n, theta);
+}
+
+cudaError_t launch_spd_from_raw_forward(Dtype dtype, int d, const void* raw, void* A, int64_t n,
+                                 double theta, cudaStream_t stream) {
+  PROBREG_LAUNCH(dtype, d, n, stream, spd_from_raw_forward_kernel, in<S>(raw), out<S>(A), n, theta);
+}
+
+cudaError_t launch_spd_from_raw_backward(Dtype dtype, int d, const void* grad_A, const void* raw,
+                                  void* grad_raw, int64_t n, double theta, cudaStream_t stream) {
+  PROBREG_LAUNCH(dtype, d, n, stream, spd_from_raw_backward_kernel, in<S>(grad_A), in<S>(raw),
+                 out<S>(grad_raw), n, theta);
+}
+
+}  // namespace cuda
+}  // namespace probreg

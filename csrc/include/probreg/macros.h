@@ -1,0 +1,104 @@
+// Portable building blocks for the torch-free math headers.
+//
+// Every function in csrc/include/probreg is a PROBREG_HOST_DEVICE inline template that
+// compiles with g++ alone (CPU loops, ctest unit tests) and with nvcc alone (CUDA
+// kernels). Nothing here includes torch. Never compile these with fast-math: the
+// eigen-solvers and the divided differences rely on IEEE rounding and on NaN/Inf
+// propagating.
+#pragma once
+
+#include <cmath>
+#include <cfloat>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define PROBREG_HOST_DEVICE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define PROBREG_HOST_DEVICE inline __attribute__((always_inline))
+#else
+#define PROBREG_HOST_DEVICE inline
+#endif
+
+// Full unrolling of the fixed-size (d <= 3) loops.
+#if defined(__CUDACC__)
+#define PROBREG_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__clang__)
+#define PROBREG_UNROLL _Pragma("GCC unroll 9")
+#else
+#define PROBREG_UNROLL
+#endif
+
+namespace probreg {
+
+// Overloads that resolve to the single- or double-precision libm/CUDA function, so that
+// a template instantiated for float never silently computes in double (or vice versa).
+PROBREG_HOST_DEVICE float pr_sqrt(float x) { return sqrtf(x); }
+PROBREG_HOST_DEVICE double pr_sqrt(double x) { return sqrt(x); }
+PROBREG_HOST_DEVICE float pr_exp(float x) { return expf(x); }
+PROBREG_HOST_DEVICE double pr_exp(double x) { return exp(x); }
+PROBREG_HOST_DEVICE float pr_expm1(float x) { return expm1f(x); }
+PROBREG_HOST_DEVICE double pr_expm1(double x) { return expm1(x); }
+PROBREG_HOST_DEVICE float pr_log(float x) { return logf(x); }
+PROBREG_HOST_DEVICE double pr_log(double x) { return log(x); }
+PROBREG_HOST_DEVICE float pr_log1p(float x) { return log1pf(x); }
+PROBREG_HOST_DEVICE double pr_log1p(double x) { return log1p(x); }
+PROBREG_HOST_DEVICE float pr_sinh(float x) { return sinhf(x); }
+PROBREG_HOST_DEVICE double pr_sinh(double x) { return sinh(x); }
+PROBREG_HOST_DEVICE float pr_abs(float x) { return fabsf(x); }
+PROBREG_HOST_DEVICE double pr_abs(double x) { return fabs(x); }
+PROBREG_HOST_DEVICE float pr_hypot(float x, float y) { return hypotf(x, y); }
+PROBREG_HOST_DEVICE double pr_hypot(double x, double y) { return hypot(x, y); }
+PROBREG_HOST_DEVICE float pr_frexp(float x, int* e) { return frexpf(x, e); }
+PROBREG_HOST_DEVICE double pr_frexp(double x, int* e) { return frexp(x, e); }
+PROBREG_HOST_DEVICE float pr_ldexp(float x, int e) { return ldexpf(x, e); }
+PROBREG_HOST_DEVICE double pr_ldexp(double x, int e) { return ldexp(x, e); }
+#if defined(__CUDA_ARCH__)
+PROBREG_HOST_DEVICE bool pr_isfinite(float x) { return isfinite(x); }
+PROBREG_HOST_DEVICE bool pr_isfinite(double x) { return isfinite(x); }
+#else
+PROBREG_HOST_DEVICE bool pr_isfinite(float x) { return std::isfinite(x); }
+PROBREG_HOST_DEVICE bool pr_isfinite(double x) { return std::isfinite(x); }
+#endif
+
+// Branch-free selection and reductions over conditions. For scalars a condition is a
+// bool; the CPU SIMD type (lanes.h) overloads these for its per-lane masks. Math written
+// with them (instead of if/else on values) instantiates for both.
+template <typename T>
+PROBREG_HOST_DEVICE T pr_where(bool c, T a, T b) {
+  return c ? a : b;
+}
+PROBREG_HOST_DEVICE bool pr_any(bool c) { return c; }
+PROBREG_HOST_DEVICE bool pr_all(bool c) { return c; }
+template <typename T>
+PROBREG_HOST_DEVICE T pr_min(T a, T b) {
+  return a < b ? a : b;
+}
+template <typename T>
+PROBREG_HOST_DEVICE T pr_max(T a, T b) {
+  return a > b ? a : b;
+}
+
+// max that propagates NaN from either argument (fmax would drop it).
+template <typename T>
+PROBREG_HOST_DEVICE T pr_max_nan(T a, T b) {
+  return (a != a || a > b) ? a : b;
+}
+
+template <typename T>
+struct Eps;
+template <>
+struct Eps<float> {
+  static constexpr float value = FLT_EPSILON;
+};
+template <>
+struct Eps<double> {
+  static constexpr double value = DBL_EPSILON;
+};
+
+template <typename T>
+PROBREG_HOST_DEVICE void pr_swap(T& a, T& b) {
+  T t = a;
+  a = b;
+  b = t;
+}
+
+}  // namespace probreg

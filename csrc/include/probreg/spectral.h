@@ -1,0 +1,262 @@
+// The eigenvalue remap g of the SPD parameterisation (paper eq. 9-10) and the exact
+// backward of the spectral function A = V diag(g(l)) V^T (Daleckii-Krein, paper eq.
+// 38-39). Branch-free in the value type T (scalars and CPU SIMD lanes).
+//
+//   g(l) = l                        if l > theta
+//        = theta * exp(l/theta - 1)  otherwise       (C1, 0 < g' <= 1)
+//
+// Backward: with G = sym(dL/dA), dL/dB = V ((V^T G V) o K) V^T where K is the matrix
+// of first divided differences of g. K is evaluated per branch pair without a tie
+// threshold and without cancellation (DESIGN.md section 1), so it is exact at repeated
+// eigenvalues and finite where g underflows.
+#pragma once
+
+#include "macros.h"
+#include "symeig.h"
+
+namespace probreg {
+
+// exp(min(l/theta - 1, 0)): the exponential factor of g on its exponential branch
+// (clamped so the unselected branch never overflows). Kernels compute it once per
+// eigenvalue and reuse it for g, g' and the divided differences.
+template <typename T>
+PROBREG_HOST_DEVICE T remap_exp_factor(T l, T theta) {
+  return pr_exp(pr_min(l / theta - T(1), T(0)));
+}
+
+// g(l) given e = remap_exp_factor(l, theta).
+template <typename T>
+PROBREG_HOST_DEVICE T remap_g_from(T l, T e, T theta) {
+  return pr_where(l > theta, l, theta * e);
+}
+
+template <typename T>
+PROBREG_HOST_DEVICE T remap_g(T l, T theta) {
+  return remap_g_from(l, remap_exp_factor(l, theta), theta);
+}
+
+// g'(l) given e = remap_exp_factor(l, theta).
+template <typename T>
+PROBREG_HOST_DEVICE T remap_g_prime_from(T l, T e, T theta) {
+  return pr_where(l > theta, T(1), e);
+}
+
+// log g(l), exact on the exponential branch (no log of an underflowed g).
+template <typename T>
+PROBREG_HOST_DEVICE T remap_log_g(T l, T theta, T log_theta) {
+  const auto linear = l > theta;
+  return pr_where(linear, pr_log(pr_where(linear, l, T(1))), l / theta - T(1) + log_theta);
+}
+
+// sinh(x)/x for 0 <= x <= 1: its Taylor series sum x^2k/(2k+1)! to k = 9
+// (truncation < 1e-17).
+template <typename T>
+PROBREG_HOST_DEVICE T sinhc_unit(T x) {
+  const T x2 = x * x;
+  T p = T(1.0 / 121645100408832000.0);  // 1/19!
+  p = p * x2 + T(1.0 / 355687428096000.0);
+  p = p * x2 + T(1.0 / 1307674368000.0);
+  p = p * x2 + T(1.0 / 6227020800.0);
+  p = p * x2 + T(1.0 / 39916800.0);
+  p = p * x2 + T(1.0 / 362880.0);
+  p = p * x2 + T(1.0 / 5040.0);
+  p = p * x2 + T(1.0 / 120.0);
+  p = p * x2 + T(1.0 / 6.0);
+  return p * x2 + T(1);
+}
+
+// expm1(z) for z <= 0 given e = exp(z): Taylor series to z^16 for |z| < 1/2 (truncation
+// < 1e-19 relative), e - 1 otherwise (no harmful cancellation there).
+template <typename T>
+PROBREG_HOST_DEVICE T expm1_nonpositive_from(T z, T e) {
+  T p = T(1.0 / 20922789888000.0);  // 1/16!
+  p = p * z + T(1.0 / 1307674368000.0);
+  p = p * z + T(1.0 / 87178291200.0);
+  p = p * z + T(1.0 / 6227020800.0);
+  p = p * z + T(1.0 / 479001600.0);
+  p = p * z + T(1.0 / 39916800.0);
+  p = p * z + T(1.0 / 3628800.0);
+  p = p * z + T(1.0 / 362880.0);
+  p = p * z + T(1.0 / 40320.0);
+  p = p * z + T(1.0 / 5040.0);
+  p = p * z + T(1.0 / 720.0);
+  p = p * z + T(1.0 / 120.0);
+  p = p * z + T(1.0 / 24.0);
+  p = p * z + T(1.0 / 6.0);
+  p = p * z + T(0.5);
+  p = p * z + T(1);
+  return pr_where(z > T(-0.5), p * z, e - T(1));
+}
+
+// Divided difference K(li, lj) = (g(li) - g(lj)) / (li - lj), and g'(li) at li == lj,
+// given ei, ej = remap_exp_factor(li / lj). Symmetric in its arguments. Every branch is
+// evaluated and one is selected (branch-free); no tie threshold, no cancellation.
+template <typename T>
+PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T ei, T ej, T theta) {
+  const auto i_is_hi = li >= lj;
+  const T hi = pr_where(i_is_hi, li, lj);
+  const T lo = pr_where(i_is_hi, lj, li);
+  const T e_hi = pr_where(i_is_hi, ei, ej);
+  const T e_lo = pr_where(i_is_hi, ej, ei);
+  const T gap = hi - lo;
+  const auto both_linear = lo > theta;
+  const auto mixed = (hi > theta) & (lo <= theta);
+  // hi > theta >= lo: (hi - theta) + theta (1 - exp((lo - theta)/theta)), both terms
+  // >= 0, over gap >= hi - theta > 0.
+  const T z_lo = pr_min(lo / theta - T(1), T(0));
+  const T k_mixed = ((hi - theta) - theta * expm1_nonpositive_from(z_lo, e_lo)) /
+                    pr_where(mixed, gap, T(1));
+  // Both on the exponential branch, m the mean and h the half gap:
+  // K = exp(m/theta - 1) sinh(h/theta)/(h/theta), exp(m/theta - 1) = sqrt(e_hi e_lo)
+  // (taken as a product of square roots so it cannot underflow early). For h/theta > 1
+  // the plain quotient has no cancellation.
+  const T x = T(0.5) * gap / theta;
+  const auto far = x > T(1);
+  const T k_near = pr_sqrt(e_hi) * pr_sqrt(e_lo) * sinhc_unit(pr_min(x, T(1)));
+  const T k_far = theta * (e_hi - e_lo) / pr_where(far, gap, T(1));
+  const T k_exp = pr_where(far, k_far, k_near);
+  return pr_where(both_linear, T(1), pr_where(mixed, k_mixed, k_exp));
+}
+
+template <typename T>
+PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T theta) {
+  return remap_divided_difference(li, lj, remap_exp_factor(li, theta), remap_exp_factor(lj, theta), theta);
+}
+
+// A = V diag(f) V^T for a symmetric result.
+template <int D, typename T>
+PROBREG_HOST_DEVICE void compose_spectral(const T V[D][D], const T f[D], T A[D][D]) {
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += V[i][k] * f[k] * V[j][k];
+      A[i][j] = acc;
+      A[j][i] = acc;
+    }
+}
+
+// Forward of the spectral remap from the eigen-decomposition: A = V diag(g(l)) V^T.
+template <int D, typename T>
+PROBREG_HOST_DEVICE void spd_remap_forward_eig(const T l[D], const T V[D][D], T theta, T A[D][D]) {
+  T gl[D];
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) gl[i] = remap_g(l[i], theta);
+  compose_spectral<D, T>(V, gl, A);
+}
+
+// Backward of the spectral remap given the eigen-decomposition of B and the upstream
+// gradient dL/dA (any square matrix; it is symmetrised). Writes the symmetric dL/dB.
+template <int D, typename T>
+PROBREG_HOST_DEVICE void spd_remap_backward_eig(const T l[D], const T V[D][D], const T gA[D][D],
+                                                T theta, T gB[D][D]) {
+  T GV[D][D];  // sym(gA) V
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += T(0.5) * (gA[i][k] + gA[k][i]) * V[k][j];
+      GV[i][j] = acc;
+    }
+  T e[D];  // one exponential per eigenvalue, shared by every K entry
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) e[i] = remap_exp_factor(l[i], theta);
+  T M[D][D];  // (V^T sym(gA) V) o K
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += V[k][i] * GV[k][j];
+      const T kij = (i == j) ? remap_g_prime_from(l[i], e[i], theta)
+                             : remap_divided_difference(l[i], l[j], e[i], e[j], theta);
+      M[i][j] = acc * kij;
+      M[j][i] = M[i][j];
+    }
+  T MV[D][D];  // M V^T
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += M[i][k] * V[j][k];
+      MV[i][j] = acc;
+    }
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += V[i][k] * MV[k][j];
+      gB[i][j] = acc;
+      gB[j][i] = acc;
+    }
+}
+
+// Scalar conveniences: decompose, then forward / backward.
+template <int D, typename T>
+PROBREG_HOST_DEVICE void spd_remap_forward(const T B[D][D], T theta, T A[D][D]) {
+  T l[D], V[D][D];
+  symeig<D, T>(B, l, V);
+  spd_remap_forward_eig<D, T>(l, V, theta, A);
+}
+
+template <int D, typename T>
+PROBREG_HOST_DEVICE void spd_remap_backward(const T B[D][D], const T gA[D][D], T theta, T gB[D][D]) {
+  T l[D], V[D][D];
+  symeig<D, T>(B, l, V);
+  spd_remap_backward_eig<D, T>(l, V, gA, theta, gB);
+}
+
+// Backward of symeig (real symmetric, B symmetrised in the forward):
+// dL/dB = sym(V (diag(gl) + F o (V^T gV)) V^T), F_ij = 1/(l_j - l_i) for l_i != l_j and
+// 0 at exact ties (the eigenvectors of a repeated eigenvalue are not unique; at a tie
+// only the gauge-invariant part of gV contributes, the pseudo-inverse convention).
+template <int D, typename T>
+PROBREG_HOST_DEVICE void symeig_backward(const T l[D], const T V[D][D], const T gl[D],
+                                         const T gV[D][D], T gB[D][D]) {
+  T M[D][D];
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += V[k][i] * gV[k][j];
+      const T gap = l[j] - l[i];
+      const auto tie = gap == T(0);
+      M[i][j] = (i == j) ? gl[i] : pr_where(tie, T(0), acc / pr_where(tie, T(1), gap));
+    }
+  T MV[D][D];
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += M[i][k] * V[j][k];
+      MV[i][j] = acc;
+    }
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < D; ++j) {
+      T acc_ij = T(0), acc_ji = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) {
+        acc_ij += V[i][k] * MV[k][j];
+        acc_ji += V[j][k] * MV[k][i];
+      }
+      gB[i][j] = T(0.5) * (acc_ij + acc_ji);
+      gB[j][i] = gB[i][j];
+    }
+}
+
+}  // namespace probreg

@@ -1,0 +1,160 @@
+// Eigendecomposition of one small symmetric matrix (d = 1, 2, 3), branch-free in the
+// value type T so that it instantiates for scalars (CUDA, CPU fallback) and for the CPU
+// SIMD lanes (lanes.h).
+//
+// Contract (matches torch.linalg.eigh): B = V diag(l) V^T with l ascending and V
+// orthonormal, eigenvectors stored as COLUMNS: V[i][j] is component i of eigenvector j.
+// Input is a full d x d array that the caller has already symmetrised.
+//
+// Algorithm: cyclic Jacobi. One rotation is exact for d = 2; d = 3 converges
+// quadratically (3-5 sweeps). Jacobi is backward stable with a small constant, keeps V
+// orthonormal to a few ulps by construction, and has no special cases at repeated
+// eigenvalues (which break the closed-form Cardano/trigonometric solvers in float32).
+// Off-diagonal entries below eps/16 * max|B_ij| are treated as zero (relative
+// threshold). Ties: B = c*I (including 0) gives V = I, and equal eigenvalues keep their
+// input order. A NaN or Inf entry makes every output of that matrix NaN.
+#pragma once
+
+#include "macros.h"
+
+namespace probreg {
+
+// Range of max|B_ij| in which no square or product of entries over- or underflows T.
+template <typename T>
+struct SafeRange;
+template <>
+struct SafeRange<float> {
+  static constexpr float lo = 1e-15f, hi = 1e15f;
+};
+template <>
+struct SafeRange<double> {
+  static constexpr double lo = 1e-130, hi = 1e130;
+};
+
+// Largest |entry| of a symmetric D x D matrix; NaN if any entry is NaN (scalar T).
+template <int D, typename T>
+PROBREG_HOST_DEVICE T max_abs_entry(const T B[D][D]) {
+  T s = T(0);
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < D; ++j) s = pr_max_nan(s, pr_abs(B[i][j]));
+  return s;
+}
+
+// One Jacobi rotation in the (p, q) plane that zeroes a[p][q] (p < q), accumulated into
+// the columns p, q of V. Classic stable form: t = tan(phi) is the smaller root of
+// t^2 + 2 tau t - 1 = 0, so |phi| <= pi/4 and the diagonal update a_pp -= t a_pq,
+// a_qq += t a_pq has no cancellation. Where |a_pq| <= negligible the rotation is the
+// identity (t = 0) and a_pq is dropped. Returns the mask of lanes that rotated.
+template <int D, typename T>
+PROBREG_HOST_DEVICE auto jacobi_rotate(T a[D][D], T V[D][D], int p, int q, T negligible) {
+  const T apq = a[p][q];
+  const auto active = pr_abs(apq) > negligible;
+  const T tau = (a[q][q] - a[p][p]) / (T(2) * pr_where(active, apq, T(1)));
+  const T abs_tau = pr_abs(tau);
+  // sqrt(1 + tau^2) without overflow: beyond 1e15 it equals |tau| to working precision.
+  const T root = pr_where(abs_tau < T(1e15), pr_sqrt(T(1) + tau * tau), abs_tau);
+  T t = T(1) / (abs_tau + root);
+  t = pr_where(tau < T(0), -t, t);
+  t = pr_where(active, t, T(0));
+  const T c = T(1) / pr_sqrt(T(1) + t * t);
+  const T s = t * c;
+  const T shift = t * apq;
+  a[p][p] -= shift;
+  a[q][q] += shift;
+  a[p][q] = T(0);
+  a[q][p] = T(0);
+  if constexpr (D == 3) {
+    const int r = 3 - p - q;
+    const T arp = a[r][p];
+    const T arq = a[r][q];
+    a[r][p] = a[p][r] = c * arp - s * arq;
+    a[r][q] = a[q][r] = s * arp + c * arq;
+  }
+  PROBREG_UNROLL
+  for (int r = 0; r < D; ++r) {
+    const T vrp = V[r][p];
+    const T vrq = V[r][q];
+    V[r][p] = c * vrp - s * vrq;
+    V[r][q] = s * vrp + c * vrq;
+  }
+  return active;
+}
+
+// Jacobi core on a finite matrix a (overwritten) whose largest |entry| is `unit`
+// (within SafeRange, or 1 after rescaling). Writes ascending l and the columns of V.
+template <int D, typename T>
+PROBREG_HOST_DEVICE void symeig_core(T a[D][D], T unit, T l[D], T V[D][D]) {
+  static_assert(D >= 1 && D <= 3, "symeig: d must be 1, 2 or 3");
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) V[i][j] = T(i == j ? 1.0 : 0.0);
+  // Rotations preserve the Frobenius norm (<= 3 unit), so dropping entries below this
+  // perturbs B by less than eps/16 * ||B||_F.
+  const T negligible = T(Eps<T>::value * 0.0625) * unit;
+  if constexpr (D == 2) {
+    jacobi_rotate<D, T>(a, V, 0, 1, negligible);
+  } else if constexpr (D == 3) {
+    for (int sweep = 0; sweep < 12; ++sweep) {
+      const auto r01 = jacobi_rotate<D, T>(a, V, 0, 1, negligible);
+      const auto r02 = jacobi_rotate<D, T>(a, V, 0, 2, negligible);
+      const auto r12 = jacobi_rotate<D, T>(a, V, 1, 2, negligible);
+      if (!pr_any(r01 | r02 | r12)) break;
+    }
+  }
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) l[i] = a[i][i];
+  // Sort ascending with branch-free compare-swaps, permuting the columns of V along.
+  PROBREG_UNROLL
+  for (int i = 0; i + 1 < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j + 1 < D - i; ++j) {
+      const auto swap = l[j] > l[j + 1];
+      const T lo = pr_where(swap, l[j + 1], l[j]);
+      const T hi = pr_where(swap, l[j], l[j + 1]);
+      l[j] = lo;
+      l[j + 1] = hi;
+      PROBREG_UNROLL
+      for (int r = 0; r < D; ++r) {
+        const T x = V[r][j];
+        const T y = V[r][j + 1];
+        V[r][j] = pr_where(swap, y, x);
+        V[r][j + 1] = pr_where(swap, x, y);
+      }
+    }
+}
+
+// Eigen-decomposition of any symmetric B, scalar T (see the file comment): handles
+// NaN/Inf, the zero matrix, and rescales by an exact power of two when max|B_ij| is
+// outside SafeRange (scales 1e-30..1e30 in float, 1e-300..1e300 in double).
+template <int D, typename T>
+PROBREG_HOST_DEVICE void symeig(const T B[D][D], T l[D], T V[D][D]) {
+  const T scale = max_abs_entry<D, T>(B);
+  if (!pr_isfinite(scale) || scale == T(0)) {
+    const T fill = scale * T(0);  // NaN for NaN/Inf input, 0 for the zero matrix
+    PROBREG_UNROLL
+    for (int i = 0; i < D; ++i) {
+      l[i] = fill;
+      PROBREG_UNROLL
+      for (int j = 0; j < D; ++j) V[i][j] = (i == j) ? T(1) + fill : fill;
+    }
+    return;
+  }
+  int exponent = 0;
+  const bool rescale = !(scale > SafeRange<T>::lo && scale < SafeRange<T>::hi);
+  if (rescale) pr_frexp(scale, &exponent);  // scale = f * 2^exponent, f in [0.5, 1)
+  T a[D][D];
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) a[i][j] = rescale ? pr_ldexp(B[i][j], -exponent) : B[i][j];
+  symeig_core<D, T>(a, rescale ? T(1) : scale, l, V);
+  if (rescale) {
+    PROBREG_UNROLL
+    for (int i = 0; i < D; ++i) l[i] = pr_ldexp(l[i], exponent);
+  }
+}
+
+}  // namespace probreg

@@ -1,0 +1,29 @@
+// The one TORCH_LIBRARY block: every probreg operator schema lives here. Device files
+// (cpu/*.cpp, cuda/*_cuda.cpp) only register kernels with TORCH_LIBRARY_IMPL.
+// Fake (meta) kernels and autograd formulas are registered from Python (probreg/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import probreg._C` loads this shared library, which runs the static registrations
+// below and in the device files. The module itself has no Python functions.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(probreg, m) {
+  // ---- spectral SPD map (csrc/include/probreg/{symeig,spectral,packed}.h) ----
+  // symeig: B (..., d, d) -> (eigenvalues (..., d) ascending, eigenvectors (..., d, d) columns)
+  m.def("symeig(Tensor B) -> (Tensor, Tensor)");
+  m.def(
+      "_symeig_backward(Tensor grad_eigenvalues, Tensor grad_eigenvectors, Tensor eigenvalues, "
+      "Tensor eigenvectors) -> Tensor");
+  // spd_remap: B (..., d, d) -> A (..., d, d) = V diag(g(l)) V^T
+  m.def("spd_remap(Tensor B, float theta) -> Tensor");
+  m.def("_spd_remap_backward(Tensor grad_A, Tensor B, float theta) -> Tensor");
+  // spd_from_raw: raw (..., P) packed -> A (..., d, d)
+  m.def("spd_from_raw(Tensor raw, float theta) -> Tensor");
+  m.def("_spd_from_raw_backward(Tensor grad_A, Tensor raw, float theta) -> Tensor");
+}

@@ -1,0 +1,207 @@
+// Unit tests of the torch-free math headers, compiled with g++ alone (ctest).
+// Independent references: long double arithmetic and libm.
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "probreg/lanes.h"
+#include "probreg/packed.h"
+#include "probreg/spectral.h"
+#include "probreg/symeig.h"
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const char* what, double value, double bound) {
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL %s: %.3e (bound %.3e)\n", what, value, bound);
+  }
+}
+
+// Random symmetric D x D matrix with prescribed eigenvalues under a random rotation.
+template <int D>
+void random_symmetric(std::mt19937_64& rng, const long double eig[D], double B[D][D]) {
+  std::normal_distribution<double> normal;
+  long double Q[D][D];
+  for (int j = 0; j < D; ++j) {  // Gram-Schmidt on Gaussian columns
+    for (int i = 0; i < D; ++i) Q[i][j] = normal(rng);
+    for (int k = 0; k < j; ++k) {
+      long double dot = 0;
+      for (int i = 0; i < D; ++i) dot += Q[i][j] * Q[i][k];
+      for (int i = 0; i < D; ++i) Q[i][j] -= dot * Q[i][k];
+    }
+    long double norm = 0;
+    for (int i = 0; i < D; ++i) norm += Q[i][j] * Q[i][j];
+    norm = std::sqrt(norm);
+    for (int i = 0; i < D; ++i) Q[i][j] /= norm;
+  }
+  for (int i = 0; i < D; ++i)
+    for (int j = 0; j < D; ++j) {
+      long double acc = 0;
+      for (int k = 0; k < D; ++k) acc += Q[i][k] * eig[k] * Q[j][k];
+      B[i][j] = double(acc);
+    }
+  for (int i = 0; i < D; ++i)
+    for (int j = i + 1; j < D; ++j) B[j][i] = B[i][j];
+}
+
+template <int D, typename T>
+void check_symeig_case(const double Bd[D][D], const char* label) {
+  T B[D][D], l[D], V[D][D];
+  for (int i = 0; i < D; ++i)
+    for (int j = 0; j < D; ++j) B[i][j] = T(Bd[i][j]);
+  probreg::symeig<D, T>(B, l, V);
+  long double fro = 0, resid = 0, orth = 0;
+  for (int i = 0; i < D; ++i)
+    for (int j = 0; j < D; ++j) {
+      fro += (long double)B[i][j] * B[i][j];
+      long double recon = 0, dot = 0;
+      for (int k = 0; k < D; ++k) {
+        recon += (long double)V[i][k] * l[k] * V[j][k];
+        dot += (long double)V[k][i] * V[k][j];
+      }
+      resid += (recon - B[i][j]) * (recon - B[i][j]);
+      orth += (dot - (i == j)) * (dot - (i == j));
+    }
+  const double eps = probreg::Eps<T>::value;
+  const double rel = fro > 0 ? double(std::sqrt(resid / fro)) : double(std::sqrt(resid));
+  expect(rel <= 16 * eps, label, rel, 16 * eps);
+  expect(std::sqrt(double(orth)) <= 16 * eps, "orthogonality", std::sqrt(double(orth)), 16 * eps);
+  for (int i = 0; i + 1 < D; ++i) expect(l[i] <= l[i + 1], "ascending", double(l[i] - l[i + 1]), 0);
+}
+
+template <int D>
+void test_symeig(std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> uni(-1, 1);
+  const double scales[] = {1e-30, 1e-5, 1.0, 1e5, 1e30};
+  const double gaps[] = {0.0, 1e-7, 1e-3, 1.0};
+  for (double scale : scales)
+    for (double gap : gaps)
+      for (int rep = 0; rep < 200; ++rep) {
+        long double eig[D];
+        eig[0] = uni(rng);
+        for (int k = 1; k < D; ++k) eig[k] = (rep % 2) ? eig[0] + gap * k : uni(rng);
+        for (int k = 0; k < D; ++k) eig[k] *= scale;
+        double B[D][D];
+        random_symmetric<D>(rng, eig, B);
+        check_symeig_case<D, double>(B, "symeig<double> residual");
+        check_symeig_case<D, float>(B, "symeig<float> residual");
+      }
+  double zero[D][D] = {};
+  check_symeig_case<D, double>(zero, "symeig zero matrix");
+  double nan_matrix[D][D] = {};
+  nan_matrix[0][D - 1] = nan_matrix[D - 1][0] = NAN;
+  double l[D], V[D][D];
+  probreg::symeig<D, double>(nan_matrix, l, V);
+  for (int k = 0; k < D; ++k) expect(std::isnan(l[k]), "NaN input gives NaN eigenvalues", l[k], 0);
+}
+
+// Divided differences against long double (well-separated) and g' (ties).
+void test_divided_difference() {
+  const double theta = 0.5;
+  const double ls[] = {-500.0, -40.0, -3.0, 0.2, 0.49, 0.5, 0.5000001, 0.7, 3.0, 100.0};
+  for (double a : ls)
+    for (double b : ls) {
+      const double k = probreg::remap_divided_difference(a, b, theta);
+      long double ref;
+      auto g = [&](long double x) {
+        return x > theta ? x : (long double)theta * std::exp(x / (long double)theta - 1);
+      };
+      if (a == b) {
+        ref = a > theta ? 1.0L : std::exp(a / (long double)theta - 1);
+      } else {
+        ref = (g(a) - g(b)) / ((long double)a - b);
+      }
+      if (ref < 1e-290L) {  // below double's normal range: k must underflow cleanly
+        expect(k >= 0 && k < 1e-290, "divided difference underflow", k, 1e-290);
+        continue;
+      }
+      const double err = double(std::fabs((k - ref) / ref));
+      // Near-ties in long double lose digits themselves; the bound covers that.
+      const double bound = std::fabs(a - b) < 1e-3 && a != b ? 1e-9 : 1e-14;
+      expect(err <= bound, "divided difference vs long double", err, bound);
+    }
+  // Both far below theta: finite and exact 0 or tiny, never NaN.
+  const double k = probreg::remap_divided_difference(-1e4, -2e4, 1.0);
+  expect(std::isfinite(k) && k >= 0, "divided difference deep underflow finite", k, 0);
+}
+
+#if defined(PROBREG_HAVE_LANES)
+void test_lanes_math() {
+  using probreg::Lanes;
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> uni(-745, 709);
+  double worst_exp = 0, worst_expm1 = 0, worst_log = 0;
+  for (int rep = 0; rep < 20000; ++rep) {
+    Lanes x, small, pos;
+    for (int j = 0; j < probreg::kLaneWidth; ++j) {
+      x.v[j] = uni(rng);
+      small.v[j] = x.v[j] / 700.0;
+      pos.v[j] = std::exp(x.v[j] / 2.0);
+    }
+    const Lanes e = probreg::pr_exp(x), m1 = probreg::pr_expm1(small), lg = probreg::pr_log(pos);
+    for (int j = 0; j < probreg::kLaneWidth; ++j) {
+      const double re = std::exp(x.v[j]);
+      if (re > 1e-300) worst_exp = std::fmax(worst_exp, std::fabs(e.v[j] - re) / re);
+      const double rm = std::expm1(small.v[j]);
+      if (rm != 0) worst_expm1 = std::fmax(worst_expm1, std::fabs(m1.v[j] - rm) / std::fabs(rm));
+      const double rl = std::log(pos.v[j]);
+      worst_log = std::fmax(worst_log, std::fabs(lg.v[j] - rl) / std::fmax(std::fabs(rl), 1e-300));
+    }
+  }
+  expect(worst_exp <= 4e-16, "Lanes exp relative error", worst_exp, 4e-16);
+  expect(worst_expm1 <= 4e-16, "Lanes expm1 relative error", worst_expm1, 4e-16);
+  expect(worst_log <= 4e-16, "Lanes log relative error", worst_log, 4e-16);
+  Lanes special(0.0);
+  special.v[1] = -1.0;
+  special.v[2] = __builtin_inf();
+  special.v[3] = __builtin_nan("");
+  special.v[4] = 1e-310;  // subnormal
+  const Lanes ls = probreg::pr_log(special);
+  expect(std::isinf(ls.v[0]) && ls.v[0] < 0, "log(0) = -inf", ls.v[0], 0);
+  expect(std::isnan(ls.v[1]), "log(-1) = NaN", ls.v[1], 0);
+  expect(std::isinf(ls.v[2]), "log(inf) = inf", ls.v[2], 0);
+  expect(std::isnan(ls.v[3]), "log(NaN) = NaN", ls.v[3], 0);
+  expect(std::fabs(ls.v[4] - std::log(1e-310)) < 1e-13, "log(subnormal)", ls.v[4], std::log(1e-310));
+  Lanes big(0.0);
+  big.v[0] = 800.0;
+  big.v[1] = -800.0;
+  big.v[2] = -740.0;  // subnormal result
+  const Lanes eb = probreg::pr_exp(big);
+  expect(std::isinf(eb.v[0]), "exp overflow", eb.v[0], 0);
+  expect(eb.v[1] == 0.0, "exp underflow", eb.v[1], 0);
+  expect(std::fabs(eb.v[2] - std::exp(-740.0)) <= 1e-3 * std::exp(-740.0), "exp subnormal", eb.v[2], 0);
+}
+#endif
+
+}  // namespace
+
+int main() {
+  std::mt19937_64 rng(1234);
+  test_symeig<1>(rng);
+  test_symeig<2>(rng);
+  test_symeig<3>(rng);
+  test_divided_difference();
+#if defined(PROBREG_HAVE_LANES)
+  test_lanes_math();
+#endif
+  // Packed layout round trip: ||raw||_2 == ||B||_F.
+  const double raw[6] = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0};
+  double B[3][3], back[6];
+  probreg::unpack_symmetric<3, double>(raw, B);
+  double fro = 0, nraw = 0;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) fro += B[i][j] * B[i][j];
+  for (double r : raw) nraw += r * r;
+  expect(std::fabs(fro - nraw) < 1e-12, "packed isometry", fro - nraw, 1e-12);
+  probreg::pack_symmetric_grad<3, double>(B, back);  // d/draw of 0.5||B||^2 = raw
+  for (int k = 0; k < 6; ++k) expect(std::fabs(back[k] - raw[k]) < 1e-12, "packed gradient", back[k], raw[k]);
+  if (failures) {
+    std::printf("%d failures\n", failures);
+    return 1;
+  }
+  std::printf("test_math: all checks passed\n");
+  return 0;
+}

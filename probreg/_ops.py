@@ -1,0 +1,98 @@
+"""Loads probreg._C (which registers the operators) and, for every operator, its fake
+(meta) kernel and autograd formula. Backward passes are operators of their own
+(`probreg::_<op>_backward`), so torch.compile(fullgraph=True) and opcheck see through them.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _C  # noqa: F401  (loading the library runs the TORCH_LIBRARY registrations)
+
+ops = torch.ops.probreg
+
+
+def _matrix_shape(raw: torch.Tensor) -> list:
+    P = raw.shape[-1]
+    d = {1: 1, 3: 2, 6: 3}.get(P)
+    torch._check(d is not None, lambda: f"probreg: raw must have shape (..., P) with P in {{1, 3, 6}}, got {tuple(raw.shape)}")
+    return [*raw.shape[:-1], d, d]
+
+
+# ---------------------------------------------------------------- symeig
+@torch.library.register_fake("probreg::symeig")
+def _symeig_fake(B):
+    return B.new_empty(B.shape[:-1]), torch.empty_like(B, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("probreg::_symeig_backward")
+def _symeig_backward_fake(grad_eigenvalues, grad_eigenvectors, eigenvalues, eigenvectors):
+    return torch.empty_like(eigenvectors, memory_format=torch.contiguous_format)
+
+
+def _symeig_setup_context(ctx, inputs, output):
+    eigenvalues, eigenvectors = output
+    ctx.save_for_backward(eigenvalues, eigenvectors)
+
+
+def _symeig_backward(ctx, grad_eigenvalues, grad_eigenvectors):
+    eigenvalues, eigenvectors = ctx.saved_tensors
+    if grad_eigenvalues is None:
+        grad_eigenvalues = torch.zeros_like(eigenvalues)
+    if grad_eigenvectors is None:
+        grad_eigenvectors = torch.zeros_like(eigenvectors)
+    return ops._symeig_backward(grad_eigenvalues, grad_eigenvectors, eigenvalues, eigenvectors)
+
+
+torch.library.register_autograd("probreg::symeig", _symeig_backward, setup_context=_symeig_setup_context)
+
+
+# ---------------------------------------------------------------- spd_remap
+@torch.library.register_fake("probreg::spd_remap")
+def _spd_remap_fake(B, theta):
+    return torch.empty_like(B, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("probreg::_spd_remap_backward")
+def _spd_remap_backward_fake(grad_A, B, theta):
+    return torch.empty_like(B, memory_format=torch.contiguous_format)
+
+
+def _spd_remap_setup_context(ctx, inputs, output):
+    B, theta = inputs
+    ctx.save_for_backward(B)
+    ctx.theta = theta
+
+
+def _spd_remap_backward(ctx, grad_A):
+    (B,) = ctx.saved_tensors
+    return ops._spd_remap_backward(grad_A, B, ctx.theta), None
+
+
+torch.library.register_autograd("probreg::spd_remap", _spd_remap_backward, setup_context=_spd_remap_setup_context)
+
+
+# ---------------------------------------------------------------- spd_from_raw
+@torch.library.register_fake("probreg::spd_from_raw")
+def _spd_from_raw_fake(raw, theta):
+    return raw.new_empty(_matrix_shape(raw))
+
+
+@torch.library.register_fake("probreg::_spd_from_raw_backward")
+def _spd_from_raw_backward_fake(grad_A, raw, theta):
+    return torch.empty_like(raw, memory_format=torch.contiguous_format)
+
+
+def _spd_from_raw_setup_context(ctx, inputs, output):
+    raw, theta = inputs
+    ctx.save_for_backward(raw)
+    ctx.theta = theta
+
+
+def _spd_from_raw_backward(ctx, grad_A):
+    (raw,) = ctx.saved_tensors
+    return ops._spd_from_raw_backward(grad_A, raw, ctx.theta), None
+
+
+torch.library.register_autograd(
+    "probreg::spd_from_raw", _spd_from_raw_backward, setup_context=_spd_from_raw_setup_context
+)

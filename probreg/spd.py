@@ -1,0 +1,101 @@
+"""The SPD parameterisation: raw network output -> positive-definite matrix.
+
+Fused kernels serve d in {1, 2, 3}; d > 3 takes the pure-PyTorch path (torch.linalg.eigh
+with the same stable backward; slower). All functions accept any batch shape (including
+empty), non-contiguous inputs and float64/float32/float16/bfloat16 (half types compute in
+float32 and return the input dtype; float32 computes the decomposition in float64).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import reference
+from ._ops import ops
+from .packing import dim_from_packed_size
+
+__all__ = ["symeig", "spd_remap", "spd_from_raw"]
+
+_FUSED_MAX_DIM = 3
+
+
+def _check_theta(theta: float, name: str) -> None:
+    if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 0):
+        raise ValueError(f"{name}: theta must be a finite positive number, got {theta!r}")
+
+
+def _check_square(B: torch.Tensor, name: str) -> int:
+    if not isinstance(B, torch.Tensor):
+        raise TypeError(f"{name}: B must be a torch.Tensor, got {type(B).__name__}")
+    if B.dim() < 2 or B.shape[-1] != B.shape[-2]:
+        raise ValueError(f"{name}: B must have shape (..., d, d), got {tuple(B.shape)}")
+    if not B.is_floating_point():
+        raise TypeError(f"{name}: B must be a floating-point tensor, got {B.dtype}")
+    return B.shape[-1]
+
+
+def _reference_in_supported_dtype(fn, x: torch.Tensor, *args):
+    """Run a torch.linalg.eigh reference; half types go through float32."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        out = fn(x.float(), *args)
+        return tuple(o.to(x.dtype) for o in out) if isinstance(out, tuple) else out.to(x.dtype)
+    return fn(x, *args)
+
+
+def symeig(B: torch.Tensor):
+    """Eigen-decomposition of symmetric matrices.
+
+    Args:
+        B: (..., d, d). Only the symmetric part (B + B^T)/2 is used.
+    Returns:
+        (eigenvalues (..., d) ascending, eigenvectors (..., d, d) as columns) with
+        sym(B) = V diag(l) V^T (the torch.linalg.eigh convention).
+    Gradients: eigenvalue gradients always; eigenvector gradients by the standard formula
+    V (F o V^T dV) V^T with F_ij = 1/(l_j - l_i). At an exact tie l_i == l_j the
+    eigenvectors are not unique and F_ij is taken as 0 (finite, gauge-invariant part only).
+    """
+    d = _check_square(B, "probreg.symeig")
+    if d > _FUSED_MAX_DIM:
+        return _reference_in_supported_dtype(reference.symeig, B)
+    return ops.symeig(B)
+
+
+def spd_remap(B: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
+    """A = V diag(g(l)) V^T, g(l) = l if l > theta else theta*exp(l/theta - 1) (paper eq. 9-10).
+
+    Args:
+        B: (..., d, d) symmetric (its symmetric part is used).
+        theta: > 0, the smallest "reasonable" eigenvalue; g maps R onto (0, inf).
+    Returns:
+        A (..., d, d) symmetric positive definite (positive semi-definite only where
+        g(l) underflows the dtype, e.g. l < -87*theta in float32-rounded output).
+    Backward: exact Daleckii-Krein divided differences, finite at repeated eigenvalues.
+    """
+    _check_theta(theta, "probreg.spd_remap")
+    d = _check_square(B, "probreg.spd_remap")
+    if d > _FUSED_MAX_DIM:
+        return _reference_in_supported_dtype(reference.spd_remap, B, float(theta))
+    return ops.spd_remap(B, float(theta))
+
+
+def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
+    """Raw network output -> SPD matrix, fused (one kernel forward, one backward).
+
+    Args:
+        raw: (..., P), P = d(d+1)/2, packed upper triangle row-major with off-diagonal
+            entries carrying sqrt(2): d=2 -> (b00, sqrt2*b01, b11).
+        theta: > 0, see spd_remap.
+    Returns:
+        A (..., d, d).
+    """
+    _check_theta(theta, "probreg.spd_from_raw")
+    if not isinstance(raw, torch.Tensor) or raw.dim() < 1:
+        raise ValueError("probreg.spd_from_raw: raw must be a tensor of shape (..., P)")
+    P = raw.shape[-1]
+    if P not in (1, 3, 6):
+        d = dim_from_packed_size(P)  # raises a clear error if P is not d(d+1)/2
+        if not raw.is_floating_point():
+            raise TypeError(f"probreg.spd_from_raw: raw must be a floating-point tensor, got {raw.dtype}")
+        return _reference_in_supported_dtype(reference.spd_from_raw, raw, float(theta))
+    return ops.spd_from_raw(raw, float(theta))

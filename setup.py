@@ -1,0 +1,80 @@
+"""Build probreg._C against the torch that is already installed.
+
+CPU sources are always built. CUDA sources (csrc/cuda) are added, as a CUDAExtension,
+only when a CUDA toolkit is found AND the installed torch is a CUDA build.
+Overrides: PROBREG_FORCE_CPU=1 (never CUDA), PROBREG_FORCE_CUDA=1 (CUDA even without a
+visible GPU, e.g. in a container build; still needs a CUDA build of torch).
+
+Always build with `pip install --no-build-isolation ...` (or `make build`): build
+isolation would download a second, CPU-or-other torch to compile against.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as exc:  # pragma: no cover - explained to the user
+    raise SystemExit(
+        "probreg builds against an installed PyTorch (>= 2.4). Install torch first, then "
+        "`pip install --no-build-isolation .` (build isolation would fetch a second torch)."
+    ) from exc
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    if os.environ.get("PROBREG_FORCE_CPU", "0") == "1":
+        return False
+    if os.environ.get("PROBREG_FORCE_CUDA", "0") == "1":
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _cpu_isa_flags():
+    """Vector ISA for the CPU kernels' SIMD lanes (csrc/include/probreg/lanes.h).
+
+    The extension is built on the machine that runs it, so it targets the ISA torch
+    itself detects there (AVX-512 / AVX2), falling back to the compiler default.
+    PROBREG_CPU_ISA=default|avx2|avx512 overrides.
+    """
+    choice = os.environ.get("PROBREG_CPU_ISA")
+    if choice is None:
+        try:
+            choice = torch.backends.cpu.get_cpu_capability().lower()
+        except Exception:  # older torch
+            choice = "default"
+    if choice.startswith("avx512"):
+        return ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"]
+    if choice == "avx2":
+        return ["-mavx2", "-mfma"]
+    return []
+
+
+def _extension():
+    csrc = os.path.join(ROOT, "csrc")
+    sources = [os.path.join(csrc, "probreg.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    include_dirs = [os.path.join(csrc, "include"), csrc]
+    # No fast-math anywhere (the numerics rely on IEEE semantics); -fno-math-errno only
+    # drops errno writes so that sqrt vectorises.
+    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno"] + _cpu_isa_flags()
+    if _want_cuda():
+        sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
+        sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
+        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        return CUDAExtension(
+            "probreg._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        )
+    return CppExtension("probreg._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})
+
+
+setup(
+    packages=find_packages(include=["probreg", "probreg.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)

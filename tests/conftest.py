@@ -1,0 +1,27 @@
+"""Shared pytest configuration: device and dtype parametrisation.
+
+Every op test is parametrised over DEVICES (CUDA skipped where absent) x dtype x
+contiguity. Import the helpers from tests/helpers.py (adversarial inputs, tolerances).
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
