@@ -26,4 +26,17 @@ TORCH_LIBRARY(probreg, m) {
   // spd_from_raw: raw (..., P) packed -> A (..., d, d)
   m.def("spd_from_raw(Tensor raw, float theta) -> Tensor");
   m.def("_spd_from_raw_backward(Tensor grad_A, Tensor raw, float theta) -> Tensor");
+  // ---- negative log-likelihood (csrc/include/probreg/huber.h) ----
+  // huber_nll: pred (..., W), target (..., d) -> per-target loss (...) WITHOUT the constant
+  // log c_d(delta). family: 0 huber, 1 gauss, 2 laplace, 3 charbonnier; covariance:
+  // 0 identity (W = d), 1 diagonal (W = 2d), 2 full (W = d + d(d+1)/2). The loss is float32
+  // for float16/bfloat16 inputs, the input dtype otherwise.
+  m.def(
+      "huber_nll(Tensor pred, Tensor target, float delta, float theta, int family, int covariance, "
+      "bool mu_parameterization) -> Tensor");
+  // -> (grad_pred (..., W) in pred's dtype, grad_target (..., d) in target's dtype, or an
+  // empty (0,) tensor when need_grad_target is false).
+  m.def(
+      "_huber_nll_backward(Tensor grad_loss, Tensor pred, Tensor target, float delta, float theta, "
+      "int family, int covariance, bool mu_parameterization, bool need_grad_target) -> (Tensor, Tensor)");
 }

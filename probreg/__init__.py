@@ -3,12 +3,19 @@
 Fused C++/CUDA operators (registered as torch.ops.probreg.*) under a Python API:
     symeig, spd_remap, spd_from_raw   the SPD parameterisation (paper sec. 3.3, app. B)
     pack_sym, unpack_sym              the packed symmetric layout of network outputs
+    huber_nll, HuberNLLLoss           the NLL losses (paper eq. 6, 11-13), fused fwd/bwd
+    huber_log_normalizer,             log c_d(delta) and kappa_d(delta) (paper app. A)
+    huber_variance_factor
+    HuberL2                           the distribution (torch.distributions API)
 Pure-PyTorch references of every operator live in probreg.reference.
 """
 from . import _ops  # noqa: F401  (registers operators, fake kernels and autograd)
 from . import reference
 from .packing import pack_sym, unpack_sym
 from .spd import spd_from_raw, spd_remap, symeig
+from .nll import HuberNLLLoss, huber_nll
+from .normalizer import huber_log_normalizer, huber_variance_factor
+from .distributions import HuberL2
 
 __version__ = "0.1.0"
 
@@ -19,4 +26,9 @@ __all__ = [
     "pack_sym",
     "unpack_sym",
     "reference",
+    "huber_nll",
+    "HuberNLLLoss",
+    "huber_log_normalizer",
+    "huber_variance_factor",
+    "HuberL2",
 ]

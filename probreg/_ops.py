@@ -96,3 +96,51 @@ def _spd_from_raw_backward(ctx, grad_A):
 torch.library.register_autograd(
     "probreg::spd_from_raw", _spd_from_raw_backward, setup_context=_spd_from_raw_setup_context
 )
+
+
+# ---------------------------------------------------------------- huber_nll
+def _nll_loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    # float16/bfloat16 inputs give a float32 loss (csrc/nll_checks.h nll_loss_dtype).
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("probreg::huber_nll")
+def _huber_nll_fake(pred, target, delta, theta, family, covariance, mu_parameterization):
+    torch._check(
+        pred.shape[:-1] == target.shape[:-1],
+        lambda: f"probreg.huber_nll: pred {tuple(pred.shape)} and target {tuple(target.shape)} batch shapes differ",
+    )
+    return pred.new_empty(target.shape[:-1], dtype=_nll_loss_dtype(pred.dtype))
+
+
+@torch.library.register_fake("probreg::_huber_nll_backward")
+def _huber_nll_backward_fake(grad_loss, pred, target, delta, theta, family, covariance, mu_parameterization,
+                             need_grad_target):
+    grad_target = (
+        torch.empty_like(target, memory_format=torch.contiguous_format) if need_grad_target else target.new_empty(0)
+    )
+    return torch.empty_like(pred, memory_format=torch.contiguous_format), grad_target
+
+
+def _huber_nll_setup_context(ctx, inputs, output):
+    pred, target, delta, theta, family, covariance, mu_parameterization = inputs
+    ctx.save_for_backward(pred, target)
+    ctx.scalars = (delta, theta, family, covariance, mu_parameterization)
+
+
+def _huber_nll_backward(ctx, grad_loss):
+    pred, target = ctx.saved_tensors
+    need_grad_target = ctx.needs_input_grad[1]
+    grad_pred, grad_target = ops._huber_nll_backward(grad_loss, pred, target, *ctx.scalars, need_grad_target)
+    return (
+        grad_pred if ctx.needs_input_grad[0] else None,
+        grad_target if need_grad_target else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("probreg::huber_nll", _huber_nll_backward, setup_context=_huber_nll_setup_context)

@@ -29,5 +29,19 @@ cudaError_t launch_spd_from_raw_forward(Dtype dtype, int d, const void* raw, voi
 cudaError_t launch_spd_from_raw_backward(Dtype dtype, int d, const void* grad_A, const void* raw,
                                   void* grad_raw, int64_t n, double theta, cudaStream_t stream);
 
+// ---- huber_nll (csrc/include/probreg/huber.h), d in {1, 2, 3} ----
+// pred: n x W rows (W = d + d(d+1)/2 for covariance 2 (full), 2d for 1 (diagonal), d for
+// 0 (identity)); target: n x d; loss: n values, float32 for kFloat16/kBFloat16, else dtype.
+// family: 0 huber, 1 gauss, 2 laplace, 3 charbonnier. grad_loss: loss dtype, read at
+// i * grad_loss_stride (stride 0: one broadcast value). grad_pred / grad_target: dtype;
+// grad_target may be null (not computed).
+cudaError_t launch_huber_nll_forward(Dtype dtype, int d, int family, int covariance, bool mu_parameterization,
+                                     const void* pred, const void* target, void* loss, int64_t n, double delta,
+                                     double theta, cudaStream_t stream);
+cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covariance, bool mu_parameterization,
+                                      const void* grad_loss, int64_t grad_loss_stride, const void* pred,
+                                      const void* target, void* grad_pred, void* grad_target, int64_t n,
+                                      double delta, double theta, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace probreg

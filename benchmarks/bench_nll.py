@@ -1,0 +1,131 @@
+"""huber_nll (d = 2, 3; full and diagonal covariance, Huber family, v parameterisation,
+reduction="mean"): forward and forward+backward over batch sizes.
+
+Peers in the same run:
+  eager_reference       what a user writes by hand: torch.linalg.eigh + torch.logdet of
+                        the reconstructed A + plain autograd (reference.huber_nll_naive;
+                        diagonal: diag_embed + logdet)
+  closed_form_eager     closed-form pure PyTorch (d = 2 full: reference.huber_nll_closed_form_2x2;
+  closed_form_compiled  diagonal: reference.huber_nll_closed_form_diagonal), eager and
+                        under torch.compile
+  probreg               probreg.huber_nll (one fused kernel forward, one backward)
+Accuracy: max relative error of the per-target loss (reduction="none") against the
+float64 reference (reference.huber_nll_reference, eigh) on the same float32 inputs.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+import probreg
+from probreg import reference
+
+from .common import max_rel_error, time_ms
+
+DELTA = 1.0
+THETA = 1.0
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(fn):
+    return torch.compile(fn)
+
+
+def _impls(d: int, covariance: str):
+    impls = {
+        "probreg": functools.partial(probreg.huber_nll, covariance=covariance),
+        "eager_reference": functools.partial(reference.huber_nll_naive, covariance=covariance),
+    }
+    closed = None
+    if covariance == "full" and d == 2:
+        closed = reference.huber_nll_closed_form_2x2
+    elif covariance == "diagonal":
+        closed = reference.huber_nll_closed_form_diagonal
+    if closed is not None:
+        impls["closed_form_eager"] = closed
+        impls["closed_form_compiled"] = _compiled(closed)
+    return impls
+
+
+def bytes_moved(d: int, width: int, batch: int, mode: str, itemsize: int = 4) -> int:
+    """Minimum bytes: forward reads pred (W) and target (d) and writes the loss (1);
+    backward reads grad_loss, pred, target and writes grad_pred (W) and grad_target (d)."""
+    fwd = (width + d + 1) * itemsize * batch
+    bwd = (1 + 2 * (width + d)) * itemsize * batch
+    return fwd if mode == "forward" else fwd + bwd
+
+
+def _inputs(d: int, covariance: str, batch: int, device: str):
+    gen = torch.Generator(device="cpu").manual_seed(batch + 10 * d)
+    width = probreg.nll.pred_width(d, covariance)
+    pred = torch.randn(batch, width, generator=gen)
+    target = torch.randn(batch, d, generator=gen)
+    return pred.to(device), target.to(device)
+
+
+def run(device: str, quick: bool = False):
+    rows = []
+    if device == "cpu":
+        batches = [2**10, 2**14] if quick else [2**10, 2**14, 2**17, 2**20]
+    else:
+        batches = [2**10, 2**16] if quick else [2**10, 2**14, 2**18, 2**20, 2**22, 2**24]
+    for covariance in ("full", "diagonal"):
+        for d in (2, 3):
+            width = probreg.nll.pred_width(d, covariance)
+            for batch in batches:
+                pred, target = _inputs(d, covariance, batch, device)
+                ref64 = reference.huber_nll_reference(pred.double(), target.double(), DELTA, THETA,
+                                                      covariance=covariance, reduction="none")
+                for impl, fn in _impls(d, covariance).items():
+                    if impl == "eager_reference" and device != "cpu" and batch > 2**20:
+                        continue  # cuSOLVER batched eigh on 2^22+ tiny matrices: minutes, adds nothing
+                    with torch.no_grad():
+                        err = max_rel_error(fn(pred, target, DELTA, THETA, reduction="none"), ref64)
+                    ms_fwd = time_ms(lambda: fn(pred, target, DELTA, THETA), device)
+
+                    def fwd_bwd():
+                        p = pred.detach().requires_grad_(True)
+                        fn(p, target, DELTA, THETA).backward()
+                        return p.grad
+
+                    ms_fb = time_ms(fwd_bwd, device)
+                    for mode, ms in (("forward", ms_fwd), ("forward+backward", ms_fb)):
+                        rows.append(
+                            {
+                                "op": "huber_nll",
+                                "covariance": covariance,
+                                "d": d,
+                                "batch": batch,
+                                "dtype": "float32",
+                                "impl": impl,
+                                "mode": mode,
+                                "ms": ms,
+                                "GB/s": bytes_moved(d, width, batch, mode) / (ms * 1e-3) / 1e9,
+                                "max_err_vs_float64": err,
+                            }
+                        )
+    return rows
+
+
+def summary(rows) -> str:
+    """The acceptance figure: 2^20 targets, d = 2, full, float32, forward+backward."""
+    pick = {
+        r["impl"]: r["ms"]
+        for r in rows
+        if r["covariance"] == "full" and r["d"] == 2 and r["mode"] == "forward+backward" and r["batch"] == 2**20
+    }
+    if "probreg" not in pick:
+        return "huber_nll: no 2^20-target row in this run"
+    parts = [f"huber_nll d=2 full float32 2^20 forward+backward: probreg {pick['probreg']:.1f} ms"]
+    for peer in ("eager_reference", "closed_form_compiled"):
+        if peer in pick:
+            parts.append(f"{pick[peer] / pick['probreg']:.1f}x vs {peer} ({pick[peer]:.1f} ms)")
+    return "; ".join(parts)
+
+
+GROUP_KEYS = ["op", "covariance", "d", "batch", "dtype", "mode"]
+COLUMNS = [
+    "op", "covariance", "d", "batch", "mode", "impl", "ms", "GB/s",
+    "speedup_vs_eager", "speedup_vs_compiled", "max_err_vs_float64",
+]

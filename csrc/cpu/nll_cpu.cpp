@@ -1,0 +1,163 @@
+// CPU kernels of huber_nll and its backward (schemas in csrc/probreg.cpp, math in
+// include/probreg/huber.h). One generic item body per direction (scalar or SIMD lanes,
+// cpu_loop.h); family, covariance structure and d are dispatched once per call.
+//
+// Compute type: double for every storage dtype. On the CPU the double SIMD lanes are the
+// fast path, so float16/bfloat16 gain float64 accuracy at no cost (the CUDA kernels
+// compute half types in float32, float32 and float64 in double).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "../nll_checks.h"
+#include "cpu_loop.h"
+#include "probreg/huber.h"
+#include "probreg/packed.h"
+
+namespace probreg {
+namespace {
+
+#define PROBREG_NLL_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// The upstream gradient of item i (scalar) or items i..i+7 (lanes); stride 0 reads the
+// one broadcast value (nll_checks.h NllGradLoss).
+template <typename S>
+inline void load_grad_loss(const S* base, int64_t stride, int64_t i, double out[1]) {
+  out[0] = double(base[i * stride]);
+}
+#if defined(PROBREG_HAVE_LANES)
+template <typename S>
+inline void load_grad_loss(const S* base, int64_t stride, int64_t i, Lanes out[1]) {
+  if (stride == 0) {
+    out[0] = Lanes(double(base[0]));
+  } else {
+    load_item<1>(base, i, out);
+  }
+}
+#endif
+
+// Calls f(D, F, Cov) as integral constants.
+template <typename Fn>
+void dispatch_nll(int64_t d, int64_t family, int64_t covariance, Fn&& f) {
+  dispatch_dim(d, [&](auto dim) {
+    dispatch_family(family, [&](auto fam) {
+      dispatch_covariance(covariance, [&](auto cov) { f(dim, fam, cov); });
+    });
+  });
+}
+
+at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in, double delta, double theta,
+                         int64_t family, int64_t covariance, bool mu_parameterization) {
+  const char* op = "probreg.huber_nll";
+  check_nll_scalars(delta, theta, family, covariance, op);
+  const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
+  const at::Tensor pred = pred_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  at::Tensor loss = at::empty(target.sizes().slice(0, target.dim() - 1),
+                              pred.options().dtype(nll_loss_dtype(pred.scalar_type())));
+  const int64_t n = target.numel() / d;
+  const bool mu = mu_parameterization;
+  PROBREG_NLL_DISPATCH_FLOATING(pred.scalar_type(), "huber_nll_cpu", [&] {
+    using loss_t = nll_loss_t<scalar_t>;
+    const scalar_t* pp = pred.const_data_ptr<scalar_t>();
+    const scalar_t* tp = target.const_data_ptr<scalar_t>();
+    loss_t* lp = loss.mutable_data_ptr<loss_t>();
+    dispatch_nll(d, family, covariance, [&](auto dim, auto fam, auto cov) {
+      constexpr int D = decltype(dim)::value;
+      constexpr int F = decltype(fam)::value;
+      constexpr int Cov = decltype(cov)::value;
+      constexpr int W = NllLayout<D, Cov>::width;
+      run_items<double>(n, [&](auto zero, int64_t i) {
+        using T = decltype(zero);
+        const T dl(delta), th(theta);
+        T row[W], y[D], out[1];
+        load_item<W>(pp, i, row);
+        load_item<D>(tp, i, y);
+        if constexpr (Cov == kCovarianceFull) {
+          T B[D][D], l[D], V[D][D];
+          unpack_symmetric<D, T>(row + D, B);
+          if (!decompose<D>(B, l, V)) return false;
+          out[0] = huber_nll_full_eig<D, F, T>(l, V, row, y, dl, th, mu);
+        } else if constexpr (Cov == kCovarianceDiagonal) {
+          out[0] = huber_nll_diagonal<D, F, T>(row + D, row, y, dl, th, mu);
+        } else {
+          out[0] = huber_nll_identity<D, F, T>(row, y, dl);
+        }
+        store_item<1>(out, lp, i);
+        return true;
+      });
+    });
+  });
+  return loss;
+}
+
+std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad_loss_in,
+                                                          const at::Tensor& pred_in,
+                                                          const at::Tensor& target_in, double delta,
+                                                          double theta, int64_t family, int64_t covariance,
+                                                          bool mu_parameterization, bool need_grad_target) {
+  const char* op = "probreg._huber_nll_backward";
+  check_nll_scalars(delta, theta, family, covariance, op);
+  const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
+  check_floating(grad_loss_in, op, "grad_loss");
+  check_same_device(grad_loss_in, pred_in, op, "grad_loss", "pred");
+  check_nll_grad_shape(grad_loss_in, target_in, op);
+  const at::Tensor pred = pred_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const NllGradLoss grad_loss = nll_grad_loss(grad_loss_in, pred.scalar_type());
+  const int64_t go_stride = grad_loss.stride;
+  at::Tensor grad_pred = at::empty_like(pred);
+  at::Tensor grad_target = need_grad_target ? at::empty_like(target) : at::empty({0}, target.options());
+  const int64_t n = target.numel() / d;
+  const bool mu = mu_parameterization;
+  PROBREG_NLL_DISPATCH_FLOATING(pred.scalar_type(), "huber_nll_backward_cpu", [&] {
+    using loss_t = nll_loss_t<scalar_t>;
+    const scalar_t* pp = pred.const_data_ptr<scalar_t>();
+    const scalar_t* tp = target.const_data_ptr<scalar_t>();
+    const loss_t* gl = grad_loss.values.const_data_ptr<loss_t>();
+    scalar_t* gpp = grad_pred.mutable_data_ptr<scalar_t>();
+    scalar_t* gtp = grad_target.mutable_data_ptr<scalar_t>();
+    dispatch_nll(d, family, covariance, [&](auto dim, auto fam, auto cov) {
+      constexpr int D = decltype(dim)::value;
+      constexpr int F = decltype(fam)::value;
+      constexpr int Cov = decltype(cov)::value;
+      constexpr int W = NllLayout<D, Cov>::width;
+      run_items<double>(n, [&](auto zero, int64_t i) {
+        using T = decltype(zero);
+        const T dl(delta), th(theta);
+        T row[W], y[D], go[1], grow[W], gy[D];
+        load_item<W>(pp, i, row);
+        load_item<D>(tp, i, y);
+        load_grad_loss(gl, go_stride, i, go);
+        if constexpr (Cov == kCovarianceFull) {
+          T B[D][D], l[D], V[D][D], gB[D][D];
+          unpack_symmetric<D, T>(row + D, B);
+          if (!decompose<D>(B, l, V)) return false;
+          huber_nll_full_backward_eig<D, F, T>(l, V, row, y, go[0], dl, th, mu, grow, gB, gy);
+          pack_symmetric_grad<D, T>(gB, grow + D);
+        } else if constexpr (Cov == kCovarianceDiagonal) {
+          huber_nll_diagonal_backward<D, F, T>(row + D, row, y, go[0], dl, th, mu, grow, grow + D, gy);
+        } else {
+          huber_nll_identity_backward<D, F, T>(row, y, go[0], dl, grow, gy);
+        }
+        store_item<W>(grow, gpp, i);
+        if (need_grad_target) store_item<D>(gy, gtp, i);
+        return true;
+      });
+    });
+  });
+  return {grad_pred, grad_target};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(probreg, CPU, m) {
+  m.impl("huber_nll", &huber_nll_cpu);
+  m.impl("_huber_nll_backward", &huber_nll_backward_cpu);
+}
+
+}  // namespace probreg

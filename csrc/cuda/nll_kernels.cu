@@ -1,0 +1,126 @@
+// CUDA kernels of huber_nll and its backward: one thread per target, calling the same
+// header math as the CPU loop (csrc/include/probreg/huber.h). Torch-free. Family,
+// covariance structure, d and dtype are template parameters, dispatched once per launch.
+#include <type_traits>
+
+#include "kernel_common.cuh"
+#include "probreg/huber.h"
+
+namespace probreg {
+namespace cuda {
+namespace {
+
+// Storage type of the per-target loss: float for the half types, else the input type.
+template <typename S>
+struct LossStorage {
+  using type = S;
+};
+template <>
+struct LossStorage<__half> {
+  using type = float;
+};
+template <>
+struct LossStorage<__nv_bfloat16> {
+  using type = float;
+};
+
+template <int D, int F, int Cov, typename S>
+__global__ void huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
+                                         typename LossStorage<S>::type* __restrict__ loss, int64_t n,
+                                         double delta, double theta, bool mu_param) {
+  using C = typename Compute<S>::type;
+  constexpr int W = NllLayout<D, Cov>::width;
+  PROBREG_GRID_STRIDE_LOOP(i, n) {
+    C row[W], y[D];
+    load_row<W>(pred, i, row);
+    load_row<D>(target, i, y);
+    store_as(loss + i, huber_nll_row<D, F, Cov, C>(row, y, C(delta), C(theta), mu_param));
+  }
+}
+
+template <int D, int F, int Cov, typename S>
+__global__ void huber_nll_backward_kernel(const typename LossStorage<S>::type* __restrict__ grad_loss,
+                                          int64_t grad_loss_stride, const S* __restrict__ pred,
+                                          const S* __restrict__ target, S* __restrict__ grad_pred,
+                                          S* __restrict__ grad_target, int64_t n, double delta, double theta,
+                                          bool mu_param) {
+  using C = typename Compute<S>::type;
+  constexpr int W = NllLayout<D, Cov>::width;
+  PROBREG_GRID_STRIDE_LOOP(i, n) {
+    C row[W], y[D], grow[W], gy[D];
+    load_row<W>(pred, i, row);
+    load_row<D>(target, i, y);
+    const C go = load_as<C>(grad_loss + i * grad_loss_stride);
+    huber_nll_row_backward<D, F, Cov, C>(row, y, go, C(delta), C(theta), mu_param, grow, gy);
+    store_row<W>(grad_pred, i, grow);
+    if (grad_target != nullptr) store_row<D>(grad_target, i, gy);
+  }
+}
+
+// Calls f(std::integral_constant<int, F>, std::integral_constant<int, Cov>).
+template <typename Fn>
+cudaError_t dispatch_family_covariance(int family, int covariance, Fn&& f) {
+  auto with_cov = [&](auto fam) -> cudaError_t {
+    switch (covariance) {
+      case kCovarianceIdentity:
+        return f(fam, std::integral_constant<int, kCovarianceIdentity>{});
+      case kCovarianceDiagonal:
+        return f(fam, std::integral_constant<int, kCovarianceDiagonal>{});
+      case kCovarianceFull:
+        return f(fam, std::integral_constant<int, kCovarianceFull>{});
+    }
+    return cudaErrorInvalidValue;
+  };
+  switch (family) {
+    case kFamilyHuber:
+      return with_cov(std::integral_constant<int, kFamilyHuber>{});
+    case kFamilyGauss:
+      return with_cov(std::integral_constant<int, kFamilyGauss>{});
+    case kFamilyLaplace:
+      return with_cov(std::integral_constant<int, kFamilyLaplace>{});
+    case kFamilyCharbonnier:
+      return with_cov(std::integral_constant<int, kFamilyCharbonnier>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// Dispatches (dtype, d, family, covariance) and launches KERNEL<D, F, Cov, S>; inside the
+// argument list S is the storage type and L its loss storage type.
+#define PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, KERNEL, ...)                  \
+  if ((n) == 0) return cudaSuccess;                                                           \
+  return dispatch_dtype(dtype, [&](auto storage) {                                            \
+    using S = decltype(storage);                                                              \
+    using L = typename LossStorage<S>::type;                                                  \
+    return dispatch_dim(d, [&](auto dim) {                                                    \
+      constexpr int D = decltype(dim)::value;                                                 \
+      return dispatch_family_covariance(family, covariance, [&](auto fam, auto cov) {         \
+        constexpr int F = decltype(fam)::value;                                               \
+        constexpr int Cov = decltype(cov)::value;                                             \
+        KERNEL<D, F, Cov, S><<<blocks_for(n), kThreads, 0, stream>>>(__VA_ARGS__);            \
+        return cudaGetLastError();                                                            \
+      });                                                                                     \
+    });                                                                                       \
+  })
+
+}  // namespace
+
+cudaError_t launch_huber_nll_forward(Dtype dtype, int d, int family, int covariance, bool mu_parameterization,
+                                     const void* pred, const void* target, void* loss, int64_t n, double delta,
+                                     double theta, cudaStream_t stream) {
+  PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, huber_nll_forward_kernel,
+                     static_cast<const S*>(pred), static_cast<const S*>(target), static_cast<L*>(loss), n,
+                     delta, theta, mu_parameterization);
+}
+
+cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covariance, bool mu_parameterization,
+                                      const void* grad_loss, int64_t grad_loss_stride, const void* pred,
+                                      const void* target, void* grad_pred, void* grad_target, int64_t n,
+                                      double delta, double theta, cudaStream_t stream) {
+  PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, huber_nll_backward_kernel,
+                     static_cast<const L*>(grad_loss), grad_loss_stride, static_cast<const S*>(pred),
+                     static_cast<const S*>(target), static_cast<S*>(grad_pred), static_cast<S*>(grad_target), n,
+                     delta, theta, mu_parameterization);
+}
+
+}  // namespace cuda
+}  // namespace probreg

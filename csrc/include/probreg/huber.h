@@ -1,0 +1,422 @@
+// Per-target negative log-likelihood of the L2 multivariate Huber distribution and of
+// the ablation families (paper eq. 6, 11-13), and its exact gradient. Torch-free,
+// branch-free in the value type T (scalars for CUDA / the CPU fallback, Lanes for the
+// CPU SIMD path); the family, covariance structure and dimension are compile-time.
+//
+// One target: location loc (v or mu, d values), covariance parameters, target y (d):
+//   full       raw packed B (P values, packed.h) -> B = V diag(l) V^T, A = V diag(g(l)) V^T
+//   diagonal   raw diagonal b (d values)         -> A = diag(g(b))
+//   identity   nothing                           -> A = I
+// Residual r = A y - v ("v" parameterisation) or r = A (y - mu) ("mu"); s = ||r||.
+// Loss (without the constant log c_d, added by the caller):
+//   L = -log|A| + rho(s),   -log|A| = -sum_i log g(l_i) in the eigenbasis (never the
+//   log-determinant of a reconstructed A, which underflows for l << -theta).
+// Families: huber  rho = s^2/2 (s <= delta), delta (s - delta/2) (s > delta)
+//           gauss  s^2/2;  laplace  s;  charbonnier  sqrt(s^2 + 1) - 1.
+//
+// Everything is evaluated in the eigenbasis of A: with q = V^T z (z = y or y - mu),
+// p = V^T r = g o q - V^T v (v) or g o q (mu), and s = ||p||.
+//
+// Gradient (upstream gradient go per target, u = p / s, t = go rho'(s) u):
+//   dL/dv  = -V t                      (v)      dL/dmu = -V (g o t)          (mu)
+//   dL/dy  =  V (g o t)                (both)
+//   dL/dB  =  V M V^T, M = sym(t q^T) o K - go diag(g'(l)/g(l)),
+// K the divided differences of g (spectral.h). The -log|A| term enters directly in the
+// eigenbasis as -go g'(l)/g(l) = -go / max(l, theta), which is finite for every l: the
+// route through dL/dA = -A^{-1} would overflow where g underflows. Only the rho term
+// goes through the Daleckii-Krein divided differences.
+//
+// Non-differentiable points: laplace at s = 0 uses the subgradient 0 (rho' = 0). Items
+// whose upstream gradient is exactly 0 get exactly 0 gradients, even when their inputs
+// are NaN/Inf (masked targets cost nothing).
+//
+// Overflow: s is computed with scaling (finite for every finite residual), rho and rho'
+// are linear or bounded in s for huber / laplace / charbonnier, so the Huber family's
+// gradient is bounded as paper appendix C proves (|dL/dpred| <= min(s, delta) *
+// sqrt(1 + |y|^2) + sqrt(d) / theta in the v parameterisation).
+#pragma once
+
+#include "lanes.h"  // the SIMD overloads below (host only; empty under nvcc)
+#include "macros.h"
+#include "packed.h"
+#include "spectral.h"
+
+namespace probreg {
+
+// Integer codes shared with the Python API (probreg/nll.py) and the op schemas.
+enum NllFamily : int { kFamilyHuber = 0, kFamilyGauss = 1, kFamilyLaplace = 2, kFamilyCharbonnier = 3 };
+enum NllCovariance : int { kCovarianceIdentity = 0, kCovarianceDiagonal = 1, kCovarianceFull = 2 };
+
+// Number of covariance parameters per target and the pred row width.
+template <int D, int Cov>
+struct NllLayout {
+  static constexpr int cov_params = Cov == kCovarianceFull ? Packed<D>::P : (Cov == kCovarianceDiagonal ? D : 0);
+  static constexpr int width = D + cov_params;
+};
+
+// Smallest normal number of the compute type (the SIMD lanes hold doubles).
+template <typename T>
+struct MinNormal {
+  static constexpr double value = DBL_MIN;
+};
+template <>
+struct MinNormal<float> {
+  static constexpr float value = FLT_MIN;
+};
+
+// ||p||_2 with scaling by max|p_i|: no overflow or underflow of the squares for any
+// finite p (the scale is floored at the smallest normal number so that its reciprocal
+// stays finite for subnormal p); NaN in, NaN out.
+template <int D, typename T>
+PROBREG_HOST_DEVICE T scaled_norm(const T p[D]) {
+  T m = T(0);
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) m = pr_max(m, pr_abs(p[i]));
+  const T unit = pr_where(m > T(0), pr_max(m, T(MinNormal<T>::value)), T(1));
+  const T inv = T(1) / unit;
+  T ss = T(0);
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) {
+    const T x = p[i] * inv;
+    ss += x * x;
+  }
+  return unit * pr_sqrt(ss);
+}
+
+// s = ||p||_2 as scaled_norm, and the unit direction u = p / s computed from the scaled
+// components (never 1/s, which overflows for subnormal s); u = 0 where p = 0.
+template <int D, typename T>
+PROBREG_HOST_DEVICE T norm_and_direction(const T p[D], T u[D]) {
+  T m = T(0);
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) m = pr_max(m, pr_abs(p[i]));
+  const T unit = pr_where(m > T(0), pr_max(m, T(MinNormal<T>::value)), T(1));
+  const T inv = T(1) / unit;
+  T ss = T(0);
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) {
+    u[i] = p[i] * inv;
+    ss += u[i] * u[i];
+  }
+  const T root = pr_sqrt(ss);
+  const T inv_root = T(1) / pr_where(ss > T(0), root, T(1));  // ss >= 4e-32 unless p = 0
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) u[i] *= inv_root;
+  return unit * root;
+}
+
+// Beyond this radius sqrt(s^2 + 1) == s to double precision: the Charbonnier family
+// switches to its asymptotic form there (so s^2 never overflows).
+template <typename T>
+PROBREG_HOST_DEVICE T charbonnier_far() {
+  return T(1e8);
+}
+
+// rho(s), s >= 0.
+template <int F, typename T>
+PROBREG_HOST_DEVICE T family_rho(T s, T delta) {
+  if constexpr (F == kFamilyHuber) {
+    const auto inside = s <= delta;
+    const T si = pr_where(inside, s, T(0));  // the unselected square never overflows
+    return pr_where(inside, T(0.5) * si * si, delta * (s - T(0.5) * delta));
+  } else if constexpr (F == kFamilyGauss) {
+    return T(0.5) * s * s;
+  } else if constexpr (F == kFamilyLaplace) {
+    return s;
+  } else {
+    static_assert(F == kFamilyCharbonnier, "unknown family");
+    // sqrt(s^2 + 1) - 1 = s^2 / (sqrt(s^2 + 1) + 1): no cancellation at small s.
+    const auto near = s < charbonnier_far<T>();
+    const T sc = pr_min(s, charbonnier_far<T>());
+    return pr_where(near, sc * sc / (pr_sqrt(sc * sc + T(1)) + T(1)), s - T(1));
+  }
+}
+
+// rho'(s), s >= 0 (laplace: the subgradient 0 at s = 0). The gradient w.r.t. the
+// residual is rho'(s) u with u = r / s (norm_and_direction).
+template <int F, typename T>
+PROBREG_HOST_DEVICE T family_rho_prime(T s, T delta) {
+  if constexpr (F == kFamilyHuber) {
+    return pr_min(s, delta);
+  } else if constexpr (F == kFamilyGauss) {
+    return s;
+  } else if constexpr (F == kFamilyLaplace) {
+    return pr_where(s > T(0), T(1), T(0));
+  } else {
+    static_assert(F == kFamilyCharbonnier, "unknown family");
+    const auto near = s < charbonnier_far<T>();
+    const T sc = pr_min(s, charbonnier_far<T>());
+    return pr_where(near, sc / pr_sqrt(sc * sc + T(1)), T(1));
+  }
+}
+
+// ---------------------------------------------------------------- log-determinant
+// x = m 2^e with m in [1/2, 1) (x > 0 finite); returns m, writes e as a T.
+template <typename T>
+PROBREG_HOST_DEVICE T split_exponent(T x, T& e) {
+  int k;
+  const T m = pr_frexp(x, &k);
+  e = T(k);
+  return m;
+}
+#if defined(PROBREG_HAVE_LANES)
+PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {
+  using namespace lanes_detail;
+  const LaneBits is_sub = x.v < 2.2250738585072014e-308;
+  const LaneVec xs = is_sub ? x.v * 18014398509481984.0 : x.v;  // * 2^54
+  const LaneBits bits = to_bits(xs);
+  LaneBits k = ((bits >> 52) & 0x7ff) - 1022;
+  k = is_sub ? k - 54 : k;
+  for (int i = 0; i < kLaneWidth; ++i) e.v[i] = double(k[i]);
+  return Lanes(from_bits((bits & 0x000fffffffffffffLL) | 0x3fe0000000000000LL));
+}
+#endif
+
+// sum_j log x_j for positive finite x_j with ONE logarithm: log(prod m_j) + (sum e_j) ln 2,
+// x_j = m_j 2^e_j, prod m_j in [2^-D, 1) (no overflow or underflow at any scale).
+template <int D, typename T>
+PROBREG_HOST_DEVICE T sum_log_positive(const T x[D]) {
+  T prod = T(1), esum = T(0);
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    T e;
+    prod *= split_exponent(x[j], e);
+    esum += e;
+  }
+  // ln 2 split in two (Cody-Waite) so that esum * ln2 is exact to double rounding.
+  return (pr_log(prod) + esum * T(1.90821492927058770002e-10)) + esum * T(6.93147180369123816490e-01);
+}
+
+// -log|A| = -sum_j log g(l_j), with log g(l) = log max(l, theta) + min(l/theta - 1, 0)
+// (equal to log l above theta and l/theta - 1 + log theta below): one logarithm per
+// matrix instead of one per eigenvalue. NaN eigenvalues propagate (the 0 * l term).
+template <int D, typename T>
+PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], T theta) {
+  T x[D];
+  T rest = T(0);
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    x[j] = pr_max(l[j], theta);
+    rest += pr_min(l[j] / theta - T(1), T(0)) + T(0) * l[j];
+  }
+  return -(sum_log_positive<D>(x) + rest);
+}
+
+// d log g(l) / dl = g'(l) / g(l) = 1/l (l > theta), 1/theta otherwise: finite everywhere.
+template <typename T>
+PROBREG_HOST_DEVICE T remap_log_g_prime(T l, T theta) {
+  const auto linear = l > theta;
+  return T(1) / pr_where(linear, l, theta);
+}
+
+// Exactly 0 where the upstream gradient is 0 (masked items), x elsewhere.
+template <typename T>
+PROBREG_HOST_DEVICE T masked_grad(T go, T x) {
+  return pr_where(go == T(0), T(0), x);
+}
+
+// ---------------------------------------------------------------- full covariance
+// Forward from the eigen-decomposition (l ascending, V columns) of B.
+template <int D, int F, typename T>
+PROBREG_HOST_DEVICE T huber_nll_full_eig(const T l[D], const T V[D][D], const T loc[D], const T y[D],
+                                         T delta, T theta, bool mu_param) {
+  T z[D];
+  PROBREG_UNROLL
+  for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
+  T p[D];
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    T q = T(0), vj = T(0);
+    PROBREG_UNROLL
+    for (int k = 0; k < D; ++k) {
+      q += V[k][j] * z[k];
+      vj += V[k][j] * loc[k];
+    }
+    const T g = remap_g(l[j], theta);
+    p[j] = mu_param ? g * q : g * q - vj;
+  }
+  return neg_log_det_remap<D>(l, theta) + family_rho<F>(scaled_norm<D>(p), delta);
+}
+
+// Backward from the eigen-decomposition of B: gradients w.r.t. loc (D), the symmetric
+// B (D x D) and y (D), scaled by the upstream gradient go.
+template <int D, int F, typename T>
+PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const T l[D], const T V[D][D], const T loc[D],
+                                                     const T y[D], T go, T delta, T theta, bool mu_param,
+                                                     T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
+  T z[D];
+  PROBREG_UNROLL
+  for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
+  T e[D], g[D], q[D], p[D];
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    T qj = T(0), vj = T(0);
+    PROBREG_UNROLL
+    for (int k = 0; k < D; ++k) {
+      qj += V[k][j] * z[k];
+      vj += V[k][j] * loc[k];
+    }
+    e[j] = remap_exp_factor(l[j], theta);
+    g[j] = remap_g_from(l[j], e[j], theta);
+    q[j] = qj;
+    p[j] = mu_param ? g[j] * qj : g[j] * qj - vj;
+  }
+  T u[D];
+  const T c = go * family_rho_prime<F>(norm_and_direction<D>(p, u), delta);
+  T t[D], gt[D];
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    t[j] = c * u[j];
+    gt[j] = g[j] * t[j];
+  }
+  // Rotate back: grad_y = V (g o t); grad_loc = -V t (v) or -grad_y (mu).
+  PROBREG_UNROLL
+  for (int k = 0; k < D; ++k) {
+    T a = T(0), b = T(0);
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      a += V[k][j] * gt[j];
+      b += V[k][j] * t[j];
+    }
+    grad_y[k] = masked_grad(go, a);
+    grad_loc[k] = masked_grad(go, -(mu_param ? a : b));
+  }
+  // M = sym(t q^T) o K - go diag(g'/g), then grad_B = V M V^T.
+  T M[D][D];
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < D; ++j) {
+      if (i == j) {
+        M[i][i] = t[i] * q[i] * remap_g_prime_from(l[i], e[i], theta) - go * remap_log_g_prime(l[i], theta);
+      } else {
+        const T kij = remap_divided_difference(l[i], l[j], e[i], e[j], theta);
+        M[i][j] = T(0.5) * (t[i] * q[j] + q[i] * t[j]) * kij;
+        M[j][i] = M[i][j];
+      }
+    }
+  T MV[D][D];  // M V^T
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += M[i][k] * V[j][k];
+      MV[i][j] = acc;
+    }
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += V[i][k] * MV[k][j];
+      grad_B[i][j] = masked_grad(go, acc);
+      grad_B[j][i] = grad_B[i][j];
+    }
+}
+
+// ---------------------------------------------------------------- diagonal covariance
+// b: the D raw diagonal values, A = diag(g(b)).
+template <int D, int F, typename T>
+PROBREG_HOST_DEVICE T huber_nll_diagonal(const T b[D], const T loc[D], const T y[D], T delta, T theta,
+                                         bool mu_param) {
+  T p[D];
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    const T g = remap_g(b[j], theta);
+    p[j] = mu_param ? g * (y[j] - loc[j]) : g * y[j] - loc[j];
+  }
+  return neg_log_det_remap<D>(b, theta) + family_rho<F>(scaled_norm<D>(p), delta);
+}
+
+template <int D, int F, typename T>
+PROBREG_HOST_DEVICE void huber_nll_diagonal_backward(const T b[D], const T loc[D], const T y[D], T go,
+                                                     T delta, T theta, bool mu_param, T grad_loc[D],
+                                                     T grad_b[D], T grad_y[D]) {
+  T e[D], g[D], z[D], p[D];
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    e[j] = remap_exp_factor(b[j], theta);
+    g[j] = remap_g_from(b[j], e[j], theta);
+    z[j] = mu_param ? y[j] - loc[j] : y[j];
+    p[j] = mu_param ? g[j] * z[j] : g[j] * z[j] - loc[j];
+  }
+  T u[D];
+  const T c = go * family_rho_prime<F>(norm_and_direction<D>(p, u), delta);
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    const T t = c * u[j];
+    const T gt = g[j] * t;
+    grad_y[j] = masked_grad(go, gt);
+    grad_loc[j] = masked_grad(go, -(mu_param ? gt : t));
+    grad_b[j] = masked_grad(go, t * z[j] * remap_g_prime_from(b[j], e[j], theta) -
+                                    go * remap_log_g_prime(b[j], theta) + T(0) * b[j]);  // NaN b -> NaN
+  }
+}
+
+// ---------------------------------------------------------------- identity covariance
+// A = I: both parameterisations give r = y - loc.
+template <int D, int F, typename T>
+PROBREG_HOST_DEVICE T huber_nll_identity(const T loc[D], const T y[D], T delta) {
+  T p[D];
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) p[j] = y[j] - loc[j];
+  return family_rho<F>(scaled_norm<D>(p), delta);
+}
+
+template <int D, int F, typename T>
+PROBREG_HOST_DEVICE void huber_nll_identity_backward(const T loc[D], const T y[D], T go, T delta,
+                                                     T grad_loc[D], T grad_y[D]) {
+  T p[D];
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) p[j] = y[j] - loc[j];
+  T u[D];
+  const T c = go * family_rho_prime<F>(norm_and_direction<D>(p, u), delta);
+  PROBREG_UNROLL
+  for (int j = 0; j < D; ++j) {
+    grad_y[j] = masked_grad(go, c * u[j]);
+    grad_loc[j] = masked_grad(go, -c * u[j]);
+  }
+}
+
+// ---------------------------------------------------------------- scalar conveniences
+// Whole-row forward / backward for scalar T (CUDA kernels): pred row of
+// NllLayout<D, Cov>::width values (loc then the covariance parameters), target y (D).
+// The CPU loop calls the pieces above directly so that its SIMD lanes can fall back to
+// the scalar path when the eigen-decomposition needs it (cpu_loop.h decompose).
+template <int D, int F, int Cov, typename T>
+PROBREG_HOST_DEVICE T huber_nll_row(const T pred[NllLayout<D, Cov>::width], const T y[D], T delta, T theta,
+                                    bool mu_param) {
+  if constexpr (Cov == kCovarianceFull) {
+    T B[D][D], l[D], V[D][D];
+    unpack_symmetric<D, T>(pred + D, B);
+    symeig<D, T>(B, l, V);
+    return huber_nll_full_eig<D, F, T>(l, V, pred, y, delta, theta, mu_param);
+  } else if constexpr (Cov == kCovarianceDiagonal) {
+    return huber_nll_diagonal<D, F, T>(pred + D, pred, y, delta, theta, mu_param);
+  } else {
+    return huber_nll_identity<D, F, T>(pred, y, delta);
+  }
+}
+
+template <int D, int F, int Cov, typename T>
+PROBREG_HOST_DEVICE void huber_nll_row_backward(const T pred[NllLayout<D, Cov>::width], const T y[D], T go,
+                                                T delta, T theta, bool mu_param,
+                                                T grad_pred[NllLayout<D, Cov>::width], T grad_y[D]) {
+  if constexpr (Cov == kCovarianceFull) {
+    T B[D][D], l[D], V[D][D], gB[D][D];
+    unpack_symmetric<D, T>(pred + D, B);
+    symeig<D, T>(B, l, V);
+    huber_nll_full_backward_eig<D, F, T>(l, V, pred, y, go, delta, theta, mu_param, grad_pred, gB, grad_y);
+    pack_symmetric_grad<D, T>(gB, grad_pred + D);
+  } else if constexpr (Cov == kCovarianceDiagonal) {
+    huber_nll_diagonal_backward<D, F, T>(pred + D, pred, y, go, delta, theta, mu_param, grad_pred,
+                                         grad_pred + D, grad_y);
+  } else {
+    huber_nll_identity_backward<D, F, T>(pred, y, go, delta, grad_pred, grad_y);
+  }
+}
+
+}  // namespace probreg
