@@ -66,25 +66,28 @@ def _loss_and_grads(fn, pred, target, grad_out, **kw):
 @pytest.mark.parametrize("covariance", COVARIANCES)
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_matches_float64_reference(device, dtype, covariance, d):
-    """Loss and gradients (pred and target) of every family x parameterisation, on
-    contiguous and non-contiguous inputs, against the float64 reference evaluated on the
-    same (rounded) inputs."""
+    """Loss and gradients (pred and target) of every family x parameterisation x
+    reduction, on contiguous and non-contiguous inputs, against the float64 reference
+    evaluated on the same (rounded) inputs."""
     pred64, target64 = make_inputs(d, covariance)
     pred_r, target_r = pred64.to(dtype), target64.to(dtype)  # the values the op sees
-    grad_out = torch.randn(pred64.shape[0], dtype=torch.float64)
+    n = pred64.shape[0]
     for family in FAMILIES:
         for param in PARAMS:
-            kw = dict(parameterization=param, family=family, covariance=covariance, reduction="none")
-            ref = _loss_and_grads(reference.huber_nll_reference, pred_r.double(), target_r.double(), grad_out, **kw)
-            for layout in ("contiguous", "non_contiguous"):
-                pred = layouts(pred_r.to(device))[layout]
-                target = layouts(target_r.to(device))[layout]
-                out = _loss_and_grads(probreg.huber_nll, pred, target, grad_out.to(device, dtype), **kw)
-                assert out[0].dtype == dtype and out[1].dtype == dtype and out[2].dtype == dtype
-                for name, o, r in zip(("loss", "grad_pred", "grad_target"), out, ref):
-                    assert torch.isfinite(o).all(), (family, param, layout, name)
-                    err = rel_err(o.cpu(), r)
-                    assert err <= TOL[dtype], (family, param, layout, name, err)
+            for reduction in ("none", "sum", "mean"):
+                kw = dict(parameterization=param, family=family, covariance=covariance, reduction=reduction)
+                grad_out = torch.randn(n, dtype=torch.float64) if reduction == "none" else None
+                ref = _loss_and_grads(reference.huber_nll_reference, pred_r.double(), target_r.double(), grad_out, **kw)
+                for layout in ("contiguous", "non_contiguous") if reduction == "none" else ("contiguous",):
+                    pred = layouts(pred_r.to(device))[layout]
+                    target = layouts(target_r.to(device))[layout]
+                    go = None if grad_out is None else grad_out.to(device, dtype)
+                    out = _loss_and_grads(probreg.huber_nll, pred, target, go, **kw)
+                    assert out[0].dtype == dtype and out[1].dtype == dtype and out[2].dtype == dtype
+                    for name, o, r in zip(("loss", "grad_pred", "grad_target"), out, ref):
+                        assert torch.isfinite(o).all(), (family, param, reduction, layout, name)
+                        err = rel_err(o.cpu(), r)
+                        assert err <= TOL[dtype], (family, param, reduction, layout, name, err)
 
 
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])

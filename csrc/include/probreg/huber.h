@@ -64,27 +64,11 @@ struct MinNormal<float> {
   static constexpr float value = FLT_MIN;
 };
 
-// ||p||_2 with scaling by max|p_i|: no overflow or underflow of the squares for any
-// finite p (the scale is floored at the smallest normal number so that its reciprocal
-// stays finite for subnormal p); NaN in, NaN out.
-template <int D, typename T>
-PROBREG_HOST_DEVICE T scaled_norm(const T p[D]) {
-  T m = T(0);
-  PROBREG_UNROLL
-  for (int i = 0; i < D; ++i) m = pr_max(m, pr_abs(p[i]));
-  const T unit = pr_where(m > T(0), pr_max(m, T(MinNormal<T>::value)), T(1));
-  const T inv = T(1) / unit;
-  T ss = T(0);
-  PROBREG_UNROLL
-  for (int i = 0; i < D; ++i) {
-    const T x = p[i] * inv;
-    ss += x * x;
-  }
-  return unit * pr_sqrt(ss);
-}
-
-// s = ||p||_2 as scaled_norm, and the unit direction u = p / s computed from the scaled
-// components (never 1/s, which overflows for subnormal s); u = 0 where p = 0.
+// s = ||p||_2 with scaling by max|p_i| (no overflow or underflow of the squares for any
+// finite p; the scale is floored at the smallest normal number so that its reciprocal
+// stays finite for subnormal p), and the unit direction u = p / s computed from the
+// scaled components (never 1/s, which overflows for subnormal s); u = 0 where p = 0.
+// NaN in, NaN out.
 template <int D, typename T>
 PROBREG_HOST_DEVICE T norm_and_direction(const T p[D], T u[D]) {
   T m = T(0);
@@ -103,6 +87,13 @@ PROBREG_HOST_DEVICE T norm_and_direction(const T p[D], T u[D]) {
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i) u[i] *= inv_root;
   return unit * root;
+}
+
+// s = ||p||_2 alone (the unused direction is optimised away).
+template <int D, typename T>
+PROBREG_HOST_DEVICE T scaled_norm(const T p[D]) {
+  T u[D];
+  return norm_and_direction<D, T>(p, u);
 }
 
 // Beyond this radius sqrt(s^2 + 1) == s to double precision: the Charbonnier family
