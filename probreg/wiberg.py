@@ -317,6 +317,13 @@ def argmin(
     Returns:
         y* (B, d), same dtype and device as y0.
 
+    Notes:
+        Cost per solver iteration and in backward: d batched vector-Hessian products and
+        a batched d x d solve, so d is meant to be small (1..16) while B can be large.
+        The backward is once-differentiable (no double backward). Under torch.compile,
+        argmin is excluded from tracing (torch.compiler.disable: the solver's
+        convergence tests are data dependent) and runs eagerly between compiled regions.
+
     Raises:
         ValueError: y0 not a 2-D floating tensor, damping negative or not finite,
             unknown solver name, energy not returning shape (B,), solver returning a
