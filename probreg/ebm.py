@@ -253,7 +253,8 @@ def refine(
     The new value and its gradient are computed in one forward/backward pass and reused
     as the next iteration's ``PrevValue`` / gradient on acceptance, so each step costs one
     forward and one backward of ``score_fn`` over all candidates (the paper's loop costs
-    two forwards and one backward). A candidate whose new value is NaN is rejected.
+    two forwards and one backward). A candidate whose new value is NaN is rejected; a
+    score with no autograd graph to ``y`` has zero gradient, so nothing moves.
 
     Args:
         score_fn: maps candidates ``(*B, d)`` to scores ``(*B,)``, differentiable w.r.t.
@@ -274,8 +275,15 @@ def refine(
     Raises:
         ValueError: empty ``y0``, ``steps < 0``, ``step_size <= 0``, ``decay`` outside
             ``(0, 1]``, or ``score_fn`` returning a shape other than ``y0.shape[:-1]``.
+        RuntimeError: called under ``torch.inference_mode()`` (autograd is needed; it
+            works under ``torch.no_grad()``, which it overrides locally).
     """
     _check_targets(y0, "y0")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "refine needs autograd for grad_y f(x, y): call it outside torch.inference_mode() "
+            "(torch.no_grad() is fine), with input features that are not inference tensors"
+        )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0; got {steps!r}")
     if not (isinstance(decay, (int, float)) and 0.0 < decay <= 1.0):

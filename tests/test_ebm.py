@@ -254,6 +254,8 @@ def test_refine_with_network_scores_leaves_parameters_untouched():
     assert not out.y.requires_grad and (out.score >= net(y0).squeeze(-1).detach()).all()
     unchanged = ebm.refine(lambda y: net(y).squeeze(-1), y0, steps=0, step_size=0.1, decay=0.5)
     assert torch.equal(unchanged.y, y0)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        ebm.refine(lambda y: net(y).squeeze(-1), y0, steps=3, step_size=0.1, decay=0.5)
 
 
 @pytest.mark.parametrize(
