@@ -10,6 +10,15 @@ from scipy import stats
 from probreg import ebm
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are small: one intra-op thread is faster (and kind to shared CPUs)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _gaussian_problem(batch, d, seed):
     """Per-element Gaussians N(mu_b, cov_b) in float64 and one draw y_b from each."""
     g = torch.Generator().manual_seed(seed)
