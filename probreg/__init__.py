@@ -4,10 +4,11 @@ Fused C++/CUDA operators (registered as torch.ops.probreg.*) under a Python API:
     symeig, spd_remap, spd_from_raw   the SPD parameterisation (paper sec. 3.3, app. B)
     pack_sym, unpack_sym              the packed symmetric layout of network outputs
     probreg.wiberg                    damped implicit gradients through an argmin
+    probreg.ebm, probreg.gum          energy-based densities, DeepGUM (Gaussian-uniform mixture)
 Pure-PyTorch references of every operator live in probreg.reference.
 """
 from . import _ops  # noqa: F401  (registers operators, fake kernels and autograd)
-from . import reference, wiberg
+from . import ebm, gum, reference, wiberg
 from .packing import pack_sym, unpack_sym
 from .spd import spd_from_raw, spd_remap, symeig
 
@@ -21,4 +22,6 @@ __all__ = [
     "unpack_sym",
     "reference",
     "wiberg",
+    "ebm",
+    "gum",
 ]
