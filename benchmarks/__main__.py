@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from .common import add_speedups, device_label, environment, markdown_table, write_json
+from .common import add_speedups, copy_bandwidth_gbps, device_label, environment, markdown_table, write_json
+from .plot import plot_throughput
 
 SUITES = ["spd", "nll", "fuse"]
 
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
             print("benchmarks: CUDA requested but not available", file=sys.stderr)
             return 2
         env = environment(device)
+        # The bandwidth ceiling, measured in the same run (device-to-device copy).
+        env["copy_GB/s"] = round(copy_bandwidth_gbps(device, 1 << 26 if args.quick else 1 << 28), 1)
         print(f"\n## probreg benchmarks on {device}: " + ", ".join(f"{k}={v}" for k, v in env.items()))
         payload = {"environment": env, "command": "python -m benchmarks " + " ".join(argv or sys.argv[1:]), "suites": {}}
         md = [f"# probreg benchmarks: {device_label(device)}", "", "Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), ""]
@@ -43,6 +46,9 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             rows = module.run(device, quick=args.quick)
             add_speedups(rows, module.GROUP_KEYS, "eager_reference", "speedup_vs_eager")
+            for r in rows:
+                if "GB/s" in r:
+                    r["frac_of_copy"] = r["GB/s"] / env["copy_GB/s"]
             if any(r["impl"] == "closed_form_compiled" for r in rows):
                 add_speedups(rows, module.GROUP_KEYS, "closed_form_compiled", "speedup_vs_compiled")
             table = markdown_table(rows, module.COLUMNS)
@@ -54,6 +60,11 @@ def main(argv=None) -> int:
                 print("\n" + summary)
                 md += ["", summary]
         label = device_label(device) + ("-quick" if args.quick else "")
+        all_rows = [r for rows in payload["suites"].values() for r in rows]
+        png = plot_throughput(all_rows, env["copy_GB/s"], os.path.join(args.out, label + ".png"),
+                              f"probreg throughput on {device_label(device)} (dashed: measured copy bandwidth)")
+        if png:
+            md += ["", f"![throughput]({os.path.basename(png)})"]
         write_json(os.path.join(args.out, label + ".json"), payload)
         with open(os.path.join(args.out, label + ".md"), "w") as f:
             f.write("\n".join(md) + "\n")

@@ -92,4 +92,22 @@ def run(device: str, quick: bool = False, theta: float = 1.0):
 
 
 GROUP_KEYS = ["op", "d", "batch", "dtype", "mode"]
-COLUMNS = ["op", "d", "batch", "mode", "impl", "ms", "GB/s", "speedup_vs_eager", "speedup_vs_compiled", "max_err_vs_float64"]
+COLUMNS = ["op", "d", "batch", "mode", "impl", "ms", "GB/s", "frac_of_copy", "speedup_vs_eager",
+           "speedup_vs_compiled", "max_err_vs_float64"]
+
+
+def summary(rows):
+    """The headline ratios of the issue's acceptance: largest batch, float32, d = 2."""
+    lines = ["Headline (largest batch, float32, forward+backward):"]
+    for d in (2, 3):
+        sel = [r for r in rows if r["d"] == d and r["mode"] == "forward+backward"]
+        if not sel:
+            continue
+        batch = max(r["batch"] for r in sel)
+        mine = [r for r in sel if r["batch"] == batch and r["impl"] == "probreg"][0]
+        text = f"- spd_from_raw d={d} batch={batch}: probreg {mine['ms']:.2f} ms, {mine['speedup_vs_eager']:.1f}x eager reference"
+        if mine.get("speedup_vs_compiled") == mine.get("speedup_vs_compiled"):  # not NaN
+            if "speedup_vs_compiled" in mine:
+                text += f", {mine['speedup_vs_compiled']:.1f}x torch.compile'd closed form"
+        lines.append(text + f", {mine['frac_of_copy'] * 100:.1f}% of copy bandwidth")
+    return "\n".join(lines)

@@ -7,10 +7,12 @@ Fused C++/CUDA operators (registered as torch.ops.probreg.*) under a Python API:
     huber_log_normalizer,             log c_d(delta) and kappa_d(delta) (paper app. A)
     huber_variance_factor
     HuberL2                           the distribution (torch.distributions API)
+    probreg.wiberg                    damped implicit gradients through an argmin
+    probreg.ebm, probreg.gum          energy-based densities, DeepGUM (Gaussian-uniform mixture)
 Pure-PyTorch references of every operator live in probreg.reference.
 """
 from . import _ops  # noqa: F401  (registers operators, fake kernels and autograd)
-from . import reference
+from . import ebm, gum, reference, wiberg
 from .packing import pack_sym, unpack_sym
 from .spd import spd_from_raw, spd_remap, symeig
 from .nll import HuberNLLLoss, huber_nll
@@ -31,4 +33,7 @@ __all__ = [
     "huber_log_normalizer",
     "huber_variance_factor",
     "HuberL2",
+    "wiberg",
+    "ebm",
+    "gum",
 ]
