@@ -10,6 +10,7 @@ isolation would download a second, CPU-or-other torch to compile against.
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -53,13 +54,30 @@ def _cpu_isa_flags():
     return []
 
 
+def _openmp_flags():
+    """OpenMP for the CPU kernels' batch loop.
+
+    at::parallel_for is header-only: it runs on torch's intra-op threads only when the
+    extension itself is compiled with OpenMP (torch's CPU parallel backend); without it
+    every CPU kernel runs on one thread. Linking with -fopenmp resolves libgomp.so.1 to
+    the copy torch has already loaded (same SONAME), so torch.set_num_threads governs these
+    loops too. PROBREG_NO_OPENMP=1 disables it.
+    """
+    if os.environ.get("PROBREG_NO_OPENMP", "0") == "1":
+        return []
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        return ["-fopenmp"]
+    return []
+
+
 def _extension():
     csrc = os.path.join(ROOT, "csrc")
     sources = [os.path.join(csrc, "probreg.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     include_dirs = [os.path.join(csrc, "include"), csrc]
     # No fast-math anywhere (the numerics rely on IEEE semantics); -fno-math-errno only
     # drops errno writes so that sqrt vectorises.
-    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-Wno-psabi"] + _cpu_isa_flags()
+    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-Wno-psabi"] + _cpu_isa_flags() + _openmp_flags()
+    link_flags = _openmp_flags()
     if _want_cuda():
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
@@ -69,8 +87,15 @@ def _extension():
             sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
         )
-    return CppExtension("probreg._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})
+    return CppExtension(
+        "probreg._C",
+        sources,
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
+    )
 
 
 setup(

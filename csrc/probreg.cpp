@@ -39,4 +39,8 @@ TORCH_LIBRARY(probreg, m) {
   m.def(
       "_huber_nll_backward(Tensor grad_loss, Tensor pred, Tensor target, float delta, float theta, "
       "int family, int covariance, bool mu_parameterization, bool need_grad_target) -> (Tensor, Tensor)");
+  // _log_normalizer: log c of the family's density in R^d, a 0-d float64 CPU tensor.
+  // Implemented in Python (probreg/normalizer.py, registered in probreg/_ops.py); an op so
+  // that torch.compile can evaluate it when delta is a symbolic (changing) float.
+  m.def("_log_normalizer(int d, str family, float delta) -> Tensor");
 }

@@ -148,3 +148,18 @@ def _huber_nll_backward(ctx, grad_loss):
 
 
 torch.library.register_autograd("probreg::huber_nll", _huber_nll_backward, setup_context=_huber_nll_setup_context)
+
+
+# ---------------------------------------------------------------- _log_normalizer
+# Python kernel (no tensor inputs: one CompositeExplicitAutograd kernel serves every
+# backend); the value comes from probreg.normalizer (cached float64 math).
+@torch.library.impl("probreg::_log_normalizer", "CompositeExplicitAutograd")
+def _log_normalizer_impl(d, family, delta):
+    from .normalizer import log_normalizer
+
+    return torch.tensor(log_normalizer(d, family, delta), dtype=torch.float64)
+
+
+@torch.library.register_fake("probreg::_log_normalizer")
+def _log_normalizer_fake(d, family, delta):
+    return torch.empty((), dtype=torch.float64)

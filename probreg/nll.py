@@ -50,10 +50,23 @@ def _check_options(delta, theta, parameterization, family, covariance, reduction
         raise ValueError(f"{name}: parameterization must be 'v' or 'mu', got {parameterization!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (math.isfinite(delta) and delta >= 0):
+    # Comparisons rather than math.isfinite: they also work on torch.compile's symbolic floats.
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (0 <= delta < math.inf):
         raise ValueError(f"{name}: delta must be a finite number >= 0, got {delta!r}")
-    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not (math.isfinite(theta) and theta > 0):
+    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not (0 < theta < math.inf):
         raise ValueError(f"{name}: theta must be a finite number > 0, got {theta!r}")
+
+
+def _static_size(n) -> int:
+    """A tensor size as a Python int. Under torch.compile(dynamic=True) sizes are symbolic;
+    comparing one with constants makes dynamo guard on (specialise) it, as the target
+    dimension d must be: the kernels and the normaliser are specialised on it."""
+    if not torch.compiler.is_compiling():
+        return int(n)
+    for k in range(1, 4097):
+        if n == k:
+            return k
+    raise ValueError(f"target dimension {n} is larger than 4096")
 
 
 def _check_tensors(pred, target, covariance: str, name: str) -> int:
@@ -66,7 +79,7 @@ def _check_tensors(pred, target, covariance: str, name: str) -> int:
             raise ValueError(f"{name}: {label} must have at least one dimension, got a 0-d tensor")
     if pred.device != target.device:
         raise ValueError(f"{name}: pred is on {pred.device} but target is on {target.device}")
-    d = target.shape[-1]
+    d = _static_size(target.shape[-1])
     if d < 1:
         raise ValueError(f"{name}: target must have shape (..., d) with d >= 1, got {tuple(target.shape)}")
     if pred.shape[:-1] != target.shape[:-1]:
@@ -83,9 +96,10 @@ def _check_tensors(pred, target, covariance: str, name: str) -> int:
     return d
 
 
-def _weighted_reduce(loss: torch.Tensor, weight, reduction: str, constant: float) -> torch.Tensor:
-    """Reduce the per-target loss + constant (the normaliser, folded in after the
-    reduction so that no extra elementwise pass is spent on it).
+def _weighted_reduce(loss: torch.Tensor, weight, reduction: str, constant) -> torch.Tensor:
+    """Reduce the per-target loss + constant (the normaliser: None, a float, or a 0-d
+    tensor under torch.compile), folded in after the reduction so that no extra
+    elementwise pass is spent on it.
 
     Per-target weights broadcast to loss's shape. A zero weight removes the target exactly
     (no cost, no gradient, even where its loss is NaN). 'mean' is the weighted mean
@@ -93,21 +107,30 @@ def _weighted_reduce(loss: torch.Tensor, weight, reduction: str, constant: float
     """
     if weight is None:
         if reduction == "none":
-            return loss + constant if constant else loss
+            return loss if constant is None else loss + constant
         if reduction == "sum":
-            return loss.sum() + constant * loss.numel() if constant else loss.sum()
+            return loss.sum() if constant is None else loss.sum() + constant * loss.numel()
         # sum * (1/n), not mean(): the backward then hands the fused op one broadcast
         # value instead of a materialised (...)-shaped gradient.
-        mean = loss.sum() * (1.0 / loss.numel()) if loss.numel() else loss.mean()
-        return mean + constant if constant else mean
+        mean = loss.sum() * (1.0 / loss.numel()) if loss.numel() > 0 else loss.mean()
+        return mean if constant is None else mean + constant
     w = torch.broadcast_to(torch.as_tensor(weight, dtype=loss.dtype, device=loss.device), loss.shape)
-    weighted = torch.where(w != 0, w * (loss + constant) if constant else w * loss, torch.zeros_like(loss))
+    weighted = torch.where(w != 0, w * (loss if constant is None else loss + constant), torch.zeros_like(loss))
     if reduction == "none":
         return weighted
     if reduction == "sum":
         return weighted.sum()
     total = w.sum()
     return weighted.sum() / torch.where(total != 0, total, torch.ones_like(total))
+
+
+def _normalizer_constant(d: int, family: str, delta: float):
+    """log c as a float; under torch.compile a 0-d float64 tensor from the
+    probreg::_log_normalizer op, because delta may be symbolic there (a changing delta
+    becomes a dynamic float after the first recompilation)."""
+    if torch.compiler.is_compiling():
+        return ops._log_normalizer(d, family, delta)
+    return log_normalizer(d, family, delta)
 
 
 def huber_nll(
@@ -186,7 +209,9 @@ def huber_nll(
             reduction="none",
             normalized=False,
         )
-    constant = log_normalizer(d, family, float(delta)) if normalized else 0.0
+    constant = _normalizer_constant(d, family, float(delta)) if normalized else None
+    if isinstance(constant, torch.Tensor):  # as eager's Python float: in the loss dtype
+        constant = constant.to(loss.dtype)
     return _weighted_reduce(loss, weight, reduction, constant)
 
 

@@ -208,22 +208,38 @@ def test_torch_compile_fullgraph(device):
     pred, target = make_inputs(2, "full", adversarial=False)
     pred, target = pred.float().to(device), target.float().to(device)
     weight = (torch.rand(pred.shape[0], device=device) > 0.3).float()
+    module = probreg.HuberNLLLoss(0.7, THETA, covariance="diagonal", reduction="sum")
 
-    def loss_fn(p, t, w):
-        return probreg.huber_nll(p, t, 1.0, THETA, family="huber", weight=w) + 0.1 * probreg.huber_nll(
-            p, t, family="laplace", covariance="full", parameterization="mu", reduction="sum"
+    def loss_fn(p, t, w, delta):
+        return (
+            probreg.huber_nll(p, t, delta, THETA, family="huber", weight=w)
+            + 0.1 * probreg.huber_nll(p, t, family="laplace", parameterization="mu", reduction="sum")
+            + 0.01 * module(p[..., :4], t)
         )
 
     compiled = torch.compile(loss_fn, fullgraph=True)
-    results = []
-    for fn in (loss_fn, compiled):
-        p = pred.clone().requires_grad_(True)
-        t = target.clone().requires_grad_(True)
-        loss = fn(p, t, weight)
-        loss.backward()
-        results.append((loss.detach(), p.grad, t.grad))
-    for e, c in zip(*results):
-        torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
+    compiled_dynamic = torch.compile(loss_fn, fullgraph=True, dynamic=True)
+    # A changing delta (a schedule) and batch size make dynamo treat both as symbolic
+    # after the first recompilation; the normaliser follows (probreg::_log_normalizer).
+    for delta, n in ((1.0, 64), (0.6, 64), (0.8, 50)):
+        results = []
+        for fn in (loss_fn, compiled, compiled_dynamic):
+            p = pred[:n].clone().requires_grad_(True)
+            t = target[:n].clone().requires_grad_(True)
+            loss = fn(p, t, weight[:n], delta)
+            loss.backward()
+            results.append((loss.detach(), p.grad, t.grad))
+        for compiled_result in results[1:]:
+            for e, c in zip(results[0], compiled_result):
+                assert c.dtype == e.dtype
+                torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)
+
+
+def test_log_normalizer_op():
+    for d, family, delta in ((2, "huber", 0.3), (3, "charbonnier", 1.0), (1, "gauss", 2.0)):
+        value = torch.ops.probreg._log_normalizer(d, family, delta)
+        assert value.dtype == torch.float64 and value.shape == ()
+        assert float(value) == probreg.normalizer.log_normalizer(d, family, delta)
 
 
 # ------------------------------------------------------------------ dtypes (AMP)
