@@ -63,7 +63,7 @@ def _static_size(n) -> int:
     dimension d must be: the kernels and the normaliser are specialised on it."""
     if not torch.compiler.is_compiling():
         return int(n)
-    for k in range(1, 4097):
+    for k in range(0, 4097):
         if n == k:
             return k
     raise ValueError(f"target dimension {n} is larger than 4096")

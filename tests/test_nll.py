@@ -155,18 +155,25 @@ def test_large_d_pure_pytorch_path(covariance):
 
 
 # ------------------------------------------------------------------ gradcheck / opcheck / compile
-def _gradcheck_inputs(d: int, covariance: str, family: str, param: str):
-    """Random rows plus degenerate B (0 and c*I, exactly), eigenvalues at theta, and one
-    target placed exactly on the Huber boundary ||r|| = delta."""
+def _gradcheck_inputs(d: int, covariance: str, param: str):
+    """Random rows plus (full) exactly degenerate B (0, c*I, theta*I), and a last target
+    placed exactly on the Huber boundary ||r|| = delta."""
     pred, target = make_inputs(d, covariance, n_random=3, seed=3, adversarial=False)
     if covariance == "full":
         B = torch.stack([torch.zeros(d, d), 0.7 * torch.eye(d), THETA * torch.eye(d)]).double()
         pred = torch.cat([pred, torch.cat([torch.randn(3, d).double(), probreg.pack_sym(B)], -1)])
         target = torch.cat([target, torch.randn(3, d).double()])
-    A = reference.spd_remap(reference.unpack_sym(pred[-1:, d:]), THETA)[0] if covariance == "full" else None
-    if A is not None and param == "v":  # v = A y - delta u, so ||A y - v|| = delta
-        u = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float64), dim=0)
-        pred[-1, :d] = A @ target[-1] - DELTA * u
+        A = reference.spd_remap(reference.unpack_sym(pred[-1, d:]), THETA)
+    elif covariance == "diagonal":
+        A = torch.diag(reference.remap_g(pred[-1, d:], THETA))
+    else:
+        A = torch.eye(d, dtype=torch.float64)
+    u = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float64), dim=0)
+    y = target[-1]
+    if param == "v":  # A y - v = delta u
+        pred[-1, :d] = A @ y - DELTA * u
+    else:  # A (y - mu) = delta u
+        pred[-1, :d] = y - torch.linalg.solve(A, DELTA * u)
     return pred, target
 
 
@@ -175,7 +182,7 @@ def _gradcheck_inputs(d: int, covariance: str, family: str, param: str):
 def test_gradcheck(device, covariance, d):
     for family in FAMILIES:
         for param in PARAMS:
-            pred, target = _gradcheck_inputs(d, covariance, family, param)
+            pred, target = _gradcheck_inputs(d, covariance, param)
             pred = pred.to(device).requires_grad_(True)
             target = target.to(device).requires_grad_(True)
 
