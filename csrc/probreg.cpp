@@ -26,4 +26,16 @@ TORCH_LIBRARY(probreg, m) {
   // spd_from_raw: raw (..., P) packed -> A (..., d, d)
   m.def("spd_from_raw(Tensor raw, float theta) -> Tensor");
   m.def("_spd_from_raw_backward(Tensor grad_A, Tensor raw, float theta) -> Tensor");
+
+  // ---- fusion of Huber estimates (csrc/include/probreg/fuse.h) ----
+  // huber_fuse: v (..., n, d), A (..., n, d, d), weight (..., n), init (..., d)?
+  //   -> (y (..., d), hessian (..., d, d), iterations int32 (...), converged bool (...)).
+  // damping only enters the backward; it is a forward argument so autograd keeps it.
+  m.def(
+      "huber_fuse(Tensor v, Tensor A, Tensor weight, Tensor? init, float delta, int max_iter, "
+      "float tol, float damping) -> (Tensor, Tensor, Tensor, Tensor)");
+  // _huber_fuse_backward: implicit gradient at y* -> (grad_v, grad_A, grad_weight)
+  m.def(
+      "_huber_fuse_backward(Tensor grad_y, Tensor y, Tensor v, Tensor A, Tensor weight, float delta, "
+      "float damping) -> (Tensor, Tensor, Tensor)");
 }

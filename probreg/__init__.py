@@ -3,12 +3,14 @@
 Fused C++/CUDA operators (registered as torch.ops.probreg.*) under a Python API:
     symeig, spd_remap, spd_from_raw   the SPD parameterisation (paper sec. 3.3, app. B)
     pack_sym, unpack_sym              the packed symmetric layout of network outputs
+    huber_fuse, fuse_predictions      ML fusion of several Huber estimates (paper app. E)
 Pure-PyTorch references of every operator live in probreg.reference.
 """
 from . import _ops  # noqa: F401  (registers operators, fake kernels and autograd)
 from . import reference
 from .packing import pack_sym, unpack_sym
 from .spd import spd_from_raw, spd_remap, symeig
+from .fusion import FuseResult, fuse_predictions, huber_fuse
 
 __version__ = "0.1.0"
 
@@ -19,4 +21,7 @@ __all__ = [
     "pack_sym",
     "unpack_sym",
     "reference",
+    "huber_fuse",
+    "fuse_predictions",
+    "FuseResult",
 ]
