@@ -59,7 +59,7 @@ def _extension():
     include_dirs = [os.path.join(csrc, "include"), csrc]
     # No fast-math anywhere (the numerics rely on IEEE semantics); -fno-math-errno only
     # drops errno writes so that sqrt vectorises.
-    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno"] + _cpu_isa_flags()
+    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-Wno-psabi"] + _cpu_isa_flags()
     if _want_cuda():
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))

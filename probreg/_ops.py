@@ -12,9 +12,13 @@ ops = torch.ops.probreg
 
 
 def _matrix_shape(raw: torch.Tensor) -> list:
+    """(..., P) packed -> (..., d, d); P may be symbolic under torch.compile."""
     P = raw.shape[-1]
-    d = {1: 1, 3: 2, 6: 3}.get(P)
-    torch._check(d is not None, lambda: f"probreg: raw must have shape (..., P) with P in {{1, 3, 6}}, got {tuple(raw.shape)}")
+    torch._check(
+        (P == 1) or (P == 3) or (P == 6),
+        lambda: f"probreg: raw must have shape (..., P) with P in {{1, 3, 6}}, got {tuple(raw.shape)}",
+    )
+    d = 1 if P == 1 else (2 if P == 3 else 3)
     return [*raw.shape[:-1], d, d]
 
 

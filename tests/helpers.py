@@ -4,6 +4,7 @@ tests/ on sys.path)."""
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -67,6 +68,32 @@ def underflow_symmetric(d: int, theta: float = 1.0, seed: int = 1, n: int = 64) 
     return with_eigenvalues(l, g)
 
 
+def spd_remap_high_precision(B: torch.Tensor, theta: float, digits: int = 40) -> torch.Tensor:
+    """A = V diag(g(l)) V^T of symmetric B (n, d, d) in 40-digit arithmetic (mpmath),
+    rounded to float64: the independent oracle for float64 accuracy checks. LAPACK's
+    float64 eigh is itself off by ~1e-12 relative on wide eigenvalue spreads with small
+    theta, too coarse for a 1e-12 tolerance."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        th = mpmath.mpf(theta)
+        out = torch.empty_like(B, dtype=torch.float64)
+        d = B.shape[-1]
+        for k in range(B.shape[0]):
+            E, Q = mpmath.eigsy(mpmath.matrix(B[k].double().tolist()))
+            g = [e if e > th else th * mpmath.exp(e / th - 1) for e in E]
+            for i in range(d):
+                for j in range(d):
+                    out[k, i, j] = float(mpmath.fsum(Q[i, m] * g[m] * Q[j, m] for m in range(d)))
+    return out
+
+
+@lru_cache(maxsize=None)
+def adversarial_high_precision_reference(d: int, theta: float) -> dict:
+    """spd_remap_high_precision of every adversarial_symmetric(d, theta) case (cached)."""
+    return {name: spd_remap_high_precision(B, theta) for name, B in adversarial_symmetric(d, theta).items()}
+
+
 def layouts(x: torch.Tensor) -> dict:
     """The same values as a contiguous and as a non-contiguous tensor."""
     wide = torch.empty(*x.shape[:-1], 2 * x.shape[-1], dtype=x.dtype, device=x.device)
@@ -96,6 +123,8 @@ __all__ = [
     "adversarial_symmetric",
     "underflow_symmetric",
     "layouts",
+    "spd_remap_high_precision",
+    "adversarial_high_precision_reference",
     "rel_fro",
     "dtype_tol",
     "math",

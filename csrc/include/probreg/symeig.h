@@ -24,7 +24,9 @@ template <typename T>
 struct SafeRange;
 template <>
 struct SafeRange<float> {
-  static constexpr float lo = 1e-15f, hi = 1e15f;
+  // Off-diagonals above the negligible threshold (eps/16 * max|B_ij|) then square
+  // without underflow, and sums of squares of 3x3 entries stay far from overflow.
+  static constexpr float lo = 1e-9f, hi = 1e9f;
 };
 template <>
 struct SafeRange<double> {
@@ -43,23 +45,25 @@ PROBREG_HOST_DEVICE T max_abs_entry(const T B[D][D]) {
 }
 
 // One Jacobi rotation in the (p, q) plane that zeroes a[p][q] (p < q), accumulated into
-// the columns p, q of V. Classic stable form: t = tan(phi) is the smaller root of
-// t^2 + 2 tau t - 1 = 0, so |phi| <= pi/4 and the diagonal update a_pp -= t a_pq,
-// a_qq += t a_pq has no cancellation. Where |a_pq| <= negligible the rotation is the
-// identity (t = 0) and a_pq is dropped. Returns the mask of lanes that rotated.
+// the columns p, q of V. Classic stable choice |phi| <= pi/4: with x = a_qq - a_pp,
+// y = 2 a_pq, h = sqrt(x^2 + y^2), w = |x| + h (no cancellation):
+//   t = tan(phi) = sgn(x) y / w,  c = w / sqrt(w^2 + y^2),  s = sgn(x) y / sqrt(w^2 + y^2),
+// and the diagonal update a_pp -= t a_pq, a_qq += t a_pq. This is the textbook rotation
+// rewritten so the dependent chain is sqrt -> sqrt -> div (t's division runs alongside).
+// Squares cannot over/underflow: entries are within SafeRange of max|B_ij| (symeig).
+// Where |a_pq| <= negligible the rotation is the identity (t = 0) and a_pq is dropped.
+// Returns the mask of lanes that rotated.
 template <int D, typename T>
 PROBREG_HOST_DEVICE auto jacobi_rotate(T a[D][D], T V[D][D], int p, int q, T negligible) {
   const T apq = a[p][q];
   const auto active = pr_abs(apq) > negligible;
-  const T tau = (a[q][q] - a[p][p]) / (T(2) * pr_where(active, apq, T(1)));
-  const T abs_tau = pr_abs(tau);
-  // sqrt(1 + tau^2) without overflow: beyond 1e15 it equals |tau| to working precision.
-  const T root = pr_where(abs_tau < T(1e15), pr_sqrt(T(1) + tau * tau), abs_tau);
-  T t = T(1) / (abs_tau + root);
-  t = pr_where(tau < T(0), -t, t);
-  t = pr_where(active, t, T(0));
-  const T c = T(1) / pr_sqrt(T(1) + t * t);
-  const T s = t * c;
+  const T x = a[q][q] - a[p][p];
+  const T y = pr_where(x < T(0), T(-2) * apq, T(2) * apq);  // sgn(x) * 2 a_pq, sgn(0) = +1
+  const T w = pr_abs(x) + pr_sqrt(x * x + y * y);
+  const T inv_norm = T(1) / pr_sqrt(w * w + y * y);
+  const T c = pr_where(active, w * inv_norm, T(1));
+  const T s = pr_where(active, y * inv_norm, T(0));
+  const T t = pr_where(active, y / w, T(0));
   const T shift = t * apq;
   a[p][p] -= shift;
   a[q][q] += shift;

@@ -1,0 +1,1 @@
+"""probreg benchmark suite: `python -m benchmarks` (or `make bench`)."""

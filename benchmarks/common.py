@@ -1,0 +1,136 @@
+"""Timing, environment and reporting helpers shared by every benchmark suite.
+
+Method (DESIGN.md section 4): warm-up runs, then the median of many timed runs. CPU:
+time.perf_counter around a synchronous call. CUDA: CUDA events on the current stream,
+synchronised once per run. Bandwidth ceilings are measured in the same run (a
+device-to-device copy) so that "fraction of peak" compares like with like.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], device: str, *, warmup: int = 3, reps: int = 20,
+            budget_s: float = 20.0) -> float:
+    """Median wall time of fn() in milliseconds.
+
+    reps is reduced (never below 3) so one measurement stays within about budget_s.
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: List[float] = []
+    started = time.perf_counter()
+    for i in range(reps):
+        if device.startswith("cuda"):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        if i >= 2 and time.perf_counter() - started > budget_s:
+            break
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 28) -> float:
+    """Measured device-to-device copy bandwidth (read + write bytes / time), GB/s."""
+    n = nbytes // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup=3, reps=30)
+    return 2 * n * 4 / (ms * 1e-3) / 1e9
+
+
+def environment(device: str) -> Dict[str, object]:
+    env = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def device_label(device: str) -> str:
+    """File-name friendly name of the device (results/<label>.md)."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = "cpu-" + _cpu_name()
+    return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-").lower().replace("--", "-")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def max_rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |out - ref| / max |ref| over the whole tensor, in float64 (NaN if out is non-finite)."""
+    out = out.detach().double().cpu()
+    ref = ref.detach().double().cpu()
+    if not torch.isfinite(out).all():
+        return float("nan")
+    return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+
+def markdown_table(rows: List[dict], columns: List[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            if v != v:
+                return "nan"
+            if v == 0 or 1e-3 <= abs(v) < 1e5:
+                return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
+            return f"{v:.2e}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def add_speedups(rows: List[dict], group_keys: List[str], baseline_impl: str, column: str) -> None:
+    """rows[column] = baseline ms / ms within each group (same op/d/batch/mode/...)."""
+    groups: Dict[tuple, float] = {}
+    for r in rows:
+        if r["impl"] == baseline_impl:
+            groups[tuple(r.get(k) for k in group_keys)] = r["ms"]
+    for r in rows:
+        base = groups.get(tuple(r.get(k) for k in group_keys))
+        r[column] = (base / r["ms"]) if base else float("nan")
+
+
+def write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1, default=str)
