@@ -208,7 +208,7 @@ def _fuse_evaluate(y, v, A, weight, delta):
     return {
         "energy": torch.where(active, w * h, zero).sum(-1),
         "grad": grad,
-        "grad_scale": torch.where(active, wpsi * torch.linalg.vector_norm(q, dim=-1), zero).sum(-1),
+        "grad_scale": torch.where(active, wpsi * q.abs().sum(-1), zero).sum(-1),
         "hess": torch.where(mask2, wpsi2 * Hi, torch.zeros_like(G)).sum(-3),
         "mm": torch.where(mask2, wpsi2 * G, torch.zeros_like(G)).sum(-3),
         "active": active.sum(-1),
@@ -248,10 +248,10 @@ def _blended_step(ev, mu, floor):
 
 
 def _propose(ev, mu, floor):
-    """Vectorised fuse_propose (fuse.h): Newton where mu < 1/64 and H is PD enough, else the
+    """Vectorised fuse_propose (fuse.h): Newton where mu < 1e-6 and H is PD enough, else the
     blended step with mu raised x8 (from >= 1e-12) until PD enough or mu = 1."""
     p_newton, ok_newton = _blended_step(ev, torch.zeros_like(mu), floor)
-    try_newton = mu < 1.0 / 64.0
+    try_newton = mu < 1e-6
     use_newton = try_newton & ok_newton
     mu_cur = torch.where(use_newton, torch.zeros_like(mu), torch.where(try_newton, mu.clamp_min(1e-12), mu))
     p = torch.where(use_newton.unsqueeze(-1), p_newton, torch.zeros_like(p_newton))
@@ -262,7 +262,7 @@ def _propose(ev, mu, floor):
         p = torch.where(take.unsqueeze(-1), pm, p)
         need = need & ~take
         mu_cur = torch.where(need, (8.0 * mu_cur).clamp_max(1.0), mu_cur)
-    return p, mu_cur
+    return p, mu_cur, ok_newton
 
 
 def _select(mask, new, old):
@@ -294,18 +294,18 @@ def _huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
         if not bool(running.any()):
             break
         floor = _fuse_floor(ev, eps)
-        p, mu_used = _propose(ev, mu, floor)
+        p, mu_used, ok_newton = _propose(ev, mu, floor)
         bound = tol * (1.0 + torch.linalg.vector_norm(y, dim=-1))
         small = running & (torch.linalg.vector_norm(p, dim=-1) <= bound)
-        p_newton, ok_newton = _blended_step(ev, torch.zeros_like(mu), floor)
-        swap = small & (mu_used > 0) & ok_newton & (torch.linalg.vector_norm(p_newton, dim=-1) <= bound)
+        p_newton, _ = _blended_step(ev, torch.zeros_like(mu), floor)
+        swap = small & (mu_used > 0) & ok_newton & (torch.linalg.vector_norm(p_newton, dim=-1) <= 4 * bound)
         p_final = torch.where(swap.unsqueeze(-1), p_newton, p)
         y = torch.where(small.unsqueeze(-1), y + p_final, y)
         iterations = iterations + small.to(torch.int32)
         converged = converged | small
         stale = stale | small
         running = running & ~small
-        grad_small = torch.linalg.vector_norm(ev["grad"], dim=-1) <= tol * ev["grad_scale"]
+        grad_small = ~ok_newton & (torch.linalg.vector_norm(ev["grad"], dim=-1) <= tol * ev["grad_scale"])
         pending = running.clone()
         while bool(pending.any()):
             cand = y + p
@@ -328,7 +328,7 @@ def _huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
             pending = reject
             if bool(reject.any()):
                 mu_r = torch.where(reject, (8.0 * mu_used).clamp(min=1.0 / 64.0, max=1.0), mu)
-                p_r, mu_used_r = _propose(ev, mu_r, floor)
+                p_r, mu_used_r, _ = _propose(ev, mu_r, floor)
                 p = torch.where(reject.unsqueeze(-1), p_r, p)
                 mu_used = torch.where(reject, mu_used_r, mu_used)
     ev_final = _fuse_evaluate(y, v, A, weight, delta)
@@ -403,25 +403,26 @@ def huber_fuse(v, A, weight, delta=1.0, max_iter=50, tol=1e-6, damping=0.0, init
 
 def huber_fuse_mm_reference(v, A, weight=None, delta=1.0, *, iterations=None, tol=None, max_iter=100000, init=None):
     """Batched eager MM (paper app. E), vectorised over problems: what a user writes in
-    PyTorch. Starts at `init` or the weighted least-squares point; runs `iterations` MM steps,
-    or (tol given) until every problem's step is <= tol * (1 + ||y||) (at most max_iter).
-    A^T A and A^T v are precomputed once. float64-capable. Returns (y, steps run)."""
+    PyTorch (einsum contractions, one batched torch.linalg.solve per step; A^T A and A^T v
+    precomputed once). Starts at `init` or the weighted least-squares point; runs
+    `iterations` MM steps, or (tol given) until every problem's step is <= tol (1 + ||y||)
+    (one host sync per step; at most max_iter). float64-capable.
+    Returns (y (..., d), steps run)."""
     if weight is None:
         weight = torch.ones(v.shape[:-1], dtype=v.dtype, device=v.device)
     if (iterations is None) == (tol is None):
         raise ValueError("huber_fuse_mm_reference: give exactly one of iterations or tol")
-    At = A.transpose(-1, -2)
-    G = At @ A
-    Atv = (At @ v.unsqueeze(-1)).squeeze(-1)
+    G = torch.einsum("...nki,...nkj->...nij", A, A)
+    Atv = torch.einsum("...nki,...nk->...ni", A, v)
     y = init.clone() if init is not None else torch.linalg.solve(
-        (weight[..., None, None] * G).sum(-3), (weight[..., None] * Atv).sum(-2))
+        torch.einsum("...n,...nij->...ij", weight, G), torch.einsum("...n,...ni->...i", weight, Atv))
     limit = iterations if iterations is not None else max_iter
     steps = 0
     for steps in range(1, limit + 1):
-        e = (A @ y.unsqueeze(-2).unsqueeze(-1)).squeeze(-1) - v
+        e = torch.einsum("...nij,...j->...ni", A, y) - v
         r = torch.linalg.vector_norm(e, dim=-1)
-        wpsi = weight * torch.where(r <= delta, torch.ones_like(r), delta / r)
-        y_new = torch.linalg.solve((wpsi[..., None, None] * G).sum(-3), (wpsi[..., None] * Atv).sum(-2))
+        wpsi = weight * torch.where(r <= delta, 1.0, delta / r)
+        y_new = torch.linalg.solve(torch.einsum("...n,...nij->...ij", wpsi, G), torch.einsum("...n,...ni->...i", wpsi, Atv))
         if tol is not None:
             step = torch.linalg.vector_norm(y_new - y, dim=-1) / (1 + torch.linalg.vector_norm(y_new, dim=-1))
             y = y_new
@@ -436,12 +437,4 @@ def huber_fuse_authors(v, A, delta=1.0, iterations=20):
     """The authors' fusion procedure: `iterations` (20) MM steps from the first estimate's
     point A_0^{-1} v_0, unweighted, no convergence test. Returns y (..., d)."""
     y = torch.linalg.solve(A[..., 0, :, :], v[..., 0, :])
-    At = A.transpose(-1, -2)
-    G = At @ A
-    Atv = (At @ v.unsqueeze(-1)).squeeze(-1)
-    for _ in range(iterations):
-        e = (A @ y.unsqueeze(-2).unsqueeze(-1)).squeeze(-1) - v
-        r = torch.linalg.vector_norm(e, dim=-1)
-        psi = torch.where(r <= delta, torch.ones_like(r), delta / r)
-        y = torch.linalg.solve((psi[..., None, None] * G).sum(-3), (psi[..., None] * Atv).sum(-2))
-    return y
+    return huber_fuse_mm_reference(v, A, None, delta, iterations=iterations, init=y)[0]

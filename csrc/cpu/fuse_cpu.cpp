@@ -1,15 +1,22 @@
 // CPU kernels of huber_fuse and _huber_fuse_backward (schemas in csrc/probreg.cpp; math in
-// csrc/include/probreg/fuse.h). One problem per item, scalar compute type (the solver's
-// iteration count varies per problem, so there is no SIMD-lane variant), problems spread
-// over threads with at::parallel_for.
+// csrc/include/probreg/fuse.h), problems spread over threads with at::parallel_for.
+// Forward, double compute type (float64 and float32 inputs): blocks of kLaneWidth problems
+// run the branch-free solver in lockstep on SIMD Lanes (each lane's result is its own
+// problem's; a block runs until its slowest problem stops), the tail item by item with the
+// scalar instantiation. Half types (float compute) and the backward (one pass per problem)
+// are scalar.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
+#include <vector>
+
 #include "../checks.h"
 #include "../fuse_checks.h"
 #include "probreg/fuse.h"
+#include "probreg/lanes.h"
 
 namespace probreg {
 namespace {
@@ -17,8 +24,9 @@ namespace {
 #define PROBREG_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-// Problems per task: a problem costs roughly n * (number of passes, typically 4-10) * 20 ns.
-inline int64_t fuse_grain(int64_t n) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1)); }
+// Problems per task (a multiple of kLaneWidth = 8): a problem costs roughly
+// n * (passes, typically 5-10) * 5-20 ns.
+inline int64_t fuse_grain(int64_t n) { return std::max<int64_t>(8, (4096 / std::max<int64_t>(n, 1)) & ~int64_t(7)); }
 
 // The n estimates of one problem, contiguous: v (n, D), A (n, D, D), w (n).
 template <int D, typename S, typename T>
@@ -34,6 +42,38 @@ struct CpuFuseTerms {
     ww = T(w[i]);
   }
 };
+
+#if defined(PROBREG_HAVE_LANES)
+// kLaneWidth consecutive problems transposed once into lane-major form (estimate i of
+// problem first + j in lane j), so that every solver pass reads whole Lanes values.
+// Layout per estimate: A row-major (D*D), then v (D), then w.
+template <int D>
+struct CpuFuseLaneTerms {
+  static constexpr int kStride = D * D + D + 1;
+  const Lanes* buf;
+  template <typename S>
+  static void transpose(const S* v, const S* A, const S* w, int64_t n, int64_t first, Lanes* out) {
+    for (int64_t i = 0; i < n; ++i) {
+      Lanes* row = out + i * kStride;
+      for (int k = 0; k < kStride; ++k) row[k] = Lanes(0.0);
+      for (int j = 0; j < kLaneWidth; ++j) {
+        const int64_t e = (first + j) * n + i;  // estimate index in the flat (problems * n) layout
+        for (int k = 0; k < D * D; ++k) row[k].v[j] = double(A[e * D * D + k]);
+        for (int a = 0; a < D; ++a) row[D * D + a].v[j] = double(v[e * D + a]);
+        row[D * D + D].v[j] = double(w[e]);
+      }
+    }
+  }
+  void load(int64_t i, Lanes Am[D][D], Lanes vv[D], Lanes& ww) const {
+    const Lanes* row = buf + i * kStride;
+    for (int a = 0; a < D; ++a) {
+      for (int b = 0; b < D; ++b) Am[a][b] = row[a * D + b];
+      vv[a] = row[D * D + a];
+    }
+    ww = row[D * D + D];
+  }
+};
+#endif
 
 template <int D, typename S, typename T>
 struct CpuFuseGradSink {
@@ -83,21 +123,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> huber_fuse_cpu(
     bool* cp = out.converged.mutable_data_ptr<bool>();
     dispatch_dim(d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      at::parallel_for(0, s.problems, fuse_grain(n), [&](int64_t begin, int64_t end) {
-        for (int64_t p = begin; p < end; ++p) {
-          const CpuFuseTerms<D, scalar_t, T> terms{vp + p * n * D, ap + p * n * D * D, wp + p * n};
-          T init_c[D];
-          if (ip != nullptr)
-            for (int a = 0; a < D; ++a) init_c[a] = T(ip[p * D + a]);
-          FuseOutput<D, T> o;
-          fuse_solve<D, T>(terms, n, T(delta), ip != nullptr ? init_c : nullptr, int(max_iter), T(tol), o);
-          for (int a = 0; a < D; ++a) {
-            yp[p * D + a] = scalar_t(o.y[a]);
-            for (int b = 0; b < D; ++b) hp[(p * D + a) * D + b] = scalar_t(o.hess[a][b]);
-          }
-          itp[p] = o.iterations;
-          cp[p] = o.converged;
+      auto solve_one = [&](int64_t p) {
+        const CpuFuseTerms<D, scalar_t, T> terms{vp + p * n * D, ap + p * n * D * D, wp + p * n};
+        T init_c[D];
+        if (ip != nullptr)
+          for (int a = 0; a < D; ++a) init_c[a] = T(ip[p * D + a]);
+        FuseOutput<D, T> o;
+        fuse_solve<D, T>(terms, n, T(delta), ip != nullptr ? init_c : nullptr, int(max_iter), T(tol), o);
+        for (int a = 0; a < D; ++a) {
+          yp[p * D + a] = scalar_t(o.y[a]);
+          for (int b = 0; b < D; ++b) hp[(p * D + a) * D + b] = scalar_t(o.hess[a][b]);
         }
+        itp[p] = int32_t(o.iterations);
+        cp[p] = o.converged;
+      };
+      at::parallel_for(0, s.problems, fuse_grain(n), [&](int64_t begin, int64_t end) {
+        int64_t p = begin;
+#if defined(PROBREG_HAVE_LANES)
+        if constexpr (std::is_same_v<T, double>) {
+          std::vector<Lanes> block(size_t(n) * CpuFuseLaneTerms<D>::kStride);
+          for (; p + kLaneWidth <= end; p += kLaneWidth) {
+            CpuFuseLaneTerms<D>::transpose(vp, ap, wp, n, p, block.data());
+            const CpuFuseLaneTerms<D> terms{block.data()};
+            Lanes init_c[D];
+            if (ip != nullptr)
+              for (int j = 0; j < kLaneWidth; ++j)
+                for (int a = 0; a < D; ++a) init_c[a].v[j] = double(ip[(p + j) * D + a]);
+            FuseOutput<D, Lanes> o;
+            fuse_solve<D, Lanes>(terms, n, Lanes(delta), ip != nullptr ? init_c : nullptr, int(max_iter),
+                                 Lanes(tol), o);
+            for (int j = 0; j < kLaneWidth; ++j) {
+              for (int a = 0; a < D; ++a) {
+                yp[(p + j) * D + a] = scalar_t(o.y[a].v[j]);
+                for (int b = 0; b < D; ++b) hp[((p + j) * D + a) * D + b] = scalar_t(o.hess[a][b].v[j]);
+              }
+              itp[p + j] = int32_t(o.iterations.v[j]);
+              cp[p + j] = o.converged.m[j] != 0;
+            }
+          }
+        }
+#endif
+        for (; p < end; ++p) solve_one(p);
       });
     });
   });

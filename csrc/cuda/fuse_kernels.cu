@@ -70,7 +70,7 @@ __global__ void huber_fuse_forward_kernel(const S* __restrict__ v, const S* __re
     fuse_solve<D, C>(terms, n, C(delta), init != nullptr ? init_c : nullptr, max_iter, C(tol), o);
     store_row<D>(y, p, o.y);
     store_row<D * D>(hessian, p, &o.hess[0][0]);
-    iterations[p] = o.iterations;
+    iterations[p] = int32_t(o.iterations);
     converged[p] = o.converged;
   }
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "probreg/fuse.h"
+#include "probreg/lanes.h"
 
 namespace {
 
@@ -148,7 +149,7 @@ void test_random_stationarity(std::mt19937_64& rng, double spread) {
     const double rel = double(std::sqrt(gn) / scale);
     expect(out.converged, "random: converged", 0, 0);
     expect(rel < 1e-11, "random: relative gradient at y*", rel, 1e-11);
-    if (out.iterations > worst_iterations) worst_iterations = out.iterations;
+    if (int(out.iterations) > worst_iterations) worst_iterations = int(out.iterations);
   }
   expect(worst_iterations <= 30, "random: iterations", worst_iterations, 30);
 }
@@ -247,6 +248,53 @@ void test_ldl_solve(std::mt19937_64& rng) {
   expect(!ok && std::fabs(x[0] + x[1] - 2.0) < 1e-14, "LDL singular: consistent solution", x[0] + x[1], 2.0);
 }
 
+#if defined(PROBREG_HAVE_LANES)
+// kLaneWidth problems (different n-independent difficulty, one all-zero, one NaN) solved in
+// lockstep on Lanes give each problem's scalar result.
+template <int D>
+struct LaneTerms {
+  const Problem<D>* p;  // kLaneWidth problems with equal n
+  void load(int64_t i, probreg::Lanes A[D][D], probreg::Lanes v[D], probreg::Lanes& w) const {
+    for (int j = 0; j < probreg::kLaneWidth; ++j) {
+      for (int a = 0; a < D; ++a) {
+        v[a].v[j] = p[j].v[i * D + a];
+        for (int b = 0; b < D; ++b) A[a][b].v[j] = p[j].A[(i * D + a) * D + b];
+      }
+      w.v[j] = p[j].w[i];
+    }
+  }
+};
+
+template <int D>
+void test_lanes_match_scalar(std::mt19937_64& rng) {
+  using probreg::Lanes;
+  for (int trial = 0; trial < 20; ++trial) {
+    Problem<D> probs[probreg::kLaneWidth];
+    for (int j = 0; j < probreg::kLaneWidth; ++j) probs[j] = random_problem<D>(rng, 5, j % 2 ? 30.0 : 1.5);
+    for (double& w : probs[3].w) w = 0.0;        // all-zero weights
+    probs[5].v[2] = NAN;                          // NaN in an active estimate
+    probreg::FuseOutput<D, Lanes> lanes;
+    probreg::fuse_solve<D, Lanes>(LaneTerms<D>{probs}, 5, Lanes(1.0), nullptr, 50, Lanes(1e-6), lanes);
+    for (int j = 0; j < probreg::kLaneWidth; ++j) {
+      const auto one = solve<D>(probs[j], 1.0);
+      bool same = (lanes.iterations.v[j] == one.iterations) && ((lanes.converged.m[j] != 0) == one.converged);
+      double worst = 0;
+      for (int a = 0; a < D; ++a) {
+        const double ly = lanes.y[a].v[j], sy = one.y[a];
+        same = same && (std::isnan(ly) == std::isnan(sy));
+        if (!std::isnan(sy)) worst = std::fmax(worst, std::fabs(ly - sy) / (1 + std::fabs(sy)));
+        for (int b = 0; b < D; ++b) {
+          const double lh = lanes.hess[a][b].v[j], sh = one.hess[a][b];
+          same = same && (std::isnan(lh) == std::isnan(sh));
+          if (!std::isnan(sh)) worst = std::fmax(worst, std::fabs(lh - sh) / (1 + std::fabs(sh)));
+        }
+      }
+      expect(same && worst < 1e-13, "lanes vs scalar solve", worst, 1e-13);
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 int main() {
@@ -268,6 +316,11 @@ int main() {
   test_backward_fd<2>(rng);
   test_backward_fd<3>(rng);
   test_ldl_solve(rng);
+#if defined(PROBREG_HAVE_LANES)
+  test_lanes_match_scalar<1>(rng);
+  test_lanes_match_scalar<2>(rng);
+  test_lanes_match_scalar<3>(rng);
+#endif
   if (failures) {
     std::printf("test_fuse: %d failure(s)\n", failures);
     return 1;

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 
+#include "lanes.h"
 #include "macros.h"
 #include "symeig.h"
 
@@ -43,12 +44,46 @@ constexpr double kFuseArmijo = 1e-4;
 constexpr double kFuseMuDown = 0.25;      // after an accepted step
 constexpr double kFuseMuUp = 8.0;         // after a rejected step
 constexpr double kFuseMuReject = 1.0 / 64.0;  // smallest mu after a rejection
-constexpr double kFuseMuNewton = 1.0 / 64.0;  // below this, try the pure Newton step first
+// Below this, try the pure Newton step first. Much smaller than kFuseMuReject: after a
+// rejection mu decays geometrically through the blended steps (7 accepted steps) before
+// Newton is tried again; snapping back to Newton at once cycles (reject Newton, accept a
+// 1/64 blend, reject Newton, ...) where y* lies just inside an estimate's delta.
+constexpr double kFuseMuNewton = 1e-6;
 constexpr double kFuseMuSingular = 1e-12;     // smallest mu that regularises a singular H
 
+// ---- masks: bool for a scalar T, LaneMask for the CPU SIMD Lanes (lanes.h) ----
+// The solver is branch-free in T: per-problem decisions are masks, state updates are
+// pr_where selections, and loops run while pr_any(mask). With T = Lanes, 8 problems run in
+// lockstep (each lane's results are those of its own problem: a lane whose problem has
+// finished is frozen by the masks); with a scalar T it is the plain per-problem solver.
 template <typename T>
-PROBREG_HOST_DEVICE T huber_h(T r, T delta) {
-  return r <= delta ? T(0.5) * r * r : delta * (r - T(0.5) * delta);
+using FuseMask = decltype(T(0) < T(0));
+
+PROBREG_HOST_DEVICE bool fuse_not(bool c) { return !c; }
+#if defined(PROBREG_HAVE_LANES)
+inline LaneMask fuse_not(LaneMask c) { return {~c.m}; }
+#endif
+template <typename T>
+PROBREG_HOST_DEVICE FuseMask<T> fuse_true() {
+  return T(0) == T(0);
+}
+template <typename T>
+PROBREG_HOST_DEVICE FuseMask<T> fuse_false() {
+  return T(0) != T(0);
+}
+// Finite (not NaN, not +-Inf), branch-free.
+template <typename T>
+PROBREG_HOST_DEVICE FuseMask<T> fuse_finite(T x) {
+  return (x - x) == T(0);
+}
+template <typename M>
+struct FuseSame {
+  using type = M;
+};
+// c ? a : b per lane (a and b converted to c's mask type: bool & bool is an int).
+template <typename M>
+PROBREG_HOST_DEVICE M fuse_select_mask(M c, typename FuseSame<M>::type a, typename FuseSame<M>::type b) {
+  return (c & a) | (fuse_not(c) & b);
 }
 
 template <int D, typename T>
@@ -57,30 +92,6 @@ PROBREG_HOST_DEVICE T fuse_norm(const T x[D]) {
 PROBREG_UNROLL
   for (int k = 0; k < D; ++k) s += x[k] * x[k];
   return pr_sqrt(s);
-}
-
-// One estimate evaluated at y.
-template <int D, typename T>
-struct FuseTerm {
-  T e[D];   // residual A y - v
-  T r;      // ||e||
-  bool inside;  // r <= delta (the quadratic piece; NaN r counts as outside)
-  T psi;    // MM weight: 1 inside, delta / r outside
-};
-
-template <int D, typename T>
-PROBREG_HOST_DEVICE void fuse_term(const T A[D][D], const T v[D], const T y[D], T delta,
-                                   FuseTerm<D, T>& t) {
-PROBREG_UNROLL
-  for (int a = 0; a < D; ++a) {
-    T acc = -v[a];
-PROBREG_UNROLL
-    for (int b = 0; b < D; ++b) acc += A[a][b] * y[b];
-    t.e[a] = acc;
-  }
-  t.r = fuse_norm<D>(t.e);
-  t.inside = t.r <= delta;
-  t.psi = t.inside ? T(1) : delta / t.r;
 }
 
 // x = A^T e.
@@ -107,17 +118,65 @@ PROBREG_UNROLL
   }
 }
 
+// One estimate evaluated at y.
+template <int D, typename T>
+struct FuseTerm {
+  T e[D];             // residual A y - v
+  T r;                // ||e||
+  FuseMask<T> inside; // r <= delta (the quadratic piece; NaN r counts as outside)
+  T psi;              // MM weight: 1 inside, delta / r outside
+  T inv_r_outside;    // 1 / r outside, 0 inside
+  T h;                // h_delta(r)
+};
+
+template <int D, typename T>
+PROBREG_HOST_DEVICE void fuse_term(const T A[D][D], const T v[D], const T y[D], T delta, FuseTerm<D, T>& t) {
+  fuse_a_times<D>(A, y, t.e);
+  T sq(0);
+PROBREG_UNROLL
+  for (int a = 0; a < D; ++a) {
+    t.e[a] -= v[a];
+    sq += t.e[a] * t.e[a];
+  }
+  t.r = pr_sqrt(sq);
+  t.inside = t.r <= delta;
+  // r = 0 is inside (delta > 0), so the unselected 1/0 never reaches a result; delta = inf
+  // likewise only makes the unselected outside branch non-finite.
+  const T inv_r = T(1) / t.r;
+  t.psi = pr_where(t.inside, T(1), delta * inv_r);
+  t.inv_r_outside = pr_where(t.inside, T(0), inv_r);
+  t.h = pr_where(t.inside, T(0.5) * sq, delta * (t.r - T(0.5) * delta));
+}
+
+// Loads estimate i and zeroes it unless its weight is > 0, so that a removed estimate's
+// padding (anything, even NaN) contributes exactly zero. Returns the mask w > 0 and
+// accumulates `weights_ok &= (w >= 0)` (false for a negative or NaN weight).
+template <int D, typename T, typename Terms>
+PROBREG_HOST_DEVICE FuseMask<T> fuse_load_active(const Terms& terms, int64_t i, T A[D][D], T v[D], T& w,
+                                                 FuseMask<T>& weights_ok) {
+  terms.load(i, A, v, w);
+  weights_ok = weights_ok & (w >= T(0));
+  const FuseMask<T> active = w > T(0);
+  w = pr_where(active, w, T(0));
+PROBREG_UNROLL
+  for (int a = 0; a < D; ++a) {
+    v[a] = pr_where(active, v[a], T(0));
+PROBREG_UNROLL
+    for (int b = 0; b < D; ++b) A[a][b] = pr_where(active, A[a][b], T(0));
+  }
+  return active;
+}
+
 // Everything the solver needs at one point y, accumulated in one pass over the estimates.
 template <int D, typename T>
 struct FuseEval {
-  T energy;         // E(y)
-  T grad[D];        // grad_y E
-  T grad_scale;     // sum_i ||w_i psi_i A_i^T e_i||: the size of the terms grad sums
-  T hess[D][D];     // true Hessian H (symmetric)
-  T mm[D][D];       // MM normal matrix N (symmetric, N >= H)
-  T weight_sum;     // sum_i w_i
-  int64_t active;   // number of estimates with w_i > 0
-  bool weights_ok;  // every weight is >= 0 (false for a negative or NaN weight)
+  T energy;                 // E(y)
+  T grad[D];                // grad_y E
+  T grad_scale;             // sum_i ||w_i psi_i A_i^T e_i||_1: the size of the terms grad sums
+  T hess[D][D];             // true Hessian H (symmetric)
+  T mm[D][D];               // MM normal matrix N (symmetric, N >= H)
+  T active;                 // number of estimates with w_i > 0
+  FuseMask<T> weights_ok;   // every weight is >= 0 (false for a negative or NaN weight)
 };
 
 template <int D, typename T, typename Terms>
@@ -125,9 +184,8 @@ PROBREG_HOST_DEVICE void fuse_evaluate(const Terms& terms, int64_t n, const T y[
                                        FuseEval<D, T>& out) {
   out.energy = T(0);
   out.grad_scale = T(0);
-  out.weight_sum = T(0);
-  out.active = 0;
-  out.weights_ok = true;
+  out.active = T(0);
+  out.weights_ok = fuse_true<T>();
 PROBREG_UNROLL
   for (int a = 0; a < D; ++a) {
     out.grad[a] = T(0);
@@ -139,29 +197,23 @@ PROBREG_UNROLL
   }
   for (int64_t i = 0; i < n; ++i) {
     T A[D][D], v[D], w;
-    terms.load(i, A, v, w);
-    if (!(w >= T(0))) {
-      out.weights_ok = false;
-      continue;
-    }
-    if (w == T(0)) continue;  // removed estimate: A and v are not used
-    out.weight_sum += w;
-    out.active += 1;
+    const FuseMask<T> active = fuse_load_active<D>(terms, i, A, v, w, out.weights_ok);
+    out.active += pr_where(active, T(1), T(0));
     FuseTerm<D, T> t;
     fuse_term<D>(A, v, y, delta, t);
-    T q[D];
+    T q[D], qu[D];
     fuse_at_times<D>(A, t.e, q);
     const T wpsi = w * t.psi;
-    out.energy += w * huber_h(t.r, delta);
-    out.grad_scale += wpsi * fuse_norm<D>(q);
-    // Outside: H_i = w psi (A^T A - (A^T u)(A^T u)^T), A^T u = q / r.
-    T qu[D];
-    const T inv_r = t.inside ? T(0) : T(1) / t.r;
+    out.energy += w * t.h;
+    T q_l1(0);
 PROBREG_UNROLL
     for (int a = 0; a < D; ++a) {
       out.grad[a] += wpsi * q[a];
-      qu[a] = q[a] * inv_r;
+      q_l1 += pr_abs(q[a]);
+      qu[a] = q[a] * t.inv_r_outside;  // A^T u outside, 0 inside
     }
+    out.grad_scale += wpsi * q_l1;
+    // Outside: H_i = w psi (A^T A - (A^T u)(A^T u)^T).
 PROBREG_UNROLL
     for (int a = 0; a < D; ++a)
 PROBREG_UNROLL
@@ -184,11 +236,29 @@ PROBREG_UNROLL
 
 // Weights valid and energy and gradient finite.
 template <int D, typename T>
-PROBREG_HOST_DEVICE bool fuse_eval_finite(const FuseEval<D, T>& e) {
-  bool ok = e.weights_ok && pr_isfinite(e.energy);
+PROBREG_HOST_DEVICE FuseMask<T> fuse_eval_finite(const FuseEval<D, T>& e) {
+  FuseMask<T> ok = e.weights_ok & fuse_finite(e.energy);
 PROBREG_UNROLL
-  for (int a = 0; a < D; ++a) ok = ok && pr_isfinite(e.grad[a]);
+  for (int a = 0; a < D; ++a) ok = ok & fuse_finite(e.grad[a]);
   return ok;
+}
+
+// Per-lane selection of a whole evaluation: c ? a : b.
+template <int D, typename T>
+PROBREG_HOST_DEVICE void fuse_select_eval(FuseMask<T> c, const FuseEval<D, T>& a, FuseEval<D, T>& b) {
+  b.energy = pr_where(c, a.energy, b.energy);
+  b.grad_scale = pr_where(c, a.grad_scale, b.grad_scale);
+  b.active = pr_where(c, a.active, b.active);
+  b.weights_ok = fuse_select_mask(c, a.weights_ok, b.weights_ok);
+PROBREG_UNROLL
+  for (int i = 0; i < D; ++i) {
+    b.grad[i] = pr_where(c, a.grad[i], b.grad[i]);
+PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      b.hess[i][j] = pr_where(c, a.hess[i][j], b.hess[i][j]);
+      b.mm[i][j] = pr_where(c, a.mm[i][j], b.mm[i][j]);
+    }
+  }
 }
 
 template <int D, typename T>
@@ -200,28 +270,33 @@ PROBREG_UNROLL
 }
 
 // Solves M x = b for a symmetric positive semi-definite D x D matrix M by LDL^T without
-// pivoting (D <= 3). A pivot <= `floor` counts as zero: its component of the solution is
-// set to zero and its column of L dropped (for PSD M this is a consistent generalised
-// inverse). Returns true when every pivot exceeded `floor` (M positive definite enough).
+// pivoting (D <= 3), branch-free. A pivot <= `floor` counts as zero: its component of the
+// solution is set to zero and its column of L dropped (for PSD M this is a consistent
+// generalised inverse). Returns the mask of "every pivot exceeded floor" (M positive
+// definite enough).
 template <int D, typename T>
-PROBREG_HOST_DEVICE bool fuse_ldl_solve(const T M[D][D], const T b[D], T x[D], T floor) {
-  T L[D][D], piv[D];
-  bool all_ok = true;
+PROBREG_HOST_DEVICE FuseMask<T> fuse_ldl_solve(const T M[D][D], const T b[D], T x[D], T floor) {
+  T L[D][D], piv[D], inv_piv[D];
+PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) L[i][j] = T(0);
+  FuseMask<T> all_ok = fuse_true<T>();
 PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
     T dj = M[j][j];
 PROBREG_UNROLL
     for (int k = 0; k < j; ++k) dj -= L[j][k] * L[j][k] * piv[k];
-    const bool ok = dj > floor;  // NaN counts as not ok
-    all_ok = all_ok && ok;
-    piv[j] = ok ? dj : T(0);
-    L[j][j] = T(1);
+    const FuseMask<T> ok = dj > floor;  // NaN counts as not ok
+    all_ok = all_ok & ok;
+    piv[j] = pr_where(ok, dj, T(0));
+    inv_piv[j] = pr_where(ok, T(1) / dj, T(0));
 PROBREG_UNROLL
     for (int i = j + 1; i < D; ++i) {
       T lij = M[i][j];
 PROBREG_UNROLL
       for (int k = 0; k < j; ++k) lij -= L[i][k] * L[j][k] * piv[k];
-      L[i][j] = ok ? lij / dj : T(0);
+      L[i][j] = lij * inv_piv[j];
     }
   }
   T z[D];
@@ -233,7 +308,7 @@ PROBREG_UNROLL
     z[i] = acc;
   }
 PROBREG_UNROLL
-  for (int i = 0; i < D; ++i) z[i] = piv[i] > T(0) ? z[i] / piv[i] : T(0);
+  for (int i = 0; i < D; ++i) z[i] = z[i] * inv_piv[i];
 PROBREG_UNROLL
   for (int i = D - 1; i >= 0; --i) {
     T acc = z[i];
@@ -246,12 +321,12 @@ PROBREG_UNROLL
 
 // Weighted least-squares point (every estimate on its quadratic piece):
 // y = (sum w A^T A)^{-1} sum w A^T v, with the guarded solve (zero components along a
-// numerically singular direction). Weights < 0 or NaN are skipped here (fuse_evaluate
-// reports them).
+// numerically singular direction). Only estimates with w > 0 count.
 template <int D, typename T, typename Terms>
 PROBREG_HOST_DEVICE void fuse_weighted_least_squares(const Terms& terms, int64_t n, T y[D]) {
   T G[D][D], rhs[D];
-  int64_t active = 0;
+  T active(0);
+  FuseMask<T> weights_ok = fuse_true<T>();
 PROBREG_UNROLL
   for (int a = 0; a < D; ++a) {
     rhs[a] = T(0);
@@ -260,9 +335,7 @@ PROBREG_UNROLL
   }
   for (int64_t i = 0; i < n; ++i) {
     T A[D][D], v[D], w;
-    terms.load(i, A, v, w);
-    if (!(w > T(0))) continue;
-    active += 1;
+    active += pr_where(fuse_load_active<D>(terms, i, A, v, w, weights_ok), T(1), T(0));
     T atv[D];
     fuse_at_times<D>(A, v, atv);
 PROBREG_UNROLL
@@ -281,7 +354,7 @@ PROBREG_UNROLL
   for (int a = 0; a < D; ++a)
 PROBREG_UNROLL
     for (int b = 0; b < a; ++b) G[a][b] = G[b][a];
-  const T floor = T(kFusePivotRel) * T(active) * T(Eps<T>::value) * fuse_trace<D>(G);
+  const T floor = T(kFusePivotRel) * active * T(Eps<T>::value) * fuse_trace<D>(G);
   fuse_ldl_solve<D>(G, rhs, y, floor);
 }
 
@@ -289,7 +362,7 @@ PROBREG_UNROLL
 // the minimiser of the quadratic majoriser, which never increases E). Returns whether the
 // blended matrix was positive definite enough (every pivot above the floor).
 template <int D, typename T>
-PROBREG_HOST_DEVICE bool fuse_blended_step(const FuseEval<D, T>& ev, T mu, T floor, T p[D]) {
+PROBREG_HOST_DEVICE FuseMask<T> fuse_blended_step(const FuseEval<D, T>& ev, T mu, T floor, T p[D]) {
   T M[D][D], rhs[D];
 PROBREG_UNROLL
   for (int a = 0; a < D; ++a) {
@@ -300,32 +373,39 @@ PROBREG_UNROLL
   return fuse_ldl_solve<D>(M, rhs, p, floor);
 }
 
-// The step the solver proposes at `ev` for the current blend parameter `mu`: the pure
-// Newton step when mu < kFuseMuNewton and H is positive definite enough; otherwise the
-// blended step, with mu raised (x kFuseMuUp, from at least kFuseMuSingular) until the
-// blended matrix is positive definite enough or mu = 1 (MM). Returns the mu used.
+// The step the solver proposes at `ev` for the blend parameter `mu`: the pure Newton step
+// when mu < kFuseMuNewton and H is positive definite enough; otherwise the blended step,
+// with mu raised (x kFuseMuUp, from at least kFuseMuSingular) until the blended matrix is
+// positive definite enough or mu = 1 (MM). Returns the mu used; `newton_ok` receives whether
+// H itself is positive definite enough.
 template <int D, typename T>
-PROBREG_HOST_DEVICE T fuse_propose(const FuseEval<D, T>& ev, T mu, T floor, T p[D]) {
-  if (mu < T(kFuseMuNewton)) {
-    if (fuse_blended_step<D>(ev, T(0), floor, p)) return T(0);
-    mu = pr_max(mu, T(kFuseMuSingular));
+PROBREG_HOST_DEVICE T fuse_propose(const FuseEval<D, T>& ev, T mu, T floor, T p[D], FuseMask<T>& newton_ok) {
+  newton_ok = fuse_blended_step<D>(ev, T(0), floor, p);
+  const FuseMask<T> try_newton = mu < T(kFuseMuNewton);
+  const FuseMask<T> use_newton = try_newton & newton_ok;
+  T mu_cur = pr_where(use_newton, T(0), pr_where(try_newton, pr_max(mu, T(kFuseMuSingular)), mu));
+  FuseMask<T> need = fuse_not(use_newton);
+  while (pr_any(need)) {
+    T pm[D];
+    const FuseMask<T> ok = fuse_blended_step<D>(ev, mu_cur, floor, pm);
+    const FuseMask<T> take = need & (ok | (mu_cur >= T(1)));
+PROBREG_UNROLL
+    for (int a = 0; a < D; ++a) p[a] = pr_where(take, pm[a], p[a]);
+    need = need & fuse_not(take);
+    mu_cur = pr_where(need, pr_min(T(1), mu_cur * T(kFuseMuUp)), mu_cur);
   }
-  for (;;) {
-    const bool ok = fuse_blended_step<D>(ev, mu, floor, p);
-    if (ok || mu >= T(1)) return mu;
-    mu = pr_min(T(1), mu * T(kFuseMuUp));
-  }
+  return mu_cur;
 }
 
 template <int D, typename T>
 struct FuseOutput {
   T y[D];
   T hess[D][D];
-  int iterations;  // accepted steps (Newton, blended or MM)
-  bool converged;
+  T iterations;           // accepted steps (Newton, blended or MM), an integer value
+  FuseMask<T> converged;
 };
 
-// Minimises E for one problem.
+// Minimises E for one problem (T scalar) or for kLaneWidth problems in lockstep (T = Lanes).
 //
 // Start: `init` when non-null, else the weighted least-squares point.
 // Iteration (a Levenberg-Marquardt-style safeguard that blends the Newton matrix H with
@@ -334,14 +414,17 @@ struct FuseOutput {
 // guarantees E does not increase. A step with mu < 1 is accepted when
 // E(y + p) <= E(y) (1 + 4 eps) + 1e-4 grad.p (Armijo; the 4 eps absorbs the rounding of E);
 // after an accepted step mu /= 4, after a rejected one mu = max(8 mu, 1/64) (capped at 1,
-// where the step is always accepted), and the pass is spent on the new trial. Where H is
+// where the step is always accepted), and the pass is spent on the new trial; the pure
+// Newton step is tried whenever mu < 1e-6 (and H is positive definite enough). Where H is
 // singular (e.g. all residuals outside delta in d = 1) small mu > 0 extrapolates the MM
 // step by up to 1/mu, so flat directions are crossed in O(log) steps instead of MM's
 // linear crawl.
 // Convergence: the proposed step is small, ||p|| <= tol (1 + ||y||) (it is applied; when
-// it is not a Newton step and the Newton step is also small, the Newton step is applied
-// instead, so the returned y is typically accurate to O(tol^2)), or the gradient is
-// small relative to its terms, ||grad|| <= tol * sum_i ||w_i psi_i A_i^T e_i|| (checked
+// it is not a Newton step and the Newton step is small too (<= 4 tol (1 + ||y||)), the
+// Newton step is applied instead, so the returned y is typically accurate to O(tol^2)), or,
+// where H is singular
+// (no Newton step: flat directions, e.g. a non-unique minimiser), the gradient is small
+// relative to its terms, ||grad||_2 <= tol * sum_i ||w_i psi_i A_i^T e_i||_1 (checked
 // before a step, which is then still taken). max_iter accepted steps at most.
 // Output: y, the true Hessian of E at y, the number of accepted steps, converged.
 // Invalid problems (a negative or NaN weight, or a non-finite energy/gradient anywhere
@@ -349,9 +432,11 @@ struct FuseOutput {
 // converged = false. All weights zero (or n = 0): E is identically zero and y* is
 // undefined: y = NaN, hessian = 0, iterations = 0, converged = false.
 template <int D, typename T, typename Terms>
-PROBREG_HOST_DEVICE void fuse_solve(const Terms& terms, int64_t n, T delta, const T* init,
-                                    int max_iter, T tol, FuseOutput<D, T>& out) {
+PROBREG_HOST_DEVICE void fuse_solve(const Terms& terms, int64_t n, T delta, const T* init, int max_iter,
+                                    T tol, FuseOutput<D, T>& out) {
+  using M = FuseMask<T>;
   const T nan = T(0) / T(0);  // quiet NaN (no <limits> on every device toolchain)
+  const T eps = T(Eps<T>::value);
   T y[D];
   if (init != nullptr) {
 PROBREG_UNROLL
@@ -361,91 +446,90 @@ PROBREG_UNROLL
   }
   FuseEval<D, T> ev;
   fuse_evaluate<D>(terms, n, y, delta, ev);
-  out.iterations = 0;
-  out.converged = false;
-  if (ev.weights_ok && ev.active == 0) {  // all weights zero
-PROBREG_UNROLL
-    for (int a = 0; a < D; ++a) {
-      out.y[a] = nan;
-PROBREG_UNROLL
-      for (int b = 0; b < D; ++b) out.hess[a][b] = T(0);
-    }
-    return;
-  }
-  bool valid = fuse_eval_finite<D>(ev);
-  bool state_current = true;  // ev was evaluated at y
-  T mu(0);
-  const T eps = T(Eps<T>::value);
-  const T slack = T(4) * eps;
-  while (valid && out.iterations < max_iter) {
-    const T floor = T(kFusePivotRel) * T(ev.active) * eps * fuse_trace<D>(ev.mm);
+  const M all_zero = ev.weights_ok & (ev.active == T(0));
+  M valid = fuse_eval_finite<D>(ev) & fuse_not(all_zero);
+  M running = valid;
+  M converged = fuse_false<T>();
+  M stale = fuse_false<T>();  // y moved after ev was evaluated (the final small step)
+  T iterations(0), mu(0);
+  for (;;) {
+    running = running & (iterations < T(max_iter));
+    if (!pr_any(running)) break;
+    const T floor = T(kFusePivotRel) * ev.active * eps * fuse_trace<D>(ev.mm);
     T p[D];
-    T mu_used = fuse_propose<D>(ev, mu, floor, p);
+    M newton_ok;
+    T mu_used = fuse_propose<D>(ev, mu, floor, p, newton_ok);
     const T step_bound = tol * (T(1) + fuse_norm<D>(y));
-    if (fuse_norm<D>(p) <= step_bound) {
-      if (mu_used > T(0)) {
-        T p_newton[D];
-        if (fuse_blended_step<D>(ev, T(0), floor, p_newton) && fuse_norm<D>(p_newton) <= step_bound) {
+    const M small = running & (fuse_norm<D>(p) <= step_bound);
+    if (pr_any(small)) {
+      T p_newton[D];
+      fuse_blended_step<D>(ev, T(0), floor, p_newton);
+      // The Newton step replaces a (shorter, damped) blended step when it is small too
+      // (within 4x the bound: it is the longer of the two near y*).
+      const M swap = small & (mu_used > T(0)) & newton_ok & (fuse_norm<D>(p_newton) <= T(4) * step_bound);
 PROBREG_UNROLL
-          for (int a = 0; a < D; ++a) p[a] = p_newton[a];
-        }
-      }
-PROBREG_UNROLL
-      for (int a = 0; a < D; ++a) y[a] += p[a];
-      out.iterations += 1;
-      out.converged = true;
-      state_current = false;
-      break;
+      for (int a = 0; a < D; ++a) y[a] = pr_where(small, y[a] + pr_where(swap, p_newton[a], p[a]), y[a]);
+      iterations += pr_where(small, T(1), T(0));
+      converged = converged | small;
+      stale = stale | small;
+      running = running & fuse_not(small);
     }
-    const bool grad_small = fuse_norm<D>(ev.grad) <= tol * ev.grad_scale;
-    FuseEval<D, T> trial;
-    T cand[D];
-    for (;;) {
-      T slope(0);
+    // Only where H is singular (no Newton step): elsewhere the step test is both sharper
+    // and reached (a small gradient at an ill-conditioned H can leave a large error).
+    const M grad_small = fuse_not(newton_ok) & (fuse_norm<D>(ev.grad) <= tol * ev.grad_scale);
+    M pending = running;
+    while (pr_any(pending)) {
+      T cand[D], slope(0);
 PROBREG_UNROLL
       for (int a = 0; a < D; ++a) {
         cand[a] = y[a] + p[a];
         slope += ev.grad[a] * p[a];
       }
+      FuseEval<D, T> trial;
       fuse_evaluate<D>(terms, n, cand, delta, trial);
-      if (!fuse_eval_finite<D>(trial)) {
-        valid = false;
-        break;
+      const M ok = fuse_eval_finite<D>(trial);
+      const M bad = pending & fuse_not(ok);
+      valid = valid & fuse_not(bad);
+      running = running & fuse_not(bad);
+      pending = pending & ok;
+      const M accept =
+          pending & ((mu_used >= T(1)) | (trial.energy <= ev.energy * (T(1) + T(4) * eps) + T(kFuseArmijo) * slope));
+PROBREG_UNROLL
+      for (int a = 0; a < D; ++a) y[a] = pr_where(accept, cand[a], y[a]);
+      fuse_select_eval<D>(accept, trial, ev);
+      mu = pr_where(accept, mu_used * T(kFuseMuDown), mu);
+      iterations += pr_where(accept, T(1), T(0));
+      const M done = accept & grad_small;
+      converged = converged | done;
+      running = running & fuse_not(done);
+      const M reject = pending & fuse_not(accept);
+      pending = reject;
+      if (pr_any(reject)) {
+        const T mu_reject = pr_min(T(1), pr_max(T(kFuseMuReject), mu_used * T(kFuseMuUp)));
+        T p_retry[D];
+        M newton_ok_retry;
+        const T mu_retry = fuse_propose<D>(ev, mu_reject, floor, p_retry, newton_ok_retry);
+PROBREG_UNROLL
+        for (int a = 0; a < D; ++a) p[a] = pr_where(reject, p_retry[a], p[a]);
+        mu_used = pr_where(reject, mu_retry, mu_used);
       }
-      if (mu_used >= T(1) || trial.energy <= ev.energy * (T(1) + slack) + T(kFuseArmijo) * slope) break;
-      mu = pr_min(T(1), pr_max(T(kFuseMuReject), mu_used * T(kFuseMuUp)));
-      mu_used = fuse_propose<D>(ev, mu, floor, p);
-    }
-    if (!valid) break;
-PROBREG_UNROLL
-    for (int a = 0; a < D; ++a) y[a] = cand[a];
-    ev = trial;
-    mu = mu_used * T(kFuseMuDown);
-    out.iterations += 1;
-    if (grad_small) {
-      out.converged = true;
-      break;
     }
   }
-  if (valid && !state_current) {
-    fuse_evaluate<D>(terms, n, y, delta, ev);
-    valid = fuse_eval_finite<D>(ev);
+  // The Hessian at the returned y (one more pass where the last step was not evaluated).
+  stale = stale & valid;
+  if (pr_any(stale)) {
+    FuseEval<D, T> last;
+    fuse_evaluate<D>(terms, n, y, delta, last);
+    valid = fuse_select_mask(stale, valid & fuse_eval_finite<D>(last), valid);
+    fuse_select_eval<D>(stale, last, ev);
   }
-  if (!valid) {
-    out.converged = false;
-PROBREG_UNROLL
-    for (int a = 0; a < D; ++a) {
-      out.y[a] = nan;
-PROBREG_UNROLL
-      for (int b = 0; b < D; ++b) out.hess[a][b] = nan;
-    }
-    return;
-  }
+  out.iterations = iterations;
+  out.converged = converged & valid;
 PROBREG_UNROLL
   for (int a = 0; a < D; ++a) {
-    out.y[a] = y[a];
+    out.y[a] = pr_where(valid, y[a], nan);
 PROBREG_UNROLL
-    for (int b = 0; b < D; ++b) out.hess[a][b] = ev.hess[a][b];
+    for (int b = 0; b < D; ++b) out.hess[a][b] = pr_where(valid, ev.hess[a][b], pr_where(all_zero, T(0), nan));
   }
 }
 
@@ -457,14 +541,13 @@ constexpr double kFusePinvRel = 16.0;
 // relative cutoff). damping > 0 makes H + damping I positive definite, so this is the exact
 // inverse there unless damping is itself at rounding level.
 template <int D, typename T>
-PROBREG_HOST_DEVICE void fuse_damped_solve(const T H[D][D], T damping, int64_t active, const T g[D],
-                                           T z[D]) {
+PROBREG_HOST_DEVICE void fuse_damped_solve(const T H[D][D], T damping, T active, const T g[D], T z[D]) {
   T l[D], V[D][D];
   symeig<D, T>(H, l, V);
   T scale(0);
 PROBREG_UNROLL
   for (int k = 0; k < D; ++k) scale = pr_max_nan(scale, pr_abs(l[k] + damping));
-  const T cutoff = T(kFusePinvRel) * T(active > 0 ? active : 1) * T(Eps<T>::value) * scale;
+  const T cutoff = T(kFusePinvRel) * pr_max(active, T(1)) * T(Eps<T>::value) * scale;
 PROBREG_UNROLL
   for (int a = 0; a < D; ++a) z[a] = T(0);
 PROBREG_UNROLL
@@ -489,6 +572,7 @@ PROBREG_UNROLL
 // with J_i = I inside, (delta/r_i)(I - u_i u_i^T) outside. `sink.store(i, gA, gv, gw)`
 // receives every estimate's gradients. All weights zero (y* undefined): every gradient is
 // zero. A negative or NaN weight anywhere: every gradient of the problem is NaN.
+// Scalar T only (one pass plus a d x d eigen-solve: no lockstep variant needed).
 template <int D, typename T, typename Terms, typename Sink>
 PROBREG_HOST_DEVICE void fuse_backward(const Terms& terms, int64_t n, const T y[D], T delta, T damping,
                                        const T grad_y[D], Sink& sink) {
@@ -496,7 +580,7 @@ PROBREG_HOST_DEVICE void fuse_backward(const Terms& terms, int64_t n, const T y[
   fuse_evaluate<D>(terms, n, y, delta, ev);
   T z[D];
   fuse_damped_solve<D>(ev.hess, damping, ev.active, grad_y, z);
-  const bool undefined = ev.weights_ok && ev.active == 0;
+  const bool undefined = ev.weights_ok && ev.active == T(0);
   const T nan = T(0) / T(0);
   for (int64_t i = 0; i < n; ++i) {
     T A[D][D], v[D], w;
@@ -528,7 +612,7 @@ PROBREG_UNROLL
         uq += t.e[a] * q[a];
       }
       // J q = q inside; (delta/r)(q - u (u.q)) = psi (q - e (e.q) / r^2) outside.
-      const T proj = t.inside ? T(0) : uq / (t.r * t.r);
+      const T proj = uq * t.inv_r_outside * t.inv_r_outside;
 PROBREG_UNROLL
       for (int a = 0; a < D; ++a) {
         jq[a] = t.psi * (q[a] - t.e[a] * proj);
