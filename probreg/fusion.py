@@ -135,11 +135,11 @@ def huber_fuse(
     if init is not None:
         init = init.to(dtype).expand(*batch, d)
     if d > _FUSED_MAX_DIM:
-        if dtype in (torch.float16, torch.bfloat16):
-            out = reference.huber_fuse(v.float(), A.float(), weight.float(), delta, max_iter, tol, damping,
-                                       None if init is None else init.float())
-            return FuseResult(out[0].to(dtype), out[1].to(dtype), out[2], out[3])
-        return FuseResult(*reference.huber_fuse(v, A, weight, delta, max_iter, tol, damping, init))
+        # Same compute types as the kernels: float32 in float64, half types in float32.
+        compute = torch.float64 if dtype in (torch.float64, torch.float32) else torch.float32
+        out = reference.huber_fuse(v.to(compute), A.to(compute), weight.to(compute), delta, max_iter, tol, damping,
+                                   None if init is None else init.to(compute))
+        return FuseResult(out[0].to(dtype), out[1].to(dtype), out[2], out[3])
     return FuseResult(*ops.huber_fuse(v, A, weight, init, float(delta), int(max_iter), float(tol), float(damping)))
 
 

@@ -4,15 +4,16 @@
 //   h_delta(r) = r^2/2 (r <= delta), delta (r - delta/2) (r > delta),
 //
 // and its implicit gradient (papers/wibergian-learning.md eq. 9-10). Torch-free: every
-// function is a PROBREG_HOST_DEVICE template instantiated by the CPU loop (scalar T, one
-// problem per item) and by the CUDA kernel (one thread per problem). d = D in {1, 2, 3}
-// is a template parameter; the number of estimates n is a runtime loop bound (any n >= 0,
-// nothing is stored per estimate), so a problem needs O(D^2) registers whatever n is.
+// function is a PROBREG_HOST_DEVICE template instantiated by the CPU loop (T = Lanes: 8
+// problems in lockstep; scalar T for tails and half types) and by the CUDA kernel (scalar
+// T, one thread per problem). d = D in {1, 2, 3} is a template parameter; the number of
+// estimates n is a runtime loop bound (any n >= 0, nothing is stored per estimate), so a
+// problem needs O(D^2) registers whatever n is.
 //
 // Estimates are read through a `Terms` object supplied by the caller:
 //   terms.load(i, A, v, w)   fills T A[D][D] (row-major, ANY square matrix), T v[D], T w
-// for estimate 0 <= i < n in the compute type T. A zero weight removes the estimate: its
-// A and v are never used by the forward (they may hold anything, even NaN), so ragged
+// for estimate 0 <= i < n in the compute type T. A zero weight removes the estimate: the
+// forward zeroes its A and v before use (they may hold anything, even NaN), so ragged
 // groups are padded with w = 0.
 //
 // Notation for one estimate at y: residual e = A y - v, r = ||e||, inside = (r <= delta),
