@@ -64,7 +64,9 @@ def panel(ax, A, delta, title, extent):
     logp = log_density(pts, A, delta)
     radii = mass_radii(delta)
     levels = sorted(log_density(np.array([[rho, 0.0]]) @ np.linalg.inv(A).T, A, delta)[0] for rho in radii)
-    ax.contourf(X, Y, logp, levels=[logp.min()] + levels + [logp.max()], cmap="Blues")
+    # shade below the outermost contour and above the innermost one too (levels must increase)
+    fill = [min(float(logp.min()), levels[0]) - 1.0] + levels + [max(float(logp.max()), levels[-1]) + 1.0]
+    ax.contourf(X, Y, logp, levels=fill, cmap="Blues")
     ax.contour(X, Y, logp, levels=levels, colors="k", linewidths=0.6)
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
@@ -83,7 +85,7 @@ def main(argv=None):
 
     deltas = [0.5, 1.0, 2.0]
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
-    extent = 10.0
+    extent = 16.0
     gauss_A = sqrtm_inv(SIGMA)
     rows = []
     for row in range(2):
