@@ -66,8 +66,12 @@ def panel(ax, A, delta, title, extent):
     levels = sorted(log_density(np.array([[rho, 0.0]]) @ np.linalg.inv(A).T, A, delta)[0] for rho in radii)
     # shade below the outermost contour and above the innermost one too (levels must increase)
     fill = [min(float(logp.min()), levels[0]) - 1.0] + levels + [max(float(logp.max()), levels[-1]) + 1.0]
-    ax.contourf(X, Y, logp, levels=fill, cmap="Blues")
-    ax.contour(X, Y, logp, levels=levels, colors="k", linewidths=0.6)
+    # one colour scale for every panel (the paper keeps the shading comparable)
+    import matplotlib.colors
+
+    norm = matplotlib.colors.Normalize(vmin=-16.0, vmax=-3.0)
+    ax.contourf(X, Y, logp, levels=fill, cmap="Blues", norm=norm)
+    ax.contour(X, Y, logp, levels=levels, colors="k", linewidths=0.6, linestyles="solid")
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     ax.set_xticks([])
@@ -84,20 +88,20 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     deltas = [0.5, 1.0, 2.0]
-    fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
+    fig, axes = plt.subplots(2, 4, figsize=(12, 7.2))
     extent = 16.0
     gauss_A = sqrtm_inv(SIGMA)
     rows = []
     for row in range(2):
-        panel(axes[row, 0], gauss_A, math.inf, "Gaussian, covariance Sigma", extent)
+        panel(axes[row, 0], gauss_A, math.inf, "Gaussian\ncovariance Sigma", extent)
         for col, delta in enumerate(deltas, start=1):
             kappa = probreg.huber_variance_factor(2, delta)
             if row == 0:  # same second moment: Lambda = kappa Sigma^{-1}, A = sqrt(kappa) Sigma^{-1/2}
                 A = math.sqrt(kappa) * gauss_A
-                title = f"Huber delta={delta:g}, same moment (kappa={kappa:.2f})"
+                title = f"Huber delta={delta:g}\nsame 2nd moment (kappa={kappa:.2f})"
             else:  # same Lambda = Sigma^{-1}
                 A = gauss_A
-                title = f"Huber delta={delta:g}, same Lambda"
+                title = f"Huber delta={delta:g}\nsame Lambda"
             panel(axes[row, col], A, delta, title, extent)
             rows.append((row, delta, kappa))
     fig.suptitle("L2 multivariate Huber iso-probability contours (masses .005 ... .99)", fontsize=10)
