@@ -405,10 +405,14 @@ def test_zero_weight_padding_equals_ragged_problem(device):
     assert torch.equal(padded.converged, plain.converged)
 
 
-def test_empty_batch(device):
+def test_empty_batch_and_no_estimates(device):
     v = torch.zeros(0, 3, 2, dtype=torch.float64, device=device)
     res = probreg.huber_fuse(v, torch.zeros(0, 3, 2, 2, dtype=torch.float64, device=device))
     assert res.y.shape == (0, 2) and res.hessian.shape == (0, 2, 2) and res.converged.shape == (0,)
+    # n = 0 behaves like all-zero weights (for 9 problems: one SIMD block of 8 and a tail)
+    res = probreg.huber_fuse(torch.zeros(9, 0, 2, dtype=torch.float64, device=device),
+                             torch.zeros(9, 0, 2, 2, dtype=torch.float64, device=device))
+    assert bool(torch.isnan(res.y).all()) and not bool(res.converged.any()) and bool((res.hessian == 0).all())
 
 
 # ---------------------------------------------------------------- fuse_predictions
