@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
 
+    os.makedirs(args.out, exist_ok=True)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     suites = args.suite or SUITES
     for device in devices:

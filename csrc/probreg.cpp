@@ -43,4 +43,16 @@ TORCH_LIBRARY(probreg, m) {
   // Implemented in Python (probreg/normalizer.py, registered in probreg/_ops.py); an op so
   // that torch.compile can evaluate it when delta is a symbolic (changing) float.
   m.def("_log_normalizer(int d, str family, float delta) -> Tensor");
+
+  // ---- fusion of Huber estimates (csrc/include/probreg/fuse.h) ----
+  // huber_fuse: v (..., n, d), A (..., n, d, d), weight (..., n), init (..., d)?
+  //   -> (y (..., d), hessian (..., d, d), iterations int32 (...), converged bool (...)).
+  // damping only enters the backward; it is a forward argument so autograd keeps it.
+  m.def(
+      "huber_fuse(Tensor v, Tensor A, Tensor weight, Tensor? init, float delta, int max_iter, "
+      "float tol, float damping) -> (Tensor, Tensor, Tensor, Tensor)");
+  // _huber_fuse_backward: implicit gradient at y* -> (grad_v, grad_A, grad_weight)
+  m.def(
+      "_huber_fuse_backward(Tensor grad_y, Tensor y, Tensor v, Tensor A, Tensor weight, float delta, "
+      "float damping) -> (Tensor, Tensor, Tensor)");
 }

@@ -9,6 +9,7 @@ Fused C++/CUDA operators (registered as torch.ops.probreg.*) under a Python API:
     HuberL2                           the distribution (torch.distributions API)
     probreg.wiberg                    damped implicit gradients through an argmin
     probreg.ebm, probreg.gum          energy-based densities, DeepGUM (Gaussian-uniform mixture)
+    huber_fuse, fuse_predictions      ML fusion of several Huber estimates (paper app. E)
 Pure-PyTorch references of every operator live in probreg.reference.
 """
 from . import _ops  # noqa: F401  (registers operators, fake kernels and autograd)
@@ -18,6 +19,7 @@ from .spd import spd_from_raw, spd_remap, symeig
 from .nll import HuberNLLLoss, huber_nll
 from .normalizer import huber_log_normalizer, huber_variance_factor
 from .distributions import HuberL2
+from .fusion import FuseResult, fuse_predictions, huber_fuse
 
 __version__ = "0.1.0"
 
@@ -36,4 +38,7 @@ __all__ = [
     "wiberg",
     "ebm",
     "gum",
+    "huber_fuse",
+    "fuse_predictions",
+    "FuseResult",
 ]

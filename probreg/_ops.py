@@ -163,3 +163,50 @@ def _log_normalizer_impl(d, family, delta):
 @torch.library.register_fake("probreg::_log_normalizer")
 def _log_normalizer_fake(d, family, delta):
     return torch.empty((), dtype=torch.float64)
+# ---------------------------------------------------------------- huber_fuse
+@torch.library.register_fake("probreg::huber_fuse")
+def _huber_fuse_fake(v, A, weight, init, delta, max_iter, tol, damping):
+    torch._check(v.dim() >= 2, lambda: f"probreg.huber_fuse: v must have shape (..., n, d), got {tuple(v.shape)}")
+    batch, n, d = v.shape[:-2], v.shape[-2], v.shape[-1]
+    torch._check(1 <= d <= 3, lambda: f"probreg.huber_fuse: d must be in {{1, 2, 3}}, got {d}")
+    torch._check(A.shape == (*batch, n, d, d), lambda: f"probreg.huber_fuse: A must have shape (..., n, d, d), got {tuple(A.shape)}")
+    torch._check(weight.shape == (*batch, n), lambda: f"probreg.huber_fuse: weight must have shape (..., n), got {tuple(weight.shape)}")
+    if init is not None:
+        torch._check(init.shape == (*batch, d), lambda: f"probreg.huber_fuse: init must have shape (..., d), got {tuple(init.shape)}")
+    return (
+        v.new_empty((*batch, d)),
+        v.new_empty((*batch, d, d)),
+        v.new_empty(batch, dtype=torch.int32),
+        v.new_empty(batch, dtype=torch.bool),
+    )
+
+
+@torch.library.register_fake("probreg::_huber_fuse_backward")
+def _huber_fuse_backward_fake(grad_y, y, v, A, weight, delta, damping):
+    return (
+        torch.empty_like(v, memory_format=torch.contiguous_format),
+        torch.empty_like(A, memory_format=torch.contiguous_format),
+        torch.empty_like(weight, memory_format=torch.contiguous_format),
+    )
+
+
+def _huber_fuse_setup_context(ctx, inputs, output):
+    v, A, weight, init, delta, max_iter, tol, damping = inputs
+    y, hessian, iterations, converged = output
+    ctx.save_for_backward(y, v, A, weight)
+    ctx.delta = delta
+    ctx.damping = damping
+    # Only y is differentiable (the implicit gradient at y*); the Hessian output is not.
+    ctx.mark_non_differentiable(hessian, iterations, converged)
+
+
+def _huber_fuse_backward(ctx, grad_y, grad_hessian, grad_iterations, grad_converged):
+    y, v, A, weight = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros_like(y)
+    grad_v, grad_A, grad_weight = ops._huber_fuse_backward(grad_y, y, v, A, weight, ctx.delta, ctx.damping)
+    # y* does not depend on init (convex energy); delta, max_iter, tol, damping are floats/ints.
+    return grad_v, grad_A, grad_weight, None, None, None, None, None
+
+
+torch.library.register_autograd("probreg::huber_fuse", _huber_fuse_backward, setup_context=_huber_fuse_setup_context)

@@ -42,6 +42,19 @@ cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covari
                                       const void* grad_loss, int64_t grad_loss_stride, const void* pred,
                                       const void* target, void* grad_pred, void* grad_target, int64_t n,
                                       double delta, double theta, cudaStream_t stream);
+// ---- fusion of Huber estimates (csrc/include/probreg/fuse.h), d in {1, 2, 3} ----
+// `problems` problems of n estimates each, contiguous: v (problems, n, d),
+// A (problems, n, d, d), weight (problems, n), init (problems, d) or nullptr, y and
+// grad_y (problems, d), hessian (problems, d, d), iterations (problems) int32,
+// converged (problems) bool; grads have their input's layout. One thread per problem.
+cudaError_t launch_huber_fuse_forward(Dtype dtype, int d, const void* v, const void* A, const void* weight,
+                                      const void* init, void* y, void* hessian, int32_t* iterations,
+                                      bool* converged, int64_t problems, int64_t n, double delta, int max_iter,
+                                      double tol, cudaStream_t stream);
+cudaError_t launch_huber_fuse_backward(Dtype dtype, int d, const void* grad_y, const void* y, const void* v,
+                                       const void* A, const void* weight, void* grad_v, void* grad_A,
+                                       void* grad_weight, int64_t problems, int64_t n, double delta,
+                                       double damping, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace probreg

@@ -1,0 +1,111 @@
+// Argument checks and output allocation of huber_fuse / _huber_fuse_backward, shared by
+// the CPU and CUDA registration files. Host-only, torch-dependent; no data-dependent
+// checks here (those would synchronise a CUDA stream).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <vector>
+
+#include "checks.h"
+
+namespace probreg {
+
+// Shapes of one fusion call: `problems` independent problems of n estimates in d dims.
+struct FuseShape {
+  int64_t d;
+  int64_t n;
+  int64_t problems;
+  std::vector<int64_t> batch;  // the leading (...) dims
+};
+
+// v (..., n, d), A (..., n, d, d), weight (..., n), init (..., d) or undefined; same
+// dtype and device. d in {1, 2, 3}.
+inline FuseShape check_fuse_inputs(const at::Tensor& v, const at::Tensor& A, const at::Tensor& weight,
+                                   const c10::optional<at::Tensor>& init, const char* op) {
+  check_floating(v, op, "v");
+  TORCH_CHECK(v.dim() >= 2, op, ": v must have shape (..., n, d), got ", v.sizes());
+  FuseShape s;
+  s.d = v.size(-1);
+  s.n = v.size(-2);
+  TORCH_CHECK(s.d >= 1 && s.d <= 3, op, ": v must have shape (..., n, d) with d in {1, 2, 3} for the fused ",
+              "kernel, got ", v.sizes(), " (the Python API serves d > 3 with the pure-PyTorch path)");
+  s.batch.assign(v.sizes().begin(), v.sizes().end() - 2);
+  std::vector<int64_t> a_shape = s.batch;
+  a_shape.push_back(s.n);
+  a_shape.push_back(s.d);
+  a_shape.push_back(s.d);
+  TORCH_CHECK(A.sizes() == at::IntArrayRef(a_shape), op, ": A must have shape (..., n, d, d) = ",
+              at::IntArrayRef(a_shape), " to match v ", v.sizes(), ", got ", A.sizes());
+  std::vector<int64_t> w_shape = s.batch;
+  w_shape.push_back(s.n);
+  TORCH_CHECK(weight.sizes() == at::IntArrayRef(w_shape), op, ": weight must have shape (..., n) = ",
+              at::IntArrayRef(w_shape), " to match v ", v.sizes(), ", got ", weight.sizes());
+  check_same_dtype(A, v, op, "A", "v");
+  check_same_dtype(weight, v, op, "weight", "v");
+  check_same_device(A, v, op, "A", "v");
+  check_same_device(weight, v, op, "weight", "v");
+  if (init.has_value() && init->defined()) {
+    std::vector<int64_t> y_shape = s.batch;
+    y_shape.push_back(s.d);
+    TORCH_CHECK(init->sizes() == at::IntArrayRef(y_shape), op, ": init must have shape (..., d) = ",
+                at::IntArrayRef(y_shape), ", got ", init->sizes());
+    check_same_dtype(*init, v, op, "init", "v");
+    check_same_device(*init, v, op, "init", "v");
+  }
+  s.problems = 1;
+  for (int64_t b : s.batch) s.problems *= b;
+  return s;
+}
+
+// delta > 0 (+inf allowed: every estimate on its quadratic piece). delta = 0 is rejected:
+// h_0 is identically zero, so the energy has no minimiser to speak of.
+inline void check_fuse_delta(double delta, const char* op) {
+  TORCH_CHECK(delta > 0.0, op, ": delta must be > 0 (h_delta is identically zero at delta = 0), got ",
+              delta);
+}
+
+inline void check_fuse_solver_args(int64_t max_iter, double tol, double damping, const char* op) {
+  TORCH_CHECK(max_iter >= 0 && max_iter <= (int64_t(1) << 30), op,
+              ": max_iter must be in [0, 2^30], got ", max_iter);
+  TORCH_CHECK(std::isfinite(tol) && tol >= 0.0, op, ": tol must be a finite number >= 0, got ", tol);
+  TORCH_CHECK(std::isfinite(damping) && damping >= 0.0, op,
+              ": damping must be a finite number >= 0, got ", damping);
+}
+
+inline std::vector<int64_t> fuse_shape_with(const FuseShape& s, std::initializer_list<int64_t> tail) {
+  std::vector<int64_t> shape = s.batch;
+  shape.insert(shape.end(), tail.begin(), tail.end());
+  return shape;
+}
+
+// y (..., d), hessian (..., d, d) in v's dtype; iterations int32 (...); converged bool (...).
+struct FuseOutputs {
+  at::Tensor y, hessian, iterations, converged;
+};
+inline FuseOutputs allocate_fuse_outputs(const FuseShape& s, const at::Tensor& v) {
+  FuseOutputs o;
+  o.y = at::empty(fuse_shape_with(s, {s.d}), v.options());
+  o.hessian = at::empty(fuse_shape_with(s, {s.d, s.d}), v.options());
+  o.iterations = at::empty(s.batch, v.options().dtype(at::kInt));
+  o.converged = at::empty(s.batch, v.options().dtype(at::kBool));
+  return o;
+}
+
+// grad_y and y (..., d) matching the inputs.
+inline void check_fuse_backward_inputs(const at::Tensor& grad_y, const at::Tensor& y, const at::Tensor& v,
+                                       const FuseShape& s, const char* op) {
+  const std::vector<int64_t> y_shape = fuse_shape_with(s, {s.d});
+  TORCH_CHECK(y.sizes() == at::IntArrayRef(y_shape), op, ": y must have shape (..., d) = ",
+              at::IntArrayRef(y_shape), ", got ", y.sizes());
+  TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(y_shape), op, ": grad_y must have shape (..., d) = ",
+              at::IntArrayRef(y_shape), ", got ", grad_y.sizes());
+  check_floating(grad_y, op, "grad_y");
+  check_same_dtype(y, v, op, "y", "v");
+  check_same_device(y, v, op, "y", "v");
+  check_same_device(grad_y, v, op, "grad_y", "v");
+}
+
+}  // namespace probreg
