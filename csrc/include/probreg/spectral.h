@@ -104,8 +104,10 @@ PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T ei, T ej, T theta) 
   // hi > theta >= lo: (hi - theta) + theta (1 - exp((lo - theta)/theta)), both terms
   // >= 0, over gap >= hi - theta > 0.
   const T z_lo = pr_min(lo / theta - T(1), T(0));
-  const T k_mixed = ((hi - theta) - theta * expm1_nonpositive_from(z_lo, e_lo)) /
-                    pr_where(mixed, gap, T(1));
+  // The mixed and far branches never apply to the same pair and both need gap > 0:
+  // one reciprocal serves both.
+  const T inv_gap = T(1) / pr_where(gap > T(0), gap, T(1));
+  const T k_mixed = ((hi - theta) - theta * expm1_nonpositive_from(z_lo, e_lo)) * inv_gap;
   // Both on the exponential branch, m the mean and h the half gap:
   // K = exp(m/theta - 1) sinh(h/theta)/(h/theta), exp(m/theta - 1) = sqrt(e_hi e_lo)
   // (taken as a product of square roots so it cannot underflow early). For h/theta > 1
@@ -113,7 +115,7 @@ PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T ei, T ej, T theta) 
   const T x = T(0.5) * gap / theta;
   const auto far = x > T(1);
   const T k_near = pr_sqrt(e_hi) * pr_sqrt(e_lo) * sinhc_unit(pr_min(x, T(1)));
-  const T k_far = theta * (e_hi - e_lo) / pr_where(far, gap, T(1));
+  const T k_far = theta * (e_hi - e_lo) * inv_gap;
   const T k_exp = pr_where(far, k_far, k_near);
   return pr_where(both_linear, T(1), pr_where(mixed, k_mixed, k_exp));
 }
