@@ -286,26 +286,12 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const T l[D], const T V[D][
         M[j][i] = M[i][j];
       }
     }
-  T MV[D][D];  // M V^T
+  T back[D][D];
+  from_eigenbasis<D, T>(V, M, back);
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i)
     PROBREG_UNROLL
-    for (int j = 0; j < D; ++j) {
-      T acc = T(0);
-      PROBREG_UNROLL
-      for (int k = 0; k < D; ++k) acc += M[i][k] * V[j][k];
-      MV[i][j] = acc;
-    }
-  PROBREG_UNROLL
-  for (int i = 0; i < D; ++i)
-    PROBREG_UNROLL
-    for (int j = i; j < D; ++j) {
-      T acc = T(0);
-      PROBREG_UNROLL
-      for (int k = 0; k < D; ++k) acc += V[i][k] * MV[k][j];
-      grad_B[i][j] = masked_grad(go, acc);
-      grad_B[j][i] = grad_B[i][j];
-    }
+    for (int j = 0; j < D; ++j) grad_B[i][j] = masked_grad(go, back[i][j]);
 }
 
 // ---------------------------------------------------------------- diagonal covariance

@@ -125,6 +125,32 @@ PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T theta) {
   return remap_divided_difference(li, lj, remap_exp_factor(li, theta), remap_exp_factor(lj, theta), theta);
 }
 
+// out = V M V^T for a symmetric D x D matrix M given in the eigenbasis (V's columns):
+// the last step of every spectral backward. Writes the symmetric result.
+template <int D, typename T>
+PROBREG_HOST_DEVICE void from_eigenbasis(const T V[D][D], const T M[D][D], T out[D][D]) {
+  T MV[D][D];  // M V^T
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += M[i][k] * V[j][k];
+      MV[i][j] = acc;
+    }
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < D; ++j) {
+      T acc = T(0);
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += V[i][k] * MV[k][j];
+      out[i][j] = acc;
+      out[j][i] = acc;
+    }
+}
+
 // A = V diag(f) V^T for a symmetric result.
 template <int D, typename T>
 PROBREG_HOST_DEVICE void compose_spectral(const T V[D][D], const T f[D], T A[D][D]) {
@@ -180,26 +206,7 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const T l[D], const T V[D][D], c
       M[i][j] = acc * kij;
       M[j][i] = M[i][j];
     }
-  T MV[D][D];  // M V^T
-  PROBREG_UNROLL
-  for (int i = 0; i < D; ++i)
-    PROBREG_UNROLL
-    for (int j = 0; j < D; ++j) {
-      T acc = T(0);
-      PROBREG_UNROLL
-      for (int k = 0; k < D; ++k) acc += M[i][k] * V[j][k];
-      MV[i][j] = acc;
-    }
-  PROBREG_UNROLL
-  for (int i = 0; i < D; ++i)
-    PROBREG_UNROLL
-    for (int j = i; j < D; ++j) {
-      T acc = T(0);
-      PROBREG_UNROLL
-      for (int k = 0; k < D; ++k) acc += V[i][k] * MV[k][j];
-      gB[i][j] = acc;
-      gB[j][i] = acc;
-    }
+  from_eigenbasis<D, T>(V, M, gB);
 }
 
 // Scalar conveniences: decompose, then forward / backward.
@@ -236,29 +243,16 @@ PROBREG_HOST_DEVICE void symeig_backward(const T l[D], const T V[D][D], const T 
       const auto tie = gap == T(0);
       M[i][j] = (i == j) ? gl[i] : pr_where(tie, T(0), acc / pr_where(tie, T(1), gap));
     }
-  T MV[D][D];
+  // sym(V M V^T) = V sym(M) V^T
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i)
     PROBREG_UNROLL
-    for (int j = 0; j < D; ++j) {
-      T acc = T(0);
-      PROBREG_UNROLL
-      for (int k = 0; k < D; ++k) acc += M[i][k] * V[j][k];
-      MV[i][j] = acc;
+    for (int j = i + 1; j < D; ++j) {
+      const T s = T(0.5) * (M[i][j] + M[j][i]);
+      M[i][j] = s;
+      M[j][i] = s;
     }
-  PROBREG_UNROLL
-  for (int i = 0; i < D; ++i)
-    PROBREG_UNROLL
-    for (int j = i; j < D; ++j) {
-      T acc_ij = T(0), acc_ji = T(0);
-      PROBREG_UNROLL
-      for (int k = 0; k < D; ++k) {
-        acc_ij += V[i][k] * MV[k][j];
-        acc_ji += V[j][k] * MV[k][i];
-      }
-      gB[i][j] = T(0.5) * (acc_ij + acc_ji);
-      gB[j][i] = gB[i][j];
-    }
+  from_eigenbasis<D, T>(V, M, gB);
 }
 
 }  // namespace probreg
