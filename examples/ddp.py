@@ -9,10 +9,13 @@ map are ordinary autograd ops, so DDP averages their gradients like any built-in
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import socket
 import sys
 import tempfile
+import time
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -45,37 +48,67 @@ def loss_fn():
 
 
 def _worker(rank, port, mode, steps, inputs, labels, out_dir):
+    """One rank. It ends with os._exit after a barrier: letting Python tear down the DDP
+    reducer can deadlock (its gloo destructor joins a worker thread that waits for the GIL
+    the tearing-down thread holds), and everything the parent needs is on disk by then."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    status, model = 1, None
     try:
-        model = DistributedDataParallel(make_model())
-        shard = slice(rank * inputs.shape[0] // WORLD_SIZE, (rank + 1) * inputs.shape[0] // WORLD_SIZE)
-        x, y = inputs[shard], labels[shard]
-        criterion = loss_fn()
-        if mode == "check":
-            criterion(model(x), y).backward()
-            grads = [p.grad.detach().clone() for p in model.parameters()]
-            torch.save(grads, os.path.join(out_dir, f"grads_rank{rank}.pt"))
-            return
-        opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-        for step in range(steps):
-            idx = torch.randint(0, x.shape[0], (128,))
-            loss = criterion(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if rank == 0 and (step % max(1, steps // 5) == 0 or step == steps - 1):
-                print(f"rank 0 step {step:4d} loss {loss.item():.4f}", flush=True)
-        if rank == 0:
-            torch.save(model.module.state_dict(), os.path.join(out_dir, "model.pt"))
+        model = _run_rank(rank, mode, steps, inputs, labels, out_dir)  # kept alive until _exit
+        dist.barrier()
+        status = 0
+    except Exception:
+        traceback.print_exc()
     finally:
-        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _run_rank(rank, mode, steps, inputs, labels, out_dir) -> DistributedDataParallel:
+    """Train (or take one step on) this rank's shard; returns the DDP model."""
+    model = DistributedDataParallel(make_model())
+    shard = slice(rank * inputs.shape[0] // WORLD_SIZE, (rank + 1) * inputs.shape[0] // WORLD_SIZE)
+    x, y = inputs[shard], labels[shard]
+    criterion = loss_fn()
+    if mode == "check":
+        criterion(model(x), y).backward()
+        grads = [p.grad.detach().clone() for p in model.parameters()]
+        torch.save(grads, os.path.join(out_dir, f"grads_rank{rank}.pt"))
+        return model
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for step in range(steps):
+        idx = torch.randint(0, x.shape[0], (128,))
+        loss = criterion(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if rank == 0 and (step % max(1, steps // 5) == 0 or step == steps - 1):
+            print(f"rank 0 step {step:4d} loss {loss.item():.4f}", flush=True)
+    if rank == 0:
+        torch.save(model.module.state_dict(), os.path.join(out_dir, "model.pt"))
+    return model
+
+
+def _spawn_and_wait(args, timeout_s: float = 300.0) -> None:
+    """mp.spawn WORLD_SIZE workers and wait for them, killing them after timeout_s."""
+    context = mp.spawn(_worker, args=args, nprocs=WORLD_SIZE, join=False)
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=2.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"DDP workers did not finish within {timeout_s:.0f} s")
 
 
 def ddp_step_gradients(inputs, labels):
     """Gradients of one DDP step (2 gloo processes, one shard each), as rank 0 sees them."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(free_port(), "check", 1, inputs, labels, out_dir), nprocs=WORLD_SIZE, join=True)
+        _spawn_and_wait((free_port(), "check", 1, inputs, labels, out_dir))
         g0 = torch.load(os.path.join(out_dir, "grads_rank0.pt"))
         g1 = torch.load(os.path.join(out_dir, "grads_rank1.pt"))
     return g0, g1
@@ -103,7 +136,7 @@ def main(argv=None):
               f"{worst:.2e}; ranks identical: {same_on_ranks}")
         return {"max_rel_diff": worst, "ranks_identical": same_on_ranks}
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(free_port(), "train", args.steps, inputs, labels, out_dir), nprocs=WORLD_SIZE, join=True)
+        _spawn_and_wait((free_port(), "train", args.steps, inputs, labels, out_dir), timeout_s=1800.0)
         state = torch.load(os.path.join(out_dir, "model.pt"))
     model = make_model()
     model.load_state_dict(state)
