@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "lane_transpose.h"
 #include "probreg/lanes.h"
 #include "probreg/symeig.h"
 
@@ -52,15 +53,23 @@ inline void store_item(const T in[N], S* base, int64_t i) {
   for (int k = 0; k < N; ++k) base[i * N + k] = S(in[k]);
 }
 #if defined(PROBREG_HAVE_LANES)
+// The kLaneWidth items i0.. are kLaneWidth * N contiguous values: converted as N whole
+// vectors, then transposed with constant shuffles (lane_transpose.h).
 template <int N, typename S>
 inline void load_item(const S* base, int64_t i0, Lanes out[N]) {
-  for (int j = 0; j < kLaneWidth; ++j)
-    for (int k = 0; k < N; ++k) out[k].v[j] = double(base[(i0 + j) * N + k]);
+  const S* block = base + i0 * N;
+  LaneVec X[N];
+  for (int m = 0; m < N; ++m)
+    for (int e = 0; e < kLaneWidth; ++e) X[m][e] = double(block[m * kLaneWidth + e]);
+  aos_to_soa<N>(X, out);
 }
 template <int N, typename S>
 inline void store_item(const Lanes in[N], S* base, int64_t i0) {
-  for (int j = 0; j < kLaneWidth; ++j)
-    for (int k = 0; k < N; ++k) base[(i0 + j) * N + k] = S(in[k].v[j]);
+  S* block = base + i0 * N;
+  LaneVec X[N];
+  soa_to_aos<N>(in, X);
+  for (int m = 0; m < N; ++m)
+    for (int e = 0; e < kLaneWidth; ++e) block[m * kLaneWidth + e] = S(X[m][e]);
 }
 #endif
 
