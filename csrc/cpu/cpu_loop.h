@@ -11,13 +11,37 @@
 #include <ATen/Parallel.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
+#include "../checks.h"
 #include "lane_transpose.h"
 #include "probreg/lanes.h"
 #include "probreg/symeig.h"
 
 namespace probreg {
+
+// Tag compute type of the CUDA kernels' float32 path (spectral.h, symeig_mixed): values
+// in float, eigenvalues in double. The CPU runs it (scalar) only to test that path's
+// accuracy without a GPU: PROBREG_CPU_EMULATE_CUDA_FLOAT32=1 routes float32 inputs of
+// spd_remap, spd_from_raw and huber_nll through it (tests/test_cuda_numerics_on_cpu.py).
+struct MixedPrecision {};
+
+template <typename Z>
+struct Precision {
+  using value = Z;  // matrices, vectors, gradients
+  using eigen = Z;  // eigenvalues and theta
+};
+template <>
+struct Precision<MixedPrecision> {
+  using value = float;
+  using eigen = double;
+};
+
+inline bool emulate_cuda_float32() {
+  const char* flag = std::getenv("PROBREG_CPU_EMULATE_CUDA_FLOAT32");
+  return flag != nullptr && flag[0] == '1';
+}
 
 // Items per task: each item costs ~10-100 ns, so 2048 items amortise the task overhead.
 constexpr int64_t kCpuGrain = 2048;
@@ -41,6 +65,19 @@ void run_items(int64_t n, ItemFn&& fn) {
   at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) fn(C{}, i);
   });
+}
+
+// run_items with compute type C for storage type S, or MixedPrecision for float32 under
+// PROBREG_CPU_EMULATE_CUDA_FLOAT32=1.
+template <typename S, typename C = compute_t<S>, typename ItemFn>
+void run_items_for(int64_t n, ItemFn&& fn) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (emulate_cuda_float32()) {
+      run_items<MixedPrecision>(n, fn);
+      return;
+    }
+  }
+  run_items<C>(n, fn);
 }
 
 // ---- loads / stores of N consecutive values per item (row stride N) ----
@@ -98,6 +135,12 @@ inline void store_matrix_item(const T M[D][D], S* base, int64_t i) {
 template <int D, typename T>
 inline bool decompose(const T B[D][D], T l[D], T V[D][D]) {
   symeig<D, T>(B, l, V);
+  return true;
+}
+// Mixed precision (MixedPrecision): eigenvalues in double, eigenvectors in float.
+template <int D>
+inline bool decompose(const double B[D][D], double l[D], float V[D][D]) {
+  symeig_mixed<D>(B, l, V);
   return true;
 }
 #if defined(PROBREG_HAVE_LANES)

@@ -4,7 +4,8 @@
 //
 // Compute type: double for every storage dtype. On the CPU the double SIMD lanes are the
 // fast path, so float16/bfloat16 gain float64 accuracy at no cost (the CUDA kernels
-// compute half types in float32, float32 and float64 in double).
+// compute half types in float32, float64 in double, and float32 with the mixed policy of
+// spectral.h, which PROBREG_CPU_EMULATE_CUDA_FLOAT32=1 reproduces here: cpu_loop.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -71,13 +72,17 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
       constexpr int F = decltype(fam)::value;
       constexpr int Cov = decltype(cov)::value;
       constexpr int W = NllLayout<D, Cov>::width;
-      run_items<double>(n, [&](auto zero, int64_t i) {
-        using T = decltype(zero);
+      run_items_for<scalar_t, double>(n, [&](auto zero, int64_t i) {
+        using T = typename Precision<decltype(zero)>::eigen;  // double, or Lanes
         const T dl(delta), th(theta);
         T row[W], y[D], out[1];
         load_item<W>(pp, i, row);
         load_item<D>(tp, i, y);
-        if constexpr (Cov == kCovarianceFull) {
+        if constexpr (std::is_same_v<decltype(zero), MixedPrecision>) {
+          // The CUDA float32 row body (huber.h huber_nll_row).
+          using V = typename Precision<MixedPrecision>::value;
+          out[0] = huber_nll_row<D, F, Cov, V, T>(row, y, dl, th, mu);
+        } else if constexpr (Cov == kCovarianceFull) {
           T B[D][D], l[D], V[D][D];
           unpack_symmetric<D, T>(row + D, B);
           if (!decompose<D>(B, l, V)) return false;
@@ -126,14 +131,18 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
       constexpr int F = decltype(fam)::value;
       constexpr int Cov = decltype(cov)::value;
       constexpr int W = NllLayout<D, Cov>::width;
-      run_items<double>(n, [&](auto zero, int64_t i) {
-        using T = decltype(zero);
+      run_items_for<scalar_t, double>(n, [&](auto zero, int64_t i) {
+        using T = typename Precision<decltype(zero)>::eigen;  // double, or Lanes
         const T dl(delta), th(theta);
         T row[W], y[D], go[1], grow[W], gy[D];
         load_item<W>(pp, i, row);
         load_item<D>(tp, i, y);
         load_grad_loss(gl, go_stride, i, go);
-        if constexpr (Cov == kCovarianceFull) {
+        if constexpr (std::is_same_v<decltype(zero), MixedPrecision>) {
+          // The CUDA float32 row body (huber.h huber_nll_row_backward).
+          using V = typename Precision<MixedPrecision>::value;
+          huber_nll_row_backward<D, F, Cov, V, T>(row, y, go[0], dl, th, mu, grow, gy);
+        } else if constexpr (Cov == kCovarianceFull) {
           T B[D][D], l[D], V[D][D], gB[D][D];
           unpack_symmetric<D, T>(row + D, B);
           if (!decompose<D>(B, l, V)) return false;

@@ -93,12 +93,14 @@ at::Tensor spd_remap_cpu(const at::Tensor& B_in, double theta) {
     scalar_t* a = A.mutable_data_ptr<scalar_t>();
     dispatch_dim(d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_items<compute_t<scalar_t>>(n, [&](auto zero, int64_t i) {
-        using T = decltype(zero);
-        T Bm[D][D], l[D], Vm[D][D], Am[D][D];
+      run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
+        using T = typename Precision<decltype(zero)>::value;
+        using L = typename Precision<decltype(zero)>::eigen;
+        L Bm[D][D], l[D];
+        T Vm[D][D], Am[D][D];
         load_symmetric_item<D>(b, i, Bm);
         if (!decompose<D>(Bm, l, Vm)) return false;
-        spd_remap_forward_eig<D, T>(l, Vm, T(theta), Am);
+        spd_remap_forward_eig<D, T, L>(l, Vm, L(theta), Am);
         store_matrix_item<D>(Am, a, i);
         return true;
       });
@@ -123,13 +125,15 @@ at::Tensor spd_remap_backward_cpu(const at::Tensor& gA_in, const at::Tensor& B_i
     scalar_t* gb = gB.mutable_data_ptr<scalar_t>();
     dispatch_dim(d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_items<compute_t<scalar_t>>(n, [&](auto zero, int64_t i) {
-        using T = decltype(zero);
-        T Bm[D][D], l[D], Vm[D][D], gAm[D][D], gBm[D][D];
+      run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
+        using T = typename Precision<decltype(zero)>::value;
+        using L = typename Precision<decltype(zero)>::eigen;
+        L Bm[D][D], l[D];
+        T Vm[D][D], gAm[D][D], gBm[D][D];
         load_symmetric_item<D>(b, i, Bm);
         if (!decompose<D>(Bm, l, Vm)) return false;
         load_matrix_item<D>(ga, i, gAm);
-        spd_remap_backward_eig<D, T>(l, Vm, gAm, T(theta), gBm);
+        spd_remap_backward_eig<D, T, L>(l, Vm, gAm, L(theta), gBm);
         store_matrix_item<D>(gBm, gb, i);
         return true;
       });
@@ -150,13 +154,15 @@ at::Tensor spd_from_raw_cpu(const at::Tensor& raw_in, double theta) {
     dispatch_dim(d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       constexpr int P = Packed<D>::P;
-      run_items<compute_t<scalar_t>>(n, [&](auto zero, int64_t i) {
-        using T = decltype(zero);
-        T rawv[P], Bm[D][D], l[D], Vm[D][D], Am[D][D];
+      run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
+        using T = typename Precision<decltype(zero)>::value;
+        using L = typename Precision<decltype(zero)>::eigen;
+        L rawv[P], Bm[D][D], l[D];
+        T Vm[D][D], Am[D][D];
         load_item<P>(r, i, rawv);
-        unpack_symmetric<D, T>(rawv, Bm);
+        unpack_symmetric<D, L>(rawv, Bm);
         if (!decompose<D>(Bm, l, Vm)) return false;
-        spd_remap_forward_eig<D, T>(l, Vm, T(theta), Am);
+        spd_remap_forward_eig<D, T, L>(l, Vm, L(theta), Am);
         store_matrix_item<D>(Am, a, i);
         return true;
       });
@@ -183,14 +189,16 @@ at::Tensor spd_from_raw_backward_cpu(const at::Tensor& gA_in, const at::Tensor& 
     dispatch_dim(d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       constexpr int P = Packed<D>::P;
-      run_items<compute_t<scalar_t>>(n, [&](auto zero, int64_t i) {
-        using T = decltype(zero);
-        T rawv[P], Bm[D][D], l[D], Vm[D][D], gAm[D][D], gBm[D][D], g[P];
+      run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
+        using T = typename Precision<decltype(zero)>::value;
+        using L = typename Precision<decltype(zero)>::eigen;
+        L rawv[P], Bm[D][D], l[D];
+        T Vm[D][D], gAm[D][D], gBm[D][D], g[P];
         load_item<P>(r, i, rawv);
-        unpack_symmetric<D, T>(rawv, Bm);
+        unpack_symmetric<D, L>(rawv, Bm);
         if (!decompose<D>(Bm, l, Vm)) return false;
         load_matrix_item<D>(ga, i, gAm);
-        spd_remap_backward_eig<D, T>(l, Vm, gAm, T(theta), gBm);
+        spd_remap_backward_eig<D, T, L>(l, Vm, gAm, L(theta), gBm);
         pack_symmetric_grad<D, T>(gBm, g);
         store_item<P>(g, gr, i);
         return true;

@@ -14,19 +14,35 @@
 namespace probreg {
 namespace cuda {
 
-// Compute type of a storage type: float32 data is decomposed in double (see
-// csrc/checks.h ComputeType for the accuracy argument), half types in float.
+// Compute types of a storage type S.
+//  type:  the accurate type: double for float64 and float32, float for the half types.
+//         symeig and huber_fuse compute in it; it is also the eigenvalue type below.
+//  value: the type of matrices, vectors and gradients in spd_remap, spd_from_raw and
+//         huber_nll: float for float32 (the mixed policy of spectral.h: float Jacobi
+//         refined by one double sweep, eigenvalues and their differences in double,
+//         compensated exponentials; float-rate arithmetic for most of the work without
+//         the l/theta error amplification of a float-only path), else `type`.
+// The CPU reproduces the float32 policy under PROBREG_CPU_EMULATE_CUDA_FLOAT32=1, which
+// tests/test_cuda_numerics_on_cpu.py uses to test its accuracy without a GPU.
 template <typename S>
 struct Compute {
   using type = double;
+  using value = double;
+};
+template <>
+struct Compute<float> {
+  using type = double;
+  using value = float;
 };
 template <>
 struct Compute<__half> {
   using type = float;
+  using value = float;
 };
 template <>
 struct Compute<__nv_bfloat16> {
   using type = float;
+  using value = float;
 };
 
 template <typename C, typename S>

@@ -28,13 +28,14 @@ template <int D, int F, int Cov, typename S>
 __global__ void huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
                                          typename LossStorage<S>::type* __restrict__ loss, int64_t n,
                                          double delta, double theta, bool mu_param) {
-  using C = typename Compute<S>::type;
+  using L = typename Compute<S>::type;
+  using T = typename Compute<S>::value;
   constexpr int W = NllLayout<D, Cov>::width;
   PROBREG_GRID_STRIDE_LOOP(i, n) {
-    C row[W], y[D];
+    L row[W], y[D];
     load_row<W>(pred, i, row);
     load_row<D>(target, i, y);
-    store_as(loss + i, huber_nll_row<D, F, Cov, C>(row, y, C(delta), C(theta), mu_param));
+    store_as(loss + i, huber_nll_row<D, F, Cov, T, L>(row, y, L(delta), L(theta), mu_param));
   }
 }
 
@@ -44,14 +45,15 @@ __global__ void huber_nll_backward_kernel(const typename LossStorage<S>::type* _
                                           const S* __restrict__ target, S* __restrict__ grad_pred,
                                           S* __restrict__ grad_target, int64_t n, double delta, double theta,
                                           bool mu_param) {
-  using C = typename Compute<S>::type;
+  using L = typename Compute<S>::type;
+  using T = typename Compute<S>::value;
   constexpr int W = NllLayout<D, Cov>::width;
   PROBREG_GRID_STRIDE_LOOP(i, n) {
-    C row[W], y[D], grow[W], gy[D];
+    L row[W], y[D], grow[W], gy[D];
     load_row<W>(pred, i, row);
     load_row<D>(target, i, y);
-    const C go = load_as<C>(grad_loss + i * grad_loss_stride);
-    huber_nll_row_backward<D, F, Cov, C>(row, y, go, C(delta), C(theta), mu_param, grow, gy);
+    const L go = load_as<L>(grad_loss + i * grad_loss_stride);
+    huber_nll_row_backward<D, F, Cov, T, L>(row, y, go, L(delta), L(theta), mu_param, grow, gy);
     store_row<W>(grad_pred, i, grow);
     if (grad_target != nullptr) store_row<D>(grad_target, i, gy);
   }

@@ -1,5 +1,6 @@
 // CUDA kernels of symeig, spd_remap and spd_from_raw: one thread per matrix, calling the
-// same header math as the CPU loop (csrc/include/probreg). Torch-free.
+// same header math as the CPU loop (csrc/include/probreg). Torch-free. Compute types:
+// kernel_common.cuh Compute (float32 spd_remap / spd_from_raw: mixed policy).
 #include <type_traits>
 
 #include "kernel_common.cuh"
@@ -55,11 +56,13 @@ __global__ void symeig_backward_kernel(const S* __restrict__ gL, const S* __rest
 template <int D, typename S>
 __global__ void spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, int64_t n,
                                          double theta) {
-  using C = typename Compute<S>::type;
+  using L = typename Compute<S>::type;
+  using T = typename Compute<S>::value;
   PROBREG_GRID_STRIDE_LOOP(i, n) {
-    C Bm[D][D], Am[D][D];
+    L Bm[D][D];
+    T Am[D][D];
     load_symmetric<D>(B, i, Bm);
-    spd_remap_forward<D, C>(Bm, C(theta), Am);
+    spd_remap_forward<D, T, L>(Bm, L(theta), Am);
     store_row<D * D>(A, i, &Am[0][0]);
   }
 }
@@ -67,12 +70,14 @@ __global__ void spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict_
 template <int D, typename S>
 __global__ void spd_remap_backward_kernel(const S* __restrict__ gA, const S* __restrict__ B,
                                           S* __restrict__ gB, int64_t n, double theta) {
-  using C = typename Compute<S>::type;
+  using L = typename Compute<S>::type;
+  using T = typename Compute<S>::value;
   PROBREG_GRID_STRIDE_LOOP(i, n) {
-    C Bm[D][D], gAm[D][D], gBm[D][D];
+    L Bm[D][D];
+    T gAm[D][D], gBm[D][D];
     load_symmetric<D>(B, i, Bm);
     load_row<D * D>(gA, i, &gAm[0][0]);
-    spd_remap_backward<D, C>(Bm, gAm, C(theta), gBm);
+    spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
     store_row<D * D>(gB, i, &gBm[0][0]);
   }
 }
@@ -80,13 +85,15 @@ __global__ void spd_remap_backward_kernel(const S* __restrict__ gA, const S* __r
 template <int D, typename S>
 __global__ void spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __restrict__ A, int64_t n,
                                             double theta) {
-  using C = typename Compute<S>::type;
+  using L = typename Compute<S>::type;
+  using T = typename Compute<S>::value;
   constexpr int P = Packed<D>::P;
   PROBREG_GRID_STRIDE_LOOP(i, n) {
-    C r[P], Bm[D][D], Am[D][D];
+    L r[P], Bm[D][D];
+    T Am[D][D];
     load_row<P>(raw, i, r);
-    unpack_symmetric<D, C>(r, Bm);
-    spd_remap_forward<D, C>(Bm, C(theta), Am);
+    unpack_symmetric<D, L>(r, Bm);
+    spd_remap_forward<D, T, L>(Bm, L(theta), Am);
     store_row<D * D>(A, i, &Am[0][0]);
   }
 }
@@ -94,15 +101,17 @@ __global__ void spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __rest
 template <int D, typename S>
 __global__ void spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* __restrict__ raw,
                                              S* __restrict__ graw, int64_t n, double theta) {
-  using C = typename Compute<S>::type;
+  using L = typename Compute<S>::type;
+  using T = typename Compute<S>::value;
   constexpr int P = Packed<D>::P;
   PROBREG_GRID_STRIDE_LOOP(i, n) {
-    C r[P], Bm[D][D], gAm[D][D], gBm[D][D], g[P];
+    L r[P], Bm[D][D];
+    T gAm[D][D], gBm[D][D], g[P];
     load_row<P>(raw, i, r);
-    unpack_symmetric<D, C>(r, Bm);
+    unpack_symmetric<D, L>(r, Bm);
     load_row<D * D>(gA, i, &gAm[0][0]);
-    spd_remap_backward<D, C>(Bm, gAm, C(theta), gBm);
-    pack_symmetric_grad<D, C>(gBm, g);
+    spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
+    pack_symmetric_grad<D, T>(gBm, g);
     store_row<P>(graw, i, g);
   }
 }

@@ -207,10 +207,11 @@ PROBREG_HOST_DEVICE T masked_grad(T go, T x) {
 }
 
 // ---------------------------------------------------------------- full covariance
-// Forward from the eigen-decomposition (l ascending, V columns) of B.
-template <int D, int F, typename T>
-PROBREG_HOST_DEVICE T huber_nll_full_eig(const T l[D], const T V[D][D], const T loc[D], const T y[D],
-                                         T delta, T theta, bool mu_param) {
+// Forward from the eigen-decomposition (l ascending, V columns) of B. Eigenvalues and
+// theta in L, the rest in T (L = T except the CUDA float32 path, spectral.h).
+template <int D, int F, typename T, typename L = T>
+PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T loc[D], const T y[D],
+                                         T delta, L theta, bool mu_param) {
   T z[D];
   PROBREG_UNROLL
   for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
@@ -223,17 +224,17 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const T l[D], const T V[D][D], const T 
       q += V[k][j] * z[k];
       vj += V[k][j] * loc[k];
     }
-    const T g = remap_g(l[j], theta);
+    const T g = remap_g<L, T>(l[j], theta);
     p[j] = mu_param ? g * q : g * q - vj;
   }
-  return neg_log_det_remap<D>(l, theta) + family_rho<F>(scaled_norm<D>(p), delta);
+  return T(neg_log_det_remap<D>(l, theta)) + family_rho<F>(scaled_norm<D>(p), delta);
 }
 
 // Backward from the eigen-decomposition of B: gradients w.r.t. loc (D), the symmetric
 // B (D x D) and y (D), scaled by the upstream gradient go.
-template <int D, int F, typename T>
-PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const T l[D], const T V[D][D], const T loc[D],
-                                                     const T y[D], T go, T delta, T theta, bool mu_param,
+template <int D, int F, typename T, typename L = T>
+PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][D], const T loc[D],
+                                                     const T y[D], T go, T delta, L theta, bool mu_param,
                                                      T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
   T z[D];
   PROBREG_UNROLL
@@ -247,7 +248,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const T l[D], const T V[D][
       qj += V[k][j] * z[k];
       vj += V[k][j] * loc[k];
     }
-    e[j] = remap_exp_factor(l[j], theta);
+    e[j] = remap_exp_factor<T>(l[j], theta);
     g[j] = remap_g_from(l[j], e[j], theta);
     q[j] = qj;
     p[j] = mu_param ? g[j] * qj : g[j] * qj - vj;
@@ -279,7 +280,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const T l[D], const T V[D][
     PROBREG_UNROLL
     for (int j = i; j < D; ++j) {
       if (i == j) {
-        M[i][i] = t[i] * q[i] * remap_g_prime_from(l[i], e[i], theta) - go * remap_log_g_prime(l[i], theta);
+        M[i][i] = t[i] * q[i] * remap_g_prime_from(l[i], e[i], theta) - go * T(remap_log_g_prime(l[i], theta));
       } else {
         const T kij = remap_divided_difference(l[i], l[j], e[i], e[j], theta);
         M[i][j] = T(0.5) * (t[i] * q[j] + q[i] * t[j]) * kij;
@@ -315,7 +316,7 @@ PROBREG_HOST_DEVICE void huber_nll_diagonal_backward(const T b[D], const T loc[D
   T e[D], g[D], z[D], p[D];
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
-    e[j] = remap_exp_factor(b[j], theta);
+    e[j] = remap_exp_factor<T>(b[j], theta);
     g[j] = remap_g_from(b[j], e[j], theta);
     z[j] = mu_param ? y[j] - loc[j] : y[j];
     p[j] = mu_param ? g[j] * z[j] : g[j] * z[j] - loc[j];
@@ -359,40 +360,62 @@ PROBREG_HOST_DEVICE void huber_nll_identity_backward(const T loc[D], const T y[D
 }
 
 // ---------------------------------------------------------------- scalar conveniences
-// Whole-row forward / backward for scalar T (CUDA kernels): pred row of
-// NllLayout<D, Cov>::width values (loc then the covariance parameters), target y (D).
+// Whole-row forward / backward for scalar types (CUDA kernels): pred row of
+// NllLayout<D, Cov>::width values (loc then the covariance parameters), target y (D),
+// all in L. The full covariance computes in T after symeig_split (T = float with
+// L = double on the CUDA float32 path); the other structures compute in L.
 // The CPU loop calls the pieces above directly so that its SIMD lanes can fall back to
 // the scalar path when the eigen-decomposition needs it (cpu_loop.h decompose).
-template <int D, int F, int Cov, typename T>
-PROBREG_HOST_DEVICE T huber_nll_row(const T pred[NllLayout<D, Cov>::width], const T y[D], T delta, T theta,
+template <int D, int F, int Cov, typename T, typename L = T>
+PROBREG_HOST_DEVICE L huber_nll_row(const L pred[NllLayout<D, Cov>::width], const L y[D], L delta, L theta,
                                     bool mu_param) {
   if constexpr (Cov == kCovarianceFull) {
-    T B[D][D], l[D], V[D][D];
-    unpack_symmetric<D, T>(pred + D, B);
-    symeig<D, T>(B, l, V);
-    return huber_nll_full_eig<D, F, T>(l, V, pred, y, delta, theta, mu_param);
+    L B[D][D], l[D];
+    T V[D][D], loc[D], yt[D];
+    unpack_symmetric<D, L>(pred + D, B);
+    symeig_split<D, T, L>(B, l, V);
+    PROBREG_UNROLL
+    for (int k = 0; k < D; ++k) {
+      loc[k] = T(pred[k]);
+      yt[k] = T(y[k]);
+    }
+    return L(huber_nll_full_eig<D, F, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
   } else if constexpr (Cov == kCovarianceDiagonal) {
-    return huber_nll_diagonal<D, F, T>(pred + D, pred, y, delta, theta, mu_param);
+    return huber_nll_diagonal<D, F, L>(pred + D, pred, y, delta, theta, mu_param);
   } else {
-    return huber_nll_identity<D, F, T>(pred, y, delta);
+    return huber_nll_identity<D, F, L>(pred, y, delta);
   }
 }
 
-template <int D, int F, int Cov, typename T>
-PROBREG_HOST_DEVICE void huber_nll_row_backward(const T pred[NllLayout<D, Cov>::width], const T y[D], T go,
-                                                T delta, T theta, bool mu_param,
-                                                T grad_pred[NllLayout<D, Cov>::width], T grad_y[D]) {
+template <int D, int F, int Cov, typename T, typename L = T>
+PROBREG_HOST_DEVICE void huber_nll_row_backward(const L pred[NllLayout<D, Cov>::width], const L y[D], L go,
+                                                L delta, L theta, bool mu_param,
+                                                L grad_pred[NllLayout<D, Cov>::width], L grad_y[D]) {
   if constexpr (Cov == kCovarianceFull) {
-    T B[D][D], l[D], V[D][D], gB[D][D];
-    unpack_symmetric<D, T>(pred + D, B);
-    symeig<D, T>(B, l, V);
-    huber_nll_full_backward_eig<D, F, T>(l, V, pred, y, go, delta, theta, mu_param, grad_pred, gB, grad_y);
-    pack_symmetric_grad<D, T>(gB, grad_pred + D);
+    constexpr int P = Packed<D>::P;
+    L B[D][D], l[D];
+    T V[D][D], loc[D], yt[D], g_loc[D], gB[D][D], g_raw[P], g_y[D];
+    unpack_symmetric<D, L>(pred + D, B);
+    symeig_split<D, T, L>(B, l, V);
+    PROBREG_UNROLL
+    for (int k = 0; k < D; ++k) {
+      loc[k] = T(pred[k]);
+      yt[k] = T(y[k]);
+    }
+    huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, yt, T(go), T(delta), theta, mu_param, g_loc, gB, g_y);
+    pack_symmetric_grad<D, T>(gB, g_raw);
+    PROBREG_UNROLL
+    for (int k = 0; k < D; ++k) {
+      grad_pred[k] = L(g_loc[k]);
+      grad_y[k] = L(g_y[k]);
+    }
+    PROBREG_UNROLL
+    for (int k = 0; k < P; ++k) grad_pred[D + k] = L(g_raw[k]);
   } else if constexpr (Cov == kCovarianceDiagonal) {
-    huber_nll_diagonal_backward<D, F, T>(pred + D, pred, y, go, delta, theta, mu_param, grad_pred,
+    huber_nll_diagonal_backward<D, F, L>(pred + D, pred, y, go, delta, theta, mu_param, grad_pred,
                                          grad_pred + D, grad_y);
   } else {
-    huber_nll_identity_backward<D, F, T>(pred, y, go, delta, grad_pred, grad_y);
+    huber_nll_identity_backward<D, F, L>(pred, y, go, delta, grad_pred, grad_y);
   }
 }
 

@@ -9,7 +9,15 @@
 // of first divided differences of g. K is evaluated per branch pair without a tie
 // threshold and without cancellation (DESIGN.md section 1), so it is exact at repeated
 // eigenvalues and finite where g underflows.
+//
+// Two value types: eigenvalues (and theta) are of type L, everything else of type T.
+// L = T everywhere except the CUDA kernels' float32 path, T = float with L = double
+// (symeig_mixed in symeig.h): the eigenvalues and their differences are then exact to
+// double rounding, and g enters float through a compensated exponential, so the only
+// float errors are O(eps_f) relative to the result (no l/theta amplification).
 #pragma once
+
+#include <type_traits>
 
 #include "macros.h"
 #include "symeig.h"
@@ -19,25 +27,38 @@ namespace probreg {
 // exp(min(l/theta - 1, 0)): the exponential factor of g on its exponential branch
 // (clamped so the unselected branch never overflows). Kernels compute it once per
 // eigenvalue and reuse it for g, g' and the divided differences.
-template <typename T>
-PROBREG_HOST_DEVICE T remap_exp_factor(T l, T theta) {
-  return pr_exp(pr_min(l / theta - T(1), T(0)));
+// Mixed types: z = l/theta - 1 in L, split z = z_hi + z_lo with z_hi = T(z), and
+// exp(z) = exp(z_hi) (1 + z_lo) to a few ulps of T (|z_lo| <= ulp(z_hi)/2, so the
+// dropped z_lo^2/2 is far below T's precision). z is floored at -150, where exp
+// underflows float, so z_hi is always finite.
+template <typename T, typename L>
+PROBREG_HOST_DEVICE T remap_exp_factor(L l, L theta) {
+  const L z = pr_min(l / theta - L(1), L(0));
+  if constexpr (std::is_same_v<T, L>) {
+    return pr_exp(z);
+  } else {
+    const L zc = pr_max(z, L(-150));
+    const T z_hi = T(zc);
+    const T z_lo = T(zc - L(z_hi));
+    return pr_exp(z_hi) * (T(1) + z_lo);
+  }
 }
 
 // g(l) given e = remap_exp_factor(l, theta).
-template <typename T>
-PROBREG_HOST_DEVICE T remap_g_from(T l, T e, T theta) {
-  return pr_where(l > theta, l, theta * e);
+template <typename T, typename L>
+PROBREG_HOST_DEVICE T remap_g_from(L l, T e, L theta) {
+  return pr_where(l > theta, T(l), T(theta) * e);
 }
 
-template <typename T>
-PROBREG_HOST_DEVICE T remap_g(T l, T theta) {
-  return remap_g_from(l, remap_exp_factor(l, theta), theta);
+// g(l) in T (= L unless given: remap_g<double, float>(l, theta)).
+template <typename L, typename T = L>
+PROBREG_HOST_DEVICE T remap_g(L l, L theta) {
+  return remap_g_from(l, remap_exp_factor<T>(l, theta), theta);
 }
 
 // g'(l) given e = remap_exp_factor(l, theta).
-template <typename T>
-PROBREG_HOST_DEVICE T remap_g_prime_from(T l, T e, T theta) {
+template <typename T, typename L>
+PROBREG_HOST_DEVICE T remap_g_prime_from(L l, T e, L theta) {
   return pr_where(l > theta, T(1), e);
 }
 
@@ -91,38 +112,41 @@ PROBREG_HOST_DEVICE T expm1_nonpositive_from(T z, T e) {
 // Divided difference K(li, lj) = (g(li) - g(lj)) / (li - lj), and g'(li) at li == lj,
 // given ei, ej = remap_exp_factor(li / lj). Symmetric in its arguments. Every branch is
 // evaluated and one is selected (branch-free); no tie threshold, no cancellation.
-template <typename T>
-PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T ei, T ej, T theta) {
+// Mixed types: the differences gap, hi - theta and z_lo are formed in L (exact where
+// they cancel) before rounding to T.
+template <typename T, typename L>
+PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T ei, T ej, L theta) {
   const auto i_is_hi = li >= lj;
-  const T hi = pr_where(i_is_hi, li, lj);
-  const T lo = pr_where(i_is_hi, lj, li);
+  const L hi = pr_where(i_is_hi, li, lj);
+  const L lo = pr_where(i_is_hi, lj, li);
   const T e_hi = pr_where(i_is_hi, ei, ej);
   const T e_lo = pr_where(i_is_hi, ej, ei);
-  const T gap = hi - lo;
+  const T gap = T(hi - lo);
+  const T theta_t = T(theta);
   const auto both_linear = lo > theta;
   const auto mixed = (hi > theta) & (lo <= theta);
   // hi > theta >= lo: (hi - theta) + theta (1 - exp((lo - theta)/theta)), both terms
   // >= 0, over gap >= hi - theta > 0.
-  const T z_lo = pr_min(lo / theta - T(1), T(0));
+  const T z_lo = T(pr_min(lo / theta - L(1), L(0)));
   // The mixed and far branches never apply to the same pair and both need gap > 0:
   // one reciprocal serves both.
   const T inv_gap = T(1) / pr_where(gap > T(0), gap, T(1));
-  const T k_mixed = ((hi - theta) - theta * expm1_nonpositive_from(z_lo, e_lo)) * inv_gap;
+  const T k_mixed = (T(hi - theta) - theta_t * expm1_nonpositive_from(z_lo, e_lo)) * inv_gap;
   // Both on the exponential branch, m the mean and h the half gap:
   // K = exp(m/theta - 1) sinh(h/theta)/(h/theta), exp(m/theta - 1) = sqrt(e_hi e_lo)
   // (taken as a product of square roots so it cannot underflow early). For h/theta > 1
   // the plain quotient has no cancellation.
-  const T x = T(0.5) * gap / theta;
+  const T x = T(0.5) * gap / theta_t;
   const auto far = x > T(1);
   const T k_near = pr_sqrt(e_hi) * pr_sqrt(e_lo) * sinhc_unit(pr_min(x, T(1)));
-  const T k_far = theta * (e_hi - e_lo) * inv_gap;
+  const T k_far = theta_t * (e_hi - e_lo) * inv_gap;
   const T k_exp = pr_where(far, k_far, k_near);
   return pr_where(both_linear, T(1), pr_where(mixed, k_mixed, k_exp));
 }
 
 template <typename T>
 PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T theta) {
-  return remap_divided_difference(li, lj, remap_exp_factor(li, theta), remap_exp_factor(lj, theta), theta);
+  return remap_divided_difference(li, lj, remap_exp_factor<T>(li, theta), remap_exp_factor<T>(lj, theta), theta);
 }
 
 // out = V M V^T for a symmetric D x D matrix M given in the eigenbasis (V's columns):
@@ -167,19 +191,19 @@ PROBREG_HOST_DEVICE void compose_spectral(const T V[D][D], const T f[D], T A[D][
 }
 
 // Forward of the spectral remap from the eigen-decomposition: A = V diag(g(l)) V^T.
-template <int D, typename T>
-PROBREG_HOST_DEVICE void spd_remap_forward_eig(const T l[D], const T V[D][D], T theta, T A[D][D]) {
+template <int D, typename T, typename L = T>
+PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], L theta, T A[D][D]) {
   T gl[D];
   PROBREG_UNROLL
-  for (int i = 0; i < D; ++i) gl[i] = remap_g(l[i], theta);
+  for (int i = 0; i < D; ++i) gl[i] = remap_g<L, T>(l[i], theta);
   compose_spectral<D, T>(V, gl, A);
 }
 
 // Backward of the spectral remap given the eigen-decomposition of B and the upstream
 // gradient dL/dA (any square matrix; it is symmetrised). Writes the symmetric dL/dB.
-template <int D, typename T>
-PROBREG_HOST_DEVICE void spd_remap_backward_eig(const T l[D], const T V[D][D], const T gA[D][D],
-                                                T theta, T gB[D][D]) {
+template <int D, typename T, typename L = T>
+PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], const T gA[D][D],
+                                                L theta, T gB[D][D]) {
   T GV[D][D];  // sym(gA) V
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i)
@@ -192,7 +216,7 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const T l[D], const T V[D][D], c
     }
   T e[D];  // one exponential per eigenvalue, shared by every K entry
   PROBREG_UNROLL
-  for (int i = 0; i < D; ++i) e[i] = remap_exp_factor(l[i], theta);
+  for (int i = 0; i < D; ++i) e[i] = remap_exp_factor<T>(l[i], theta);
   T M[D][D];  // (V^T sym(gA) V) o K
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i)
@@ -209,19 +233,22 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const T l[D], const T V[D][D], c
   from_eigenbasis<D, T>(V, M, gB);
 }
 
-// Scalar conveniences: decompose, then forward / backward.
-template <int D, typename T>
-PROBREG_HOST_DEVICE void spd_remap_forward(const T B[D][D], T theta, T A[D][D]) {
-  T l[D], V[D][D];
-  symeig<D, T>(B, l, V);
-  spd_remap_forward_eig<D, T>(l, V, theta, A);
+// Scalar conveniences: decompose (symeig_split: eigenvalues in L, eigenvectors in T),
+// then forward / backward.
+template <int D, typename T, typename L = T>
+PROBREG_HOST_DEVICE void spd_remap_forward(const L B[D][D], L theta, T A[D][D]) {
+  L l[D];
+  T V[D][D];
+  symeig_split<D, T, L>(B, l, V);
+  spd_remap_forward_eig<D, T, L>(l, V, theta, A);
 }
 
-template <int D, typename T>
-PROBREG_HOST_DEVICE void spd_remap_backward(const T B[D][D], const T gA[D][D], T theta, T gB[D][D]) {
-  T l[D], V[D][D];
-  symeig<D, T>(B, l, V);
-  spd_remap_backward_eig<D, T>(l, V, gA, theta, gB);
+template <int D, typename T, typename L = T>
+PROBREG_HOST_DEVICE void spd_remap_backward(const L B[D][D], const T gA[D][D], L theta, T gB[D][D]) {
+  L l[D];
+  T V[D][D];
+  symeig_split<D, T, L>(B, l, V);
+  spd_remap_backward_eig<D, T, L>(l, V, gA, theta, gB);
 }
 
 // Backward of symeig (real symmetric, B symmetrised in the forward):
