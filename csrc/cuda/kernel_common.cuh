@@ -84,6 +84,46 @@ __device__ __forceinline__ void store_row(S* base, int64_t i, const C in[N]) {
 
 constexpr int kThreads = 256;
 
+// ---- coalesced rows through shared memory ----
+// The batch layouts are rows of N contiguous values per item (N = 1..12). A thread that
+// reads its own row makes each warp access span N times the cache lines of a coalesced
+// one, and strided stores write partial sectors. The tiled kernels instead take
+// kThreads consecutive items per block iteration (PROBREG_TILE_LOOP): the block copies
+// the tile's rows between global and shared memory with consecutive threads on
+// consecutive addresses, and each thread reads or writes its own row in shared memory.
+// Every thread of the block must call these (they synchronise); threads past `count`
+// (the last, partial tile) only help with the copies.
+
+// Static shared storage for a tile of rows of up to N values of S (raw bytes: the half
+// types have constructors, which __shared__ variables may not).
+template <typename S, int N>
+struct SharedRows {
+  alignas(16) unsigned char bytes[kThreads * N * sizeof(S)];
+  __device__ __forceinline__ S* rows() { return reinterpret_cast<S*>(bytes); }
+};
+
+// out = the N values of item first + threadIdx.x (left untouched past `count`).
+template <int N, typename C, typename S>
+__device__ __forceinline__ void load_row_tiled(const S* __restrict__ base, int64_t first, int count,
+                                               S* tile, C out[N]) {
+  const S* src = base + first * N;
+  for (int k = threadIdx.x; k < count * N; k += blockDim.x) tile[k] = src[k];
+  __syncthreads();
+  if (int(threadIdx.x) < count) load_row<N>(tile, threadIdx.x, out);
+  __syncthreads();
+}
+
+// Writes the N values `in` of item first + threadIdx.x (ignored past `count`).
+template <int N, typename S, typename C>
+__device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t first, int count, S* tile,
+                                                const C in[N]) {
+  if (int(threadIdx.x) < count) store_row<N>(tile, threadIdx.x, in);
+  __syncthreads();
+  S* dst = base + first * N;
+  for (int k = threadIdx.x; k < count * N; k += blockDim.x) dst[k] = tile[k];
+  __syncthreads();
+}
+
 // Blocks for n items with a grid-stride loop (int64 indices; the grid is capped and the
 // loop covers the rest).
 inline unsigned int blocks_for(int64_t n) {
@@ -94,6 +134,14 @@ inline unsigned int blocks_for(int64_t n) {
 #define PROBREG_GRID_STRIDE_LOOP(i, n)                                                   \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n);              \
        i += int64_t(blockDim.x) * gridDim.x)
+
+// Block-stride loop over tiles of kThreads items (launch with kThreads threads): `first`
+// is the tile's first item, `count` its size; the condition is uniform over the block,
+// so the tiled loads and stores may synchronise inside.
+#define PROBREG_TILE_LOOP(first, count, n)                                               \
+  for (int64_t first = blockIdx.x * int64_t(kThreads); first < (n);                      \
+       first += int64_t(kThreads) * gridDim.x)                                           \
+    if (const int count = int((n) - first < kThreads ? (n) - first : kThreads); true)
 
 // Calls f(S{}) with the storage type of `dtype`.
 template <typename F>

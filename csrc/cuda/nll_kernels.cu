@@ -24,6 +24,9 @@ struct LossStorage<__nv_bfloat16> {
   using type = float;
 };
 
+// Tiled (kernel_common.cuh PROBREG_TILE_LOOP): pred and target rows are loaded, and the
+// gradient rows stored, coalesced through shared memory; the per-target loss and its
+// upstream gradient are one value per item and go straight to global memory.
 template <int D, int F, int Cov, typename S>
 __global__ void huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
                                          typename LossStorage<S>::type* __restrict__ loss, int64_t n,
@@ -31,11 +34,13 @@ __global__ void huber_nll_forward_kernel(const S* __restrict__ pred, const S* __
   using L = typename Compute<S>::type;
   using T = typename Compute<S>::value;
   constexpr int W = NllLayout<D, Cov>::width;
-  PROBREG_GRID_STRIDE_LOOP(i, n) {
+  __shared__ SharedRows<S, W> tile;  // W >= D
+  PROBREG_TILE_LOOP(first, count, n) {
     L row[W], y[D];
-    load_row<W>(pred, i, row);
-    load_row<D>(target, i, y);
-    store_as(loss + i, huber_nll_row<D, F, Cov, T, L>(row, y, L(delta), L(theta), mu_param));
+    load_row_tiled<W>(pred, first, count, tile.rows(), row);
+    load_row_tiled<D>(target, first, count, tile.rows(), y);
+    if (int(threadIdx.x) < count)
+      store_as(loss + first + threadIdx.x, huber_nll_row<D, F, Cov, T, L>(row, y, L(delta), L(theta), mu_param));
   }
 }
 
@@ -48,14 +53,17 @@ __global__ void huber_nll_backward_kernel(const typename LossStorage<S>::type* _
   using L = typename Compute<S>::type;
   using T = typename Compute<S>::value;
   constexpr int W = NllLayout<D, Cov>::width;
-  PROBREG_GRID_STRIDE_LOOP(i, n) {
+  __shared__ SharedRows<S, W> tile;
+  PROBREG_TILE_LOOP(first, count, n) {
     L row[W], y[D], grow[W], gy[D];
-    load_row<W>(pred, i, row);
-    load_row<D>(target, i, y);
-    const L go = load_as<L>(grad_loss + i * grad_loss_stride);
-    huber_nll_row_backward<D, F, Cov, T, L>(row, y, go, L(delta), L(theta), mu_param, grow, gy);
-    store_row<W>(grad_pred, i, grow);
-    if (grad_target != nullptr) store_row<D>(grad_target, i, gy);
+    load_row_tiled<W>(pred, first, count, tile.rows(), row);
+    load_row_tiled<D>(target, first, count, tile.rows(), y);
+    if (int(threadIdx.x) < count) {
+      const L go = load_as<L>(grad_loss + (first + threadIdx.x) * grad_loss_stride);
+      huber_nll_row_backward<D, F, Cov, T, L>(row, y, go, L(delta), L(theta), mu_param, grow, gy);
+    }
+    store_row_tiled<W>(grad_pred, first, count, tile.rows(), grow);
+    if (grad_target != nullptr) store_row_tiled<D>(grad_target, first, count, tile.rows(), gy);
   }
 }
 

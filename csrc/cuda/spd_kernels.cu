@@ -11,10 +11,9 @@ namespace probreg {
 namespace cuda {
 namespace {
 
-template <int D, typename C, typename S>
-__device__ __forceinline__ void load_symmetric(const S* base, int64_t i, C B[D][D]) {
-  C flat[D * D];
-  load_row<D * D>(base, i, flat);
+// B = (M + M^T)/2 from the D*D values of a row-major matrix M.
+template <int D, typename C>
+__device__ __forceinline__ void symmetrize(const C flat[D * D], C B[D][D]) {
 #pragma unroll
   for (int r = 0; r < D; ++r)
 #pragma unroll
@@ -22,6 +21,13 @@ __device__ __forceinline__ void load_symmetric(const S* base, int64_t i, C B[D][
       B[r][c] = r == c ? flat[r * D + r] : C(0.5) * (flat[r * D + c] + flat[c * D + r]);
       B[c][r] = B[r][c];
     }
+}
+
+template <int D, typename C, typename S>
+__device__ __forceinline__ void load_symmetric(const S* base, int64_t i, C B[D][D]) {
+  C flat[D * D];
+  load_row<D * D>(base, i, flat);
+  symmetrize<D>(flat, B);
 }
 
 template <int D, typename S>
@@ -53,17 +59,26 @@ __global__ void symeig_backward_kernel(const S* __restrict__ gL, const S* __rest
   }
 }
 
+// The spd kernels below are tiled (kernel_common.cuh PROBREG_TILE_LOOP): coalesced
+// global loads and stores through shared memory; the math runs on the thread's item.
+#define PROBREG_MINE (int(threadIdx.x) < count)
+
 template <int D, typename S>
 __global__ void spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, int64_t n,
                                          double theta) {
   using L = typename Compute<S>::type;
   using T = typename Compute<S>::value;
-  PROBREG_GRID_STRIDE_LOOP(i, n) {
-    L Bm[D][D];
+  __shared__ SharedRows<S, D * D> tile;
+  PROBREG_TILE_LOOP(first, count, n) {
+    L flat[D * D];
     T Am[D][D];
-    load_symmetric<D>(B, i, Bm);
-    spd_remap_forward<D, T, L>(Bm, L(theta), Am);
-    store_row<D * D>(A, i, &Am[0][0]);
+    load_row_tiled<D * D>(B, first, count, tile.rows(), flat);
+    if (PROBREG_MINE) {
+      L Bm[D][D];
+      symmetrize<D>(flat, Bm);
+      spd_remap_forward<D, T, L>(Bm, L(theta), Am);
+    }
+    store_row_tiled<D * D>(A, first, count, tile.rows(), &Am[0][0]);
   }
 }
 
@@ -72,13 +87,18 @@ __global__ void spd_remap_backward_kernel(const S* __restrict__ gA, const S* __r
                                           S* __restrict__ gB, int64_t n, double theta) {
   using L = typename Compute<S>::type;
   using T = typename Compute<S>::value;
-  PROBREG_GRID_STRIDE_LOOP(i, n) {
-    L Bm[D][D];
+  __shared__ SharedRows<S, D * D> tile;
+  PROBREG_TILE_LOOP(first, count, n) {
+    L flat[D * D];
     T gAm[D][D], gBm[D][D];
-    load_symmetric<D>(B, i, Bm);
-    load_row<D * D>(gA, i, &gAm[0][0]);
-    spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
-    store_row<D * D>(gB, i, &gBm[0][0]);
+    load_row_tiled<D * D>(B, first, count, tile.rows(), flat);
+    load_row_tiled<D * D>(gA, first, count, tile.rows(), &gAm[0][0]);
+    if (PROBREG_MINE) {
+      L Bm[D][D];
+      symmetrize<D>(flat, Bm);
+      spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
+    }
+    store_row_tiled<D * D>(gB, first, count, tile.rows(), &gBm[0][0]);
   }
 }
 
@@ -88,13 +108,17 @@ __global__ void spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __rest
   using L = typename Compute<S>::type;
   using T = typename Compute<S>::value;
   constexpr int P = Packed<D>::P;
-  PROBREG_GRID_STRIDE_LOOP(i, n) {
-    L r[P], Bm[D][D];
+  __shared__ SharedRows<S, D * D> tile;  // D * D >= P
+  PROBREG_TILE_LOOP(first, count, n) {
+    L r[P];
     T Am[D][D];
-    load_row<P>(raw, i, r);
-    unpack_symmetric<D, L>(r, Bm);
-    spd_remap_forward<D, T, L>(Bm, L(theta), Am);
-    store_row<D * D>(A, i, &Am[0][0]);
+    load_row_tiled<P>(raw, first, count, tile.rows(), r);
+    if (PROBREG_MINE) {
+      L Bm[D][D];
+      unpack_symmetric<D, L>(r, Bm);
+      spd_remap_forward<D, T, L>(Bm, L(theta), Am);
+    }
+    store_row_tiled<D * D>(A, first, count, tile.rows(), &Am[0][0]);
   }
 }
 
@@ -104,17 +128,24 @@ __global__ void spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* 
   using L = typename Compute<S>::type;
   using T = typename Compute<S>::value;
   constexpr int P = Packed<D>::P;
-  PROBREG_GRID_STRIDE_LOOP(i, n) {
-    L r[P], Bm[D][D];
-    T gAm[D][D], gBm[D][D], g[P];
-    load_row<P>(raw, i, r);
-    unpack_symmetric<D, L>(r, Bm);
-    load_row<D * D>(gA, i, &gAm[0][0]);
-    spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
-    pack_symmetric_grad<D, T>(gBm, g);
-    store_row<P>(graw, i, g);
+  __shared__ SharedRows<S, D * D> tile;
+  PROBREG_TILE_LOOP(first, count, n) {
+    L r[P];
+    T gAm[D][D], g[P];
+    load_row_tiled<P>(raw, first, count, tile.rows(), r);
+    load_row_tiled<D * D>(gA, first, count, tile.rows(), &gAm[0][0]);
+    if (PROBREG_MINE) {
+      L Bm[D][D];
+      T gBm[D][D];
+      unpack_symmetric<D, L>(r, Bm);
+      spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
+      pack_symmetric_grad<D, T>(gBm, g);
+    }
+    store_row_tiled<P>(graw, first, count, tile.rows(), g);
   }
 }
+
+#undef PROBREG_MINE
 
 // Dispatches (dtype, d) and launches KERNEL<D, S> with the given arguments, each pointer
 // argument cast to the storage type.
