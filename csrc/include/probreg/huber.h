@@ -366,19 +366,27 @@ PROBREG_HOST_DEVICE void huber_nll_identity_backward(const T loc[D], const T y[D
 // L = double on the CUDA float32 path); the other structures compute in L.
 // The CPU loop calls the pieces above directly so that its SIMD lanes can fall back to
 // the scalar path when the eigen-decomposition needs it (cpu_loop.h decompose).
+// Full-covariance row (loc, packed B) and target in L -> eigenvalues l (L), V, loc, y (T).
+template <int D, typename T, typename L>
+PROBREG_HOST_DEVICE void decompose_full_row(const L pred[D + Packed<D>::P], const L y[D], L l[D], T V[D][D],
+                                            T loc[D], T yt[D]) {
+  L B[D][D];
+  unpack_symmetric<D, L>(pred + D, B);
+  symeig_split<D, T, L>(B, l, V);
+  PROBREG_UNROLL
+  for (int k = 0; k < D; ++k) {
+    loc[k] = T(pred[k]);
+    yt[k] = T(y[k]);
+  }
+}
+
 template <int D, int F, int Cov, typename T, typename L = T>
 PROBREG_HOST_DEVICE L huber_nll_row(const L pred[NllLayout<D, Cov>::width], const L y[D], L delta, L theta,
                                     bool mu_param) {
   if constexpr (Cov == kCovarianceFull) {
-    L B[D][D], l[D];
+    L l[D];
     T V[D][D], loc[D], yt[D];
-    unpack_symmetric<D, L>(pred + D, B);
-    symeig_split<D, T, L>(B, l, V);
-    PROBREG_UNROLL
-    for (int k = 0; k < D; ++k) {
-      loc[k] = T(pred[k]);
-      yt[k] = T(y[k]);
-    }
+    decompose_full_row<D, T, L>(pred, y, l, V, loc, yt);
     return L(huber_nll_full_eig<D, F, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
   } else if constexpr (Cov == kCovarianceDiagonal) {
     return huber_nll_diagonal<D, F, L>(pred + D, pred, y, delta, theta, mu_param);
@@ -393,15 +401,9 @@ PROBREG_HOST_DEVICE void huber_nll_row_backward(const L pred[NllLayout<D, Cov>::
                                                 L grad_pred[NllLayout<D, Cov>::width], L grad_y[D]) {
   if constexpr (Cov == kCovarianceFull) {
     constexpr int P = Packed<D>::P;
-    L B[D][D], l[D];
+    L l[D];
     T V[D][D], loc[D], yt[D], g_loc[D], gB[D][D], g_raw[P], g_y[D];
-    unpack_symmetric<D, L>(pred + D, B);
-    symeig_split<D, T, L>(B, l, V);
-    PROBREG_UNROLL
-    for (int k = 0; k < D; ++k) {
-      loc[k] = T(pred[k]);
-      yt[k] = T(y[k]);
-    }
+    decompose_full_row<D, T, L>(pred, y, l, V, loc, yt);
     huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, yt, T(go), T(delta), theta, mu_param, g_loc, gB, g_y);
     pack_symmetric_grad<D, T>(gB, g_raw);
     PROBREG_UNROLL

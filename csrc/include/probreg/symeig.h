@@ -126,11 +126,15 @@ PROBREG_HOST_DEVICE void symeig_core(T a[D][D], T unit, T l[D], T V[D][D]) {
   if constexpr (D == 2) {
     jacobi_rotate<D, T>(a, V, 0, 1, negligible);
   } else if constexpr (D == 3) {
+    // Converged when every off-diagonal is negligible at the start of a sweep (such a
+    // sweep would rotate nothing), so no sweep is spent only to detect convergence.
     for (int sweep = 0; sweep < 12; ++sweep) {
-      const auto r01 = jacobi_rotate<D, T>(a, V, 0, 1, negligible);
-      const auto r02 = jacobi_rotate<D, T>(a, V, 0, 2, negligible);
-      const auto r12 = jacobi_rotate<D, T>(a, V, 1, 2, negligible);
-      if (!pr_any(r01 | r02 | r12)) break;
+      const auto rotates = (pr_abs(a[0][1]) > negligible) | (pr_abs(a[0][2]) > negligible) |
+                           (pr_abs(a[1][2]) > negligible);
+      if (!pr_any(rotates)) break;
+      jacobi_rotate<D, T>(a, V, 0, 1, negligible);
+      jacobi_rotate<D, T>(a, V, 0, 2, negligible);
+      jacobi_rotate<D, T>(a, V, 1, 2, negligible);
     }
   }
   PROBREG_UNROLL
@@ -168,6 +172,21 @@ PROBREG_HOST_DEVICE void symeig(const T B[D][D], T l[D], T V[D][D]) {
   }
 }
 
+// out = op(X) Y in double for D x D matrices of any element types, op(X) = X^T when
+// Transpose, else X.
+template <int D, bool Transpose, typename X, typename Y>
+PROBREG_HOST_DEVICE void product_double(const X x[D][D], const Y y[D][D], double out[D][D]) {
+  PROBREG_UNROLL
+  for (int i = 0; i < D; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      double acc = 0.0;
+      PROBREG_UNROLL
+      for (int k = 0; k < D; ++k) acc += double(Transpose ? x[k][i] : x[i][k]) * double(y[k][j]);
+      out[i][j] = acc;
+    }
+}
+
 // Mixed-precision eigen-decomposition (the CUDA kernels' float32 path): B in double
 // (the exact float32 inputs), eigenvalues l in double, eigenvectors V in float, at a
 // fraction of the double cost for d = 3:
@@ -198,44 +217,19 @@ PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V
       PROBREG_UNROLL
       for (int j = 0; j < D; ++j) a[i][j] = float(B[i][j] * down);
     symeig_core<D, float>(a, float(scale * down), lf, Vf);
-    double G[D][D];  // V^T V
+    double G[D][D], H[D][D], BQ[D][D], C[D][D];
+    product_double<D, true>(Vf, Vf, G);  // V^T V
     PROBREG_UNROLL
     for (int i = 0; i < D; ++i)
       PROBREG_UNROLL
-      for (int j = i; j < D; ++j) {
-        double acc = 0.0;
-        PROBREG_UNROLL
-        for (int k = 0; k < D; ++k) acc += double(Vf[k][i]) * double(Vf[k][j]);
-        G[i][j] = G[j][i] = acc;
-      }
-    PROBREG_UNROLL
-    for (int r = 0; r < D; ++r)
-      PROBREG_UNROLL
-      for (int j = 0; j < D; ++j) {
-        double acc = 0.0;
-        PROBREG_UNROLL
-        for (int k = 0; k < D; ++k) acc += double(Vf[r][k]) * ((k == j ? 3.0 : 0.0) - G[k][j]);
-        Q[r][j] = 0.5 * acc;
-      }
-    double BQ[D][D], C[D][D];
-    PROBREG_UNROLL
-    for (int r = 0; r < D; ++r)
-      PROBREG_UNROLL
-      for (int j = 0; j < D; ++j) {
-        double acc = 0.0;
-        PROBREG_UNROLL
-        for (int k = 0; k < D; ++k) acc += B[r][k] * Q[k][j];
-        BQ[r][j] = acc;
-      }
+      for (int j = 0; j < D; ++j) H[i][j] = (i == j ? 1.5 : 0.0) - 0.5 * G[i][j];
+    product_double<D, false>(Vf, H, Q);  // Newton-Schulz: Q = V (3I - V^T V) / 2
+    product_double<D, false>(B, Q, BQ);
+    product_double<D, true>(Q, BQ, C);  // Q^T B Q, made exactly symmetric below
     PROBREG_UNROLL
     for (int i = 0; i < D; ++i)
       PROBREG_UNROLL
-      for (int j = i; j < D; ++j) {
-        double acc = 0.0;
-        PROBREG_UNROLL
-        for (int k = 0; k < D; ++k) acc += Q[k][i] * BQ[k][j];
-        C[i][j] = C[j][i] = acc;
-      }
+      for (int j = i + 1; j < D; ++j) C[j][i] = C[i][j];
     const double negligible = Eps<double>::value * 0.0625 * scale;
     PROBREG_UNROLL
     for (int p = 0; p + 1 < D; ++p)
