@@ -108,4 +108,49 @@ inline void check_fuse_backward_inputs(const at::Tensor& grad_y, const at::Tenso
   check_same_device(grad_y, v, op, "grad_y", "v");
 }
 
+// Validated arguments of huber_fuse / _huber_fuse_backward shared by the CPU and CUDA
+// registrations (CUDA callers set the device guard first; the CPU also checks the
+// weights' signs, which on CUDA would need a host synchronisation): inputs contiguous,
+// outputs allocated.
+struct FuseArgs {
+  FuseShape shape;
+  at::Tensor v, A, w;
+  at::Tensor init;  // undefined when not given
+  FuseOutputs out;
+};
+
+inline FuseArgs prepare_huber_fuse(const at::Tensor& v_in, const at::Tensor& A_in, const at::Tensor& w_in,
+                                   const c10::optional<at::Tensor>& init_in, double delta, int64_t max_iter,
+                                   double tol, double damping) {
+  const char* op = "probreg.huber_fuse";
+  const FuseShape s = check_fuse_inputs(v_in, A_in, w_in, init_in, op);
+  check_fuse_delta(delta, op);
+  check_fuse_solver_args(max_iter, tol, damping, op);
+  at::Tensor v = v_in.contiguous();
+  const bool has_init = init_in.has_value() && init_in->defined();
+  return {s, v, A_in.contiguous(), w_in.contiguous(), has_init ? init_in->contiguous() : at::Tensor(),
+          allocate_fuse_outputs(s, v)};
+}
+
+struct FuseBackwardArgs {
+  FuseShape shape;
+  at::Tensor grad_y, y, v, A, w;     // grad_y cast to v's dtype
+  at::Tensor grad_v, grad_A, grad_w;  // outputs
+};
+
+inline FuseBackwardArgs prepare_huber_fuse_backward(const at::Tensor& grad_y_in, const at::Tensor& y_in,
+                                                    const at::Tensor& v_in, const at::Tensor& A_in,
+                                                    const at::Tensor& w_in, double delta, double damping) {
+  const char* op = "probreg._huber_fuse_backward";
+  const FuseShape s = check_fuse_inputs(v_in, A_in, w_in, c10::nullopt, op);
+  check_fuse_backward_inputs(grad_y_in, y_in, v_in, s, op);
+  check_fuse_delta(delta, op);
+  check_fuse_solver_args(0, 0.0, damping, op);
+  at::Tensor v = v_in.contiguous();
+  at::Tensor A = A_in.contiguous();
+  at::Tensor w = w_in.contiguous();
+  return {s, grad_y_in.to(v.scalar_type()).contiguous(), y_in.contiguous(), v, A, w,
+          at::empty_like(v), at::empty_like(A), at::empty_like(w)};
+}
+
 }  // namespace probreg

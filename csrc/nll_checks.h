@@ -91,6 +91,54 @@ inline NllGradLoss nll_grad_loss(const at::Tensor& grad_loss, at::ScalarType inp
   return {grad_loss.to(dtype).contiguous(), 1};
 }
 
+// Validated arguments of huber_nll / _huber_nll_backward, shared by the CPU and CUDA
+// registrations (CUDA callers set the device guard first): inputs contiguous, outputs
+// allocated; n targets of dimension d.
+struct NllArgs {
+  int64_t d, n;
+  at::Tensor pred, target;  // (..., W), (..., d)
+  at::Tensor loss;          // output (...), dtype nll_loss_dtype(pred)
+};
+
+inline NllArgs prepare_huber_nll(const at::Tensor& pred_in, const at::Tensor& target_in, double delta,
+                                 double theta, int64_t family, int64_t covariance) {
+  const char* op = "probreg.huber_nll";
+  check_nll_scalars(delta, theta, family, covariance, op);
+  const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
+  at::Tensor pred = pred_in.contiguous();
+  at::Tensor target = target_in.contiguous();
+  at::Tensor loss = at::empty(target.sizes().slice(0, target.dim() - 1),
+                              pred.options().dtype(nll_loss_dtype(pred.scalar_type())));
+  return {d, target.numel() / d, pred, target, loss};
+}
+
+struct NllBackwardArgs {
+  int64_t d, n;
+  NllGradLoss grad_loss;
+  at::Tensor pred, target;
+  at::Tensor grad_pred, grad_target;  // outputs; grad_target is empty unless requested
+};
+
+inline NllBackwardArgs prepare_huber_nll_backward(const at::Tensor& grad_loss_in, const at::Tensor& pred_in,
+                                                  const at::Tensor& target_in, double delta, double theta,
+                                                  int64_t family, int64_t covariance, bool need_grad_target) {
+  const char* op = "probreg._huber_nll_backward";
+  check_nll_scalars(delta, theta, family, covariance, op);
+  const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
+  check_floating(grad_loss_in, op, "grad_loss");
+  check_same_device(grad_loss_in, pred_in, op, "grad_loss", "pred");
+  check_nll_grad_shape(grad_loss_in, target_in, op);
+  at::Tensor pred = pred_in.contiguous();
+  at::Tensor target = target_in.contiguous();
+  return {d,
+          target.numel() / d,
+          nll_grad_loss(grad_loss_in, pred.scalar_type()),
+          pred,
+          target,
+          at::empty_like(pred),
+          need_grad_target ? at::empty_like(target) : at::empty({0}, target.options())};
+}
+
 // Calls f(std::integral_constant<int, F>) for the family code.
 template <typename Fn>
 void dispatch_family(int64_t family, Fn&& f) {

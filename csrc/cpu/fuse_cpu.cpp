@@ -99,17 +99,12 @@ void check_nonnegative_weights(const at::Tensor& weight, const char* op) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> huber_fuse_cpu(
     const at::Tensor& v_in, const at::Tensor& A_in, const at::Tensor& w_in,
     const c10::optional<at::Tensor>& init_in, double delta, int64_t max_iter, double tol, double damping) {
-  const char* op = "probreg.huber_fuse";
-  const FuseShape s = check_fuse_inputs(v_in, A_in, w_in, init_in, op);
-  check_fuse_delta(delta, op);
-  check_fuse_solver_args(max_iter, tol, damping, op);
-  check_nonnegative_weights(w_in, op);
-  const at::Tensor v = v_in.contiguous();
-  const at::Tensor A = A_in.contiguous();
-  const at::Tensor w = w_in.contiguous();
-  const bool has_init = init_in.has_value() && init_in->defined();
-  const at::Tensor init = has_init ? init_in->contiguous() : at::Tensor();
-  FuseOutputs out = allocate_fuse_outputs(s, v);
+  const FuseArgs args = prepare_huber_fuse(v_in, A_in, w_in, init_in, delta, max_iter, tol, damping);
+  check_nonnegative_weights(args.w, "probreg.huber_fuse");
+  const FuseShape& s = args.shape;
+  const at::Tensor &v = args.v, &A = args.A, &w = args.w, &init = args.init;
+  const bool has_init = init.defined();
+  const FuseOutputs& out = args.out;
   const int64_t d = s.d, n = s.n;
   PROBREG_DISPATCH_FLOATING(v.scalar_type(), "huber_fuse_cpu", [&] {
     using T = compute_t<scalar_t>;
@@ -173,20 +168,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> huber_fuse_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> huber_fuse_backward_cpu(
     const at::Tensor& grad_y_in, const at::Tensor& y_in, const at::Tensor& v_in, const at::Tensor& A_in,
     const at::Tensor& w_in, double delta, double damping) {
-  const char* op = "probreg._huber_fuse_backward";
-  const FuseShape s = check_fuse_inputs(v_in, A_in, w_in, c10::nullopt, op);
-  check_fuse_backward_inputs(grad_y_in, y_in, v_in, s, op);
-  check_fuse_delta(delta, op);
-  check_fuse_solver_args(0, 0.0, damping, op);
-  check_nonnegative_weights(w_in, op);
-  const at::Tensor v = v_in.contiguous();
-  const at::Tensor A = A_in.contiguous();
-  const at::Tensor w = w_in.contiguous();
-  const at::Tensor y = y_in.contiguous();
-  const at::Tensor gy = grad_y_in.to(v.scalar_type()).contiguous();
-  at::Tensor grad_v = at::empty_like(v);
-  at::Tensor grad_A = at::empty_like(A);
-  at::Tensor grad_w = at::empty_like(w);
+  const FuseBackwardArgs args = prepare_huber_fuse_backward(grad_y_in, y_in, v_in, A_in, w_in, delta, damping);
+  check_nonnegative_weights(args.w, "probreg._huber_fuse_backward");
+  const FuseShape& s = args.shape;
+  const at::Tensor &v = args.v, &A = args.A, &w = args.w, &y = args.y, &gy = args.grad_y;
+  const at::Tensor &grad_v = args.grad_v, &grad_A = args.grad_A, &grad_w = args.grad_w;
   const int64_t d = s.d, n = s.n;
   PROBREG_DISPATCH_FLOATING(v.scalar_type(), "huber_fuse_backward_cpu", [&] {
     using T = compute_t<scalar_t>;

@@ -53,21 +53,15 @@ void dispatch_nll(int64_t d, int64_t family, int64_t covariance, Fn&& f) {
 
 at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in, double delta, double theta,
                          int64_t family, int64_t covariance, bool mu_parameterization) {
-  const char* op = "probreg.huber_nll";
-  check_nll_scalars(delta, theta, family, covariance, op);
-  const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
-  const at::Tensor pred = pred_in.contiguous();
-  const at::Tensor target = target_in.contiguous();
-  at::Tensor loss = at::empty(target.sizes().slice(0, target.dim() - 1),
-                              pred.options().dtype(nll_loss_dtype(pred.scalar_type())));
-  const int64_t n = target.numel() / d;
+  const NllArgs a = prepare_huber_nll(pred_in, target_in, delta, theta, family, covariance);
+  const int64_t n = a.n;
   const bool mu = mu_parameterization;
-  PROBREG_NLL_DISPATCH_FLOATING(pred.scalar_type(), "huber_nll_cpu", [&] {
+  PROBREG_NLL_DISPATCH_FLOATING(a.pred.scalar_type(), "huber_nll_cpu", [&] {
     using loss_t = nll_loss_t<scalar_t>;
-    const scalar_t* pp = pred.const_data_ptr<scalar_t>();
-    const scalar_t* tp = target.const_data_ptr<scalar_t>();
-    loss_t* lp = loss.mutable_data_ptr<loss_t>();
-    dispatch_nll(d, family, covariance, [&](auto dim, auto fam, auto cov) {
+    const scalar_t* pp = a.pred.const_data_ptr<scalar_t>();
+    const scalar_t* tp = a.target.const_data_ptr<scalar_t>();
+    loss_t* lp = a.loss.mutable_data_ptr<loss_t>();
+    dispatch_nll(a.d, family, covariance, [&](auto dim, auto fam, auto cov) {
       constexpr int D = decltype(dim)::value;
       constexpr int F = decltype(fam)::value;
       constexpr int Cov = decltype(cov)::value;
@@ -97,7 +91,7 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
       });
     });
   });
-  return loss;
+  return a.loss;
 }
 
 std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad_loss_in,
@@ -105,28 +99,19 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
                                                           const at::Tensor& target_in, double delta,
                                                           double theta, int64_t family, int64_t covariance,
                                                           bool mu_parameterization, bool need_grad_target) {
-  const char* op = "probreg._huber_nll_backward";
-  check_nll_scalars(delta, theta, family, covariance, op);
-  const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
-  check_floating(grad_loss_in, op, "grad_loss");
-  check_same_device(grad_loss_in, pred_in, op, "grad_loss", "pred");
-  check_nll_grad_shape(grad_loss_in, target_in, op);
-  const at::Tensor pred = pred_in.contiguous();
-  const at::Tensor target = target_in.contiguous();
-  const NllGradLoss grad_loss = nll_grad_loss(grad_loss_in, pred.scalar_type());
-  const int64_t go_stride = grad_loss.stride;
-  at::Tensor grad_pred = at::empty_like(pred);
-  at::Tensor grad_target = need_grad_target ? at::empty_like(target) : at::empty({0}, target.options());
-  const int64_t n = target.numel() / d;
+  const NllBackwardArgs a = prepare_huber_nll_backward(grad_loss_in, pred_in, target_in, delta, theta, family,
+                                                       covariance, need_grad_target);
+  const int64_t go_stride = a.grad_loss.stride;
+  const int64_t n = a.n;
   const bool mu = mu_parameterization;
-  PROBREG_NLL_DISPATCH_FLOATING(pred.scalar_type(), "huber_nll_backward_cpu", [&] {
+  PROBREG_NLL_DISPATCH_FLOATING(a.pred.scalar_type(), "huber_nll_backward_cpu", [&] {
     using loss_t = nll_loss_t<scalar_t>;
-    const scalar_t* pp = pred.const_data_ptr<scalar_t>();
-    const scalar_t* tp = target.const_data_ptr<scalar_t>();
-    const loss_t* gl = grad_loss.values.const_data_ptr<loss_t>();
-    scalar_t* gpp = grad_pred.mutable_data_ptr<scalar_t>();
-    scalar_t* gtp = grad_target.mutable_data_ptr<scalar_t>();
-    dispatch_nll(d, family, covariance, [&](auto dim, auto fam, auto cov) {
+    const scalar_t* pp = a.pred.const_data_ptr<scalar_t>();
+    const scalar_t* tp = a.target.const_data_ptr<scalar_t>();
+    const loss_t* gl = a.grad_loss.values.const_data_ptr<loss_t>();
+    scalar_t* gpp = a.grad_pred.mutable_data_ptr<scalar_t>();
+    scalar_t* gtp = a.grad_target.mutable_data_ptr<scalar_t>();
+    dispatch_nll(a.d, family, covariance, [&](auto dim, auto fam, auto cov) {
       constexpr int D = decltype(dim)::value;
       constexpr int F = decltype(fam)::value;
       constexpr int Cov = decltype(cov)::value;
@@ -159,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
       });
     });
   });
-  return {grad_pred, grad_target};
+  return {a.grad_pred, a.grad_target};
 }
 
 }  // namespace

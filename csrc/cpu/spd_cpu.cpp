@@ -4,7 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../spd_args.h"
 #include "cpu_loop.h"
 #include "probreg/packed.h"
 #include "probreg/spectral.h"
@@ -16,16 +16,13 @@ namespace {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 std::tuple<at::Tensor, at::Tensor> symeig_cpu(const at::Tensor& B_in) {
-  const int64_t d = check_square_matrices(B_in, "probreg.symeig", "B");
-  const at::Tensor B = B_in.contiguous();
-  at::Tensor L = at::empty(B.sizes().slice(0, B.dim() - 1), B.options());
-  at::Tensor V = at::empty_like(B);
-  const int64_t n = B.numel() / (d * d);
-  PROBREG_DISPATCH_FLOATING(B.scalar_type(), "symeig_cpu", [&] {
-    const scalar_t* b = B.const_data_ptr<scalar_t>();
-    scalar_t* lp = L.mutable_data_ptr<scalar_t>();
-    scalar_t* vp = V.mutable_data_ptr<scalar_t>();
-    dispatch_dim(d, [&](auto dim) {
+  const SymeigArgs a = prepare_symeig(B_in);
+  const int64_t n = a.n;
+  PROBREG_DISPATCH_FLOATING(a.B.scalar_type(), "symeig_cpu", [&] {
+    const scalar_t* b = a.B.const_data_ptr<scalar_t>();
+    scalar_t* lp = a.L.mutable_data_ptr<scalar_t>();
+    scalar_t* vp = a.V.mutable_data_ptr<scalar_t>();
+    dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       run_items<compute_t<scalar_t>>(n, [&](auto zero, int64_t i) {
         using T = decltype(zero);
@@ -38,33 +35,20 @@ std::tuple<at::Tensor, at::Tensor> symeig_cpu(const at::Tensor& B_in) {
       });
     });
   });
-  return {L, V};
+  return {a.L, a.V};
 }
 
 at::Tensor symeig_backward_cpu(const at::Tensor& gL_in, const at::Tensor& gV_in,
                                const at::Tensor& L_in, const at::Tensor& V_in) {
-  const char* op = "probreg._symeig_backward";
-  const int64_t d = check_square_matrices(V_in, op, "eigenvectors");
-  check_same_shape(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
-  check_same_shape(gL_in, L_in, op, "grad_eigenvalues", "eigenvalues");
-  check_same_device(gL_in, V_in, op, "grad_eigenvalues", "eigenvectors");
-  check_same_device(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
-  TORCH_CHECK(L_in.dim() == V_in.dim() - 1 && L_in.size(-1) == d, op,
-              ": eigenvalues must have shape (..., d) matching eigenvectors (..., d, d), got ",
-              L_in.sizes(), " and ", V_in.sizes());
-  const at::Tensor gL = gL_in.to(V_in.scalar_type()).contiguous();
-  const at::Tensor gV = gV_in.to(V_in.scalar_type()).contiguous();
-  const at::Tensor L = L_in.contiguous();
-  const at::Tensor V = V_in.contiguous();
-  at::Tensor gB = at::empty_like(V);
-  const int64_t n = V.numel() / (d * d);
-  PROBREG_DISPATCH_FLOATING(V.scalar_type(), "symeig_backward_cpu", [&] {
-    const scalar_t* glp = gL.const_data_ptr<scalar_t>();
-    const scalar_t* gvp = gV.const_data_ptr<scalar_t>();
-    const scalar_t* lp = L.const_data_ptr<scalar_t>();
-    const scalar_t* vp = V.const_data_ptr<scalar_t>();
-    scalar_t* out = gB.mutable_data_ptr<scalar_t>();
-    dispatch_dim(d, [&](auto dim) {
+  const SymeigBackwardArgs a = prepare_symeig_backward(gL_in, gV_in, L_in, V_in);
+  const int64_t n = a.n;
+  PROBREG_DISPATCH_FLOATING(a.V.scalar_type(), "symeig_backward_cpu", [&] {
+    const scalar_t* glp = a.gL.const_data_ptr<scalar_t>();
+    const scalar_t* gvp = a.gV.const_data_ptr<scalar_t>();
+    const scalar_t* lp = a.L.const_data_ptr<scalar_t>();
+    const scalar_t* vp = a.V.const_data_ptr<scalar_t>();
+    scalar_t* out = a.gB.mutable_data_ptr<scalar_t>();
+    dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       run_items<compute_t<scalar_t>>(n, [&](auto zero, int64_t i) {
         using T = decltype(zero);
@@ -79,19 +63,16 @@ at::Tensor symeig_backward_cpu(const at::Tensor& gL_in, const at::Tensor& gV_in,
       });
     });
   });
-  return gB;
+  return a.gB;
 }
 
 at::Tensor spd_remap_cpu(const at::Tensor& B_in, double theta) {
-  const int64_t d = check_square_matrices(B_in, "probreg.spd_remap", "B");
-  check_theta(theta, "probreg.spd_remap");
-  const at::Tensor B = B_in.contiguous();
-  at::Tensor A = at::empty_like(B);
-  const int64_t n = B.numel() / (d * d);
-  PROBREG_DISPATCH_FLOATING(B.scalar_type(), "spd_remap_cpu", [&] {
-    const scalar_t* b = B.const_data_ptr<scalar_t>();
-    scalar_t* a = A.mutable_data_ptr<scalar_t>();
-    dispatch_dim(d, [&](auto dim) {
+  const SpdRemapArgs args = prepare_spd_remap(B_in, theta);
+  const int64_t n = args.n;
+  PROBREG_DISPATCH_FLOATING(args.B.scalar_type(), "spd_remap_cpu", [&] {
+    const scalar_t* b = args.B.const_data_ptr<scalar_t>();
+    scalar_t* a = args.A.mutable_data_ptr<scalar_t>();
+    dispatch_dim(args.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
         using T = typename Precision<decltype(zero)>::value;
@@ -106,24 +87,17 @@ at::Tensor spd_remap_cpu(const at::Tensor& B_in, double theta) {
       });
     });
   });
-  return A;
+  return args.A;
 }
 
 at::Tensor spd_remap_backward_cpu(const at::Tensor& gA_in, const at::Tensor& B_in, double theta) {
-  const char* op = "probreg._spd_remap_backward";
-  const int64_t d = check_square_matrices(B_in, op, "B");
-  check_same_shape(gA_in, B_in, op, "grad_A", "B");
-  check_same_device(gA_in, B_in, op, "grad_A", "B");
-  check_theta(theta, op);
-  const at::Tensor B = B_in.contiguous();
-  const at::Tensor gA = gA_in.to(B.scalar_type()).contiguous();
-  at::Tensor gB = at::empty_like(B);
-  const int64_t n = B.numel() / (d * d);
-  PROBREG_DISPATCH_FLOATING(B.scalar_type(), "spd_remap_backward_cpu", [&] {
-    const scalar_t* b = B.const_data_ptr<scalar_t>();
-    const scalar_t* ga = gA.const_data_ptr<scalar_t>();
-    scalar_t* gb = gB.mutable_data_ptr<scalar_t>();
-    dispatch_dim(d, [&](auto dim) {
+  const SpdRemapBackwardArgs a = prepare_spd_remap_backward(gA_in, B_in, theta);
+  const int64_t n = a.n;
+  PROBREG_DISPATCH_FLOATING(a.B.scalar_type(), "spd_remap_backward_cpu", [&] {
+    const scalar_t* b = a.B.const_data_ptr<scalar_t>();
+    const scalar_t* ga = a.gA.const_data_ptr<scalar_t>();
+    scalar_t* gb = a.gB.mutable_data_ptr<scalar_t>();
+    dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
         using T = typename Precision<decltype(zero)>::value;
@@ -139,19 +113,16 @@ at::Tensor spd_remap_backward_cpu(const at::Tensor& gA_in, const at::Tensor& B_i
       });
     });
   });
-  return gB;
+  return a.gB;
 }
 
 at::Tensor spd_from_raw_cpu(const at::Tensor& raw_in, double theta) {
-  const int64_t d = check_packed(raw_in, "probreg.spd_from_raw", "raw");
-  check_theta(theta, "probreg.spd_from_raw");
-  const at::Tensor raw = raw_in.contiguous();
-  at::Tensor A = at::empty(packed_matrix_shape(raw, d), raw.options());
-  const int64_t n = raw.numel() / raw.size(-1);
-  PROBREG_DISPATCH_FLOATING(raw.scalar_type(), "spd_from_raw_cpu", [&] {
-    const scalar_t* r = raw.const_data_ptr<scalar_t>();
-    scalar_t* a = A.mutable_data_ptr<scalar_t>();
-    dispatch_dim(d, [&](auto dim) {
+  const SpdFromRawArgs args = prepare_spd_from_raw(raw_in, theta);
+  const int64_t n = args.n;
+  PROBREG_DISPATCH_FLOATING(args.raw.scalar_type(), "spd_from_raw_cpu", [&] {
+    const scalar_t* r = args.raw.const_data_ptr<scalar_t>();
+    scalar_t* a = args.A.mutable_data_ptr<scalar_t>();
+    dispatch_dim(args.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       constexpr int P = Packed<D>::P;
       run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
@@ -168,25 +139,18 @@ at::Tensor spd_from_raw_cpu(const at::Tensor& raw_in, double theta) {
       });
     });
   });
-  return A;
+  return args.A;
 }
 
 at::Tensor spd_from_raw_backward_cpu(const at::Tensor& gA_in, const at::Tensor& raw_in,
                                      double theta) {
-  const char* op = "probreg._spd_from_raw_backward";
-  const int64_t d = check_packed(raw_in, op, "raw");
-  check_theta(theta, op);
-  check_same_device(gA_in, raw_in, op, "grad_A", "raw");
-  const at::Tensor raw = raw_in.contiguous();
-  check_matrix_grad_shape(gA_in, raw, d, op);
-  const at::Tensor gA = gA_in.to(raw.scalar_type()).contiguous();
-  at::Tensor graw = at::empty_like(raw);
-  const int64_t n = raw.numel() / raw.size(-1);
-  PROBREG_DISPATCH_FLOATING(raw.scalar_type(), "spd_from_raw_backward_cpu", [&] {
-    const scalar_t* r = raw.const_data_ptr<scalar_t>();
-    const scalar_t* ga = gA.const_data_ptr<scalar_t>();
-    scalar_t* gr = graw.mutable_data_ptr<scalar_t>();
-    dispatch_dim(d, [&](auto dim) {
+  const SpdFromRawBackwardArgs a = prepare_spd_from_raw_backward(gA_in, raw_in, theta);
+  const int64_t n = a.n;
+  PROBREG_DISPATCH_FLOATING(a.raw.scalar_type(), "spd_from_raw_backward_cpu", [&] {
+    const scalar_t* r = a.raw.const_data_ptr<scalar_t>();
+    const scalar_t* ga = a.gA.const_data_ptr<scalar_t>();
+    scalar_t* gr = a.graw.mutable_data_ptr<scalar_t>();
+    dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       constexpr int P = Packed<D>::P;
       run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
@@ -205,7 +169,7 @@ at::Tensor spd_from_raw_backward_cpu(const at::Tensor& gA_in, const at::Tensor& 
       });
     });
   });
-  return graw;
+  return a.graw;
 }
 
 }  // namespace

@@ -1,113 +1,73 @@
-// CUDA registration of symeig, spd_remap and spd_from_raw: argument checks (shared with
-// the CPU files, csrc/checks.h), device guard, current stream, and a call into the
+// CUDA registration of symeig, spd_remap and spd_from_raw: device guard, the arguments
+// prepared as for the CPU (csrc/spd_args.h), current stream, and a call into the
 // torch-free kernels (spd_kernels.cu).
 #include <torch/library.h>
 
-#include "../checks.h"
+#include "../spd_args.h"
 #include "cuda_glue.h"
 
 namespace probreg {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> symeig_cuda(const at::Tensor& B_in) {
-  const char* op = "probreg.symeig";
-  const int64_t d = check_square_matrices(B_in, op, "B");
   const c10::cuda::CUDAGuard guard(B_in.device());
-  const at::Tensor B = B_in.contiguous();
-  at::Tensor L = at::empty(B.sizes().slice(0, B.dim() - 1), B.options());
-  at::Tensor V = at::empty_like(B);
-  check_launch(cuda::launch_symeig_forward(kernel_dtype(B), int(d), B.const_data_ptr(),
-                                           L.mutable_data_ptr(), V.mutable_data_ptr(),
-                                           B.numel() / (d * d), current_stream()),
-               op);
-  return {L, V};
+  const SymeigArgs a = prepare_symeig(B_in);
+  check_launch(cuda::launch_symeig_forward(kernel_dtype(a.B), int(a.d), a.B.const_data_ptr(),
+                                           a.L.mutable_data_ptr(), a.V.mutable_data_ptr(), a.n,
+                                           current_stream()),
+               "probreg.symeig");
+  return {a.L, a.V};
 }
 
 at::Tensor symeig_backward_cuda(const at::Tensor& gL_in, const at::Tensor& gV_in,
                                 const at::Tensor& L_in, const at::Tensor& V_in) {
-  const char* op = "probreg._symeig_backward";
-  const int64_t d = check_square_matrices(V_in, op, "eigenvectors");
-  check_same_shape(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
-  check_same_shape(gL_in, L_in, op, "grad_eigenvalues", "eigenvalues");
-  check_same_device(gL_in, V_in, op, "grad_eigenvalues", "eigenvectors");
-  check_same_device(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
-  check_same_device(L_in, V_in, op, "eigenvalues", "eigenvectors");
   const c10::cuda::CUDAGuard guard(V_in.device());
-  const at::Tensor gL = gL_in.to(V_in.scalar_type()).contiguous();
-  const at::Tensor gV = gV_in.to(V_in.scalar_type()).contiguous();
-  const at::Tensor L = L_in.contiguous();
-  const at::Tensor V = V_in.contiguous();
-  at::Tensor gB = at::empty_like(V);
-  check_launch(cuda::launch_symeig_backward(kernel_dtype(V), int(d), gL.const_data_ptr(),
-                                            gV.const_data_ptr(), L.const_data_ptr(),
-                                            V.const_data_ptr(), gB.mutable_data_ptr(),
-                                            V.numel() / (d * d), current_stream()),
-               op);
-  return gB;
+  const SymeigBackwardArgs a = prepare_symeig_backward(gL_in, gV_in, L_in, V_in);
+  check_launch(cuda::launch_symeig_backward(kernel_dtype(a.V), int(a.d), a.gL.const_data_ptr(),
+                                            a.gV.const_data_ptr(), a.L.const_data_ptr(),
+                                            a.V.const_data_ptr(), a.gB.mutable_data_ptr(), a.n,
+                                            current_stream()),
+               "probreg._symeig_backward");
+  return a.gB;
 }
 
 at::Tensor spd_remap_cuda(const at::Tensor& B_in, double theta) {
-  const char* op = "probreg.spd_remap";
-  const int64_t d = check_square_matrices(B_in, op, "B");
-  check_theta(theta, op);
   const c10::cuda::CUDAGuard guard(B_in.device());
-  const at::Tensor B = B_in.contiguous();
-  at::Tensor A = at::empty_like(B);
-  check_launch(cuda::launch_spd_remap_forward(kernel_dtype(B), int(d), B.const_data_ptr(),
-                                              A.mutable_data_ptr(), B.numel() / (d * d), theta,
-                                              current_stream()),
-               op);
-  return A;
+  const SpdRemapArgs a = prepare_spd_remap(B_in, theta);
+  check_launch(cuda::launch_spd_remap_forward(kernel_dtype(a.B), int(a.d), a.B.const_data_ptr(),
+                                              a.A.mutable_data_ptr(), a.n, theta, current_stream()),
+               "probreg.spd_remap");
+  return a.A;
 }
 
 at::Tensor spd_remap_backward_cuda(const at::Tensor& gA_in, const at::Tensor& B_in, double theta) {
-  const char* op = "probreg._spd_remap_backward";
-  const int64_t d = check_square_matrices(B_in, op, "B");
-  check_same_shape(gA_in, B_in, op, "grad_A", "B");
-  check_same_device(gA_in, B_in, op, "grad_A", "B");
-  check_theta(theta, op);
   const c10::cuda::CUDAGuard guard(B_in.device());
-  const at::Tensor B = B_in.contiguous();
-  const at::Tensor gA = gA_in.to(B.scalar_type()).contiguous();
-  at::Tensor gB = at::empty_like(B);
-  check_launch(cuda::launch_spd_remap_backward(kernel_dtype(B), int(d), gA.const_data_ptr(),
-                                               B.const_data_ptr(), gB.mutable_data_ptr(),
-                                               B.numel() / (d * d), theta, current_stream()),
-               op);
-  return gB;
+  const SpdRemapBackwardArgs a = prepare_spd_remap_backward(gA_in, B_in, theta);
+  check_launch(cuda::launch_spd_remap_backward(kernel_dtype(a.B), int(a.d), a.gA.const_data_ptr(),
+                                               a.B.const_data_ptr(), a.gB.mutable_data_ptr(), a.n,
+                                               theta, current_stream()),
+               "probreg._spd_remap_backward");
+  return a.gB;
 }
 
 at::Tensor spd_from_raw_cuda(const at::Tensor& raw_in, double theta) {
-  const char* op = "probreg.spd_from_raw";
-  const int64_t d = check_packed(raw_in, op, "raw");
-  check_theta(theta, op);
   const c10::cuda::CUDAGuard guard(raw_in.device());
-  const at::Tensor raw = raw_in.contiguous();
-  at::Tensor A = at::empty(packed_matrix_shape(raw, d), raw.options());
-  check_launch(cuda::launch_spd_from_raw_forward(kernel_dtype(raw), int(d), raw.const_data_ptr(),
-                                                 A.mutable_data_ptr(), raw.numel() / raw.size(-1),
-                                                 theta, current_stream()),
-               op);
-  return A;
+  const SpdFromRawArgs a = prepare_spd_from_raw(raw_in, theta);
+  check_launch(cuda::launch_spd_from_raw_forward(kernel_dtype(a.raw), int(a.d), a.raw.const_data_ptr(),
+                                                 a.A.mutable_data_ptr(), a.n, theta, current_stream()),
+               "probreg.spd_from_raw");
+  return a.A;
 }
 
 at::Tensor spd_from_raw_backward_cuda(const at::Tensor& gA_in, const at::Tensor& raw_in,
                                       double theta) {
-  const char* op = "probreg._spd_from_raw_backward";
-  const int64_t d = check_packed(raw_in, op, "raw");
-  check_theta(theta, op);
-  check_same_device(gA_in, raw_in, op, "grad_A", "raw");
-  check_matrix_grad_shape(gA_in, raw_in, d, op);
   const c10::cuda::CUDAGuard guard(raw_in.device());
-  const at::Tensor raw = raw_in.contiguous();
-  const at::Tensor gA = gA_in.to(raw.scalar_type()).contiguous();
-  at::Tensor graw = at::empty_like(raw);
-  check_launch(cuda::launch_spd_from_raw_backward(kernel_dtype(raw), int(d), gA.const_data_ptr(),
-                                                  raw.const_data_ptr(), graw.mutable_data_ptr(),
-                                                  raw.numel() / raw.size(-1), theta,
-                                                  current_stream()),
-               op);
-  return graw;
+  const SpdFromRawBackwardArgs a = prepare_spd_from_raw_backward(gA_in, raw_in, theta);
+  check_launch(cuda::launch_spd_from_raw_backward(kernel_dtype(a.raw), int(a.d), a.gA.const_data_ptr(),
+                                                  a.raw.const_data_ptr(), a.graw.mutable_data_ptr(),
+                                                  a.n, theta, current_stream()),
+               "probreg._spd_from_raw_backward");
+  return a.graw;
 }
 
 }  // namespace
