@@ -5,9 +5,9 @@ Peers in the same run:
   eager_reference       what a user writes by hand: torch.linalg.eigh + torch.logdet of
                         the reconstructed A + plain autograd (reference.huber_nll_naive;
                         diagonal: diag_embed + logdet)
-  closed_form_eager     closed-form pure PyTorch (d = 2 full: reference.huber_nll_closed_form_2x2;
-  closed_form_compiled  diagonal: reference.huber_nll_closed_form_diagonal), eager and
-                        under torch.compile
+  closed_form_eager     closed-form pure PyTorch (full: reference.huber_nll_closed_form_2x2
+  closed_form_compiled  and _3x3; diagonal: reference.huber_nll_closed_form_diagonal),
+                        eager and under torch.compile
   probreg               probreg.huber_nll (one fused kernel forward, one backward)
 Accuracy: max relative error of the per-target loss (reduction="none") against the
 float64 reference (reference.huber_nll_reference, eigh) on the same float32 inputs.
@@ -47,6 +47,8 @@ def _impls(d: int, covariance: str, reduction: str):
     closed = None
     if covariance == "full" and d == 2:
         closed = reference.huber_nll_closed_form_2x2
+    elif covariance == "full" and d == 3:
+        closed = reference.huber_nll_closed_form_3x3
     elif covariance == "diagonal":
         closed = reference.huber_nll_closed_form_diagonal
     if closed is not None:
@@ -118,23 +120,29 @@ def run(device: str, quick: bool = False):
 
 
 def summary(rows) -> str:
-    """The acceptance figure: 2^20 targets, d = 2, full, float32, forward+backward."""
-    pick = {
-        r["impl"]: r["ms"]
-        for r in rows
-        if r["covariance"] == "full" and r["d"] == 2 and r["mode"] == "forward+backward" and r["batch"] == 2**20
-    }
-    if "probreg" not in pick:
-        return "huber_nll: no 2^20-target row in this run"
-    parts = [f"huber_nll d=2 full float32 2^20 forward+backward: probreg {pick['probreg']:.1f} ms"]
-    for peer in ("eager_reference", "closed_form_compiled"):
-        if peer in pick:
-            parts.append(f"{pick[peer] / pick['probreg']:.1f}x vs {peer} ({pick[peer]:.1f} ms)")
-    return "; ".join(parts)
+    """The acceptance figures: full covariance, float32, forward+backward, largest batch."""
+    lines = []
+    for d in (2, 3):
+        sel = [r for r in rows if r["covariance"] == "full" and r["d"] == d and r["mode"] == "forward+backward"]
+        if not sel:
+            continue
+        batch = max(r["batch"] for r in sel)
+        pick = {r["impl"]: r for r in sel if r["batch"] == batch}
+        if "probreg" not in pick:
+            continue
+        mine = pick["probreg"]
+        parts = [f"huber_nll d={d} full float32 batch={batch} forward+backward: probreg {mine['ms']:.2f} ms"]
+        for peer in ("eager_reference", "closed_form_compiled"):
+            if peer in pick:
+                parts.append(f"{pick[peer]['ms'] / mine['ms']:.1f}x vs {peer} ({pick[peer]['ms']:.1f} ms)")
+        if "frac_of_copy" in mine:
+            parts.append(f"{mine['frac_of_copy'] * 100:.1f}% of copy bandwidth")
+        lines.append("; ".join(parts))
+    return "\n".join(lines) if lines else "huber_nll: no full-covariance forward+backward rows in this run"
 
 
 GROUP_KEYS = ["op", "covariance", "d", "batch", "dtype", "mode"]
 COLUMNS = [
-    "op", "covariance", "d", "batch", "mode", "impl", "ms", "GB/s",
+    "op", "covariance", "d", "batch", "mode", "impl", "ms", "GB/s", "frac_of_copy",
     "speedup_vs_eager", "speedup_vs_compiled", "max_err_vs_float64",
 ]

@@ -2,12 +2,15 @@
 
 Peers in the same run: the eager reference (torch.linalg.eigh with the stable backward,
 probreg.reference.spd_from_raw), the naive eager version (eigh + plain autograd), the
-closed-form 2x2 pure-PyTorch version eager and under torch.compile, and probreg.
+closed-form pure-PyTorch version (2x2: Sylvester; 3x3: trigonometric eigenvalues and
+Newton's interpolation, probreg/closed_form_3x3.py) eager and under torch.compile, and
+probreg.
 Accuracy: max relative error of the forward output against the float64 reference
 computed from the same (float32-rounded) input.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -17,26 +20,22 @@ from probreg import reference
 
 from .common import max_rel_error, time_ms
 
-_compiled_closed_form = None
+_CLOSED_FORMS = {2: reference.spd_from_raw_closed_form_2x2, 3: reference.spd_from_raw_closed_form_3x3}
 
 
-def _closed_form_compiled():
-    global _compiled_closed_form
-    if _compiled_closed_form is None:
-        _compiled_closed_form = torch.compile(reference.spd_from_raw_closed_form_2x2)
-    return _compiled_closed_form
+@functools.lru_cache(maxsize=None)
+def _closed_form_compiled(d: int):
+    return torch.compile(_CLOSED_FORMS[d])
 
 
 def _impls(d: int):
-    impls = {
+    return {
         "probreg": probreg.spd_from_raw,
         "eager_reference": reference.spd_from_raw,
         "eager_naive": reference.spd_from_raw_naive,
+        "closed_form_eager": _CLOSED_FORMS[d],
+        "closed_form_compiled": _closed_form_compiled(d),
     }
-    if d == 2:
-        impls["closed_form_eager"] = reference.spd_from_raw_closed_form_2x2
-        impls["closed_form_compiled"] = _closed_form_compiled()
-    return impls
 
 
 def bytes_moved(d: int, batch: int, mode: str, itemsize: int = 4) -> int:

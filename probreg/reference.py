@@ -23,10 +23,12 @@ __all__ = [
     "spd_from_raw",
     "spd_from_raw_naive",
     "spd_from_raw_closed_form_2x2",
+    "spd_from_raw_closed_form_3x3",
     "family_rho",
     "huber_nll_reference",
     "huber_nll_naive",
     "huber_nll_closed_form_2x2",
+    "huber_nll_closed_form_3x3",
     "huber_nll_closed_form_diagonal",
     "huber_energy",
     "huber_fuse",
@@ -609,3 +611,7 @@ def huber_fuse_authors(v, A, delta=1.0, iterations=20):
     point A_0^{-1} v_0, unweighted, no convergence test. Returns y (..., d)."""
     y = torch.linalg.solve(A[..., 0, :, :], v[..., 0, :])
     return huber_fuse_mm_reference(v, A, None, delta, iterations=iterations, init=y)[0]
+
+
+# d = 3 closed-form benchmark peers (their own module; they build on the helpers above).
+from .closed_form_3x3 import huber_nll_closed_form_3x3, spd_from_raw_closed_form_3x3  # noqa: E402
