@@ -41,6 +41,22 @@ inline void load_grad_loss(const S* base, int64_t stride, int64_t i, Lanes out[1
 }
 #endif
 
+// Full-covariance pred rows (loc (D), packed B (P)): B for the decomposition (the eigen
+// type of the caller), and loc and the target y in the value type T.
+template <int D, typename S, typename L>
+inline void load_full_row_matrix(const S* pred, int64_t i, L B[D][D]) {
+  L row[D + Packed<D>::P];
+  load_item<D + Packed<D>::P>(pred, i, row);
+  unpack_symmetric<D, L>(row + D, B);
+}
+template <int D, typename S, typename T>
+inline void load_full_row_vectors(const S* pred, const S* target, int64_t i, T loc[D], T y[D]) {
+  T row[D + Packed<D>::P];
+  load_item<D + Packed<D>::P>(pred, i, row);
+  for (int k = 0; k < D; ++k) loc[k] = row[k];
+  load_item<D>(target, i, y);
+}
+
 // Calls f(D, F, Cov) as integral constants.
 template <typename Fn>
 void dispatch_nll(int64_t d, int64_t family, int64_t covariance, Fn&& f) {
@@ -66,29 +82,33 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
       constexpr int F = decltype(fam)::value;
       constexpr int Cov = decltype(cov)::value;
       constexpr int W = NllLayout<D, Cov>::width;
-      run_items_for<scalar_t, double>(n, [&](auto zero, int64_t i) {
-        using T = typename Precision<decltype(zero)>::eigen;  // double, or Lanes
-        const T dl(delta), th(theta);
-        T row[W], y[D], out[1];
-        load_item<W>(pp, i, row);
-        load_item<D>(tp, i, y);
-        if constexpr (std::is_same_v<decltype(zero), MixedPrecision>) {
-          // The CUDA float32 row body (huber.h huber_nll_row).
-          using V = typename Precision<MixedPrecision>::value;
-          out[0] = huber_nll_row<D, F, Cov, V, T>(row, y, dl, th, mu);
-        } else if constexpr (Cov == kCovarianceFull) {
-          T B[D][D], l[D], V[D][D];
-          unpack_symmetric<D, T>(row + D, B);
-          if (!decompose<D>(B, l, V)) return false;
-          out[0] = huber_nll_full_eig<D, F, T>(l, V, row, y, dl, th, mu);
-        } else if constexpr (Cov == kCovarianceDiagonal) {
-          out[0] = huber_nll_diagonal<D, F, T>(row + D, row, y, dl, th, mu);
-        } else {
-          out[0] = huber_nll_identity<D, F, T>(row, y, dl);
-        }
-        store_item<1>(out, lp, i);
-        return true;
-      });
+      if constexpr (Cov == kCovarianceFull) {
+        run_decomposed_for<D, scalar_t, double>(
+            n, [&](auto zero, int64_t i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
+            [&](auto zero, int64_t i, const auto& l, const auto& V) {
+              using T = value_t<decltype(zero)>;
+              using L = eigen_t<decltype(zero)>;
+              T loc[D], y[D];
+              load_full_row_vectors<D>(pp, tp, i, loc, y);
+              L out[1] = {L(huber_nll_full_eig<D, F, T, L>(l, V, loc, y, T(delta), L(theta), mu))};
+              store_item<1>(out, lp, i);
+            });
+      } else {
+        run_items<double>(n, [&](auto zero, int64_t i) {
+          using T = decltype(zero);
+          const T dl(delta), th(theta);
+          T row[W], y[D], out[1];
+          load_item<W>(pp, i, row);
+          load_item<D>(tp, i, y);
+          if constexpr (Cov == kCovarianceDiagonal) {
+            out[0] = huber_nll_diagonal<D, F, T>(row + D, row, y, dl, th, mu);
+          } else {
+            out[0] = huber_nll_identity<D, F, T>(row, y, dl);
+          }
+          store_item<1>(out, lp, i);
+          return true;
+        });
+      }
     });
   });
   return a.loss;
@@ -116,32 +136,45 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
       constexpr int F = decltype(fam)::value;
       constexpr int Cov = decltype(cov)::value;
       constexpr int W = NllLayout<D, Cov>::width;
-      run_items_for<scalar_t, double>(n, [&](auto zero, int64_t i) {
-        using T = typename Precision<decltype(zero)>::eigen;  // double, or Lanes
-        const T dl(delta), th(theta);
-        T row[W], y[D], go[1], grow[W], gy[D];
-        load_item<W>(pp, i, row);
-        load_item<D>(tp, i, y);
-        load_grad_loss(gl, go_stride, i, go);
-        if constexpr (std::is_same_v<decltype(zero), MixedPrecision>) {
-          // The CUDA float32 row body (huber.h huber_nll_row_backward).
-          using V = typename Precision<MixedPrecision>::value;
-          huber_nll_row_backward<D, F, Cov, V, T>(row, y, go[0], dl, th, mu, grow, gy);
-        } else if constexpr (Cov == kCovarianceFull) {
-          T B[D][D], l[D], V[D][D], gB[D][D];
-          unpack_symmetric<D, T>(row + D, B);
-          if (!decompose<D>(B, l, V)) return false;
-          huber_nll_full_backward_eig<D, F, T>(l, V, row, y, go[0], dl, th, mu, grow, gB, gy);
-          pack_symmetric_grad<D, T>(gB, grow + D);
-        } else if constexpr (Cov == kCovarianceDiagonal) {
-          huber_nll_diagonal_backward<D, F, T>(row + D, row, y, go[0], dl, th, mu, grow, grow + D, gy);
-        } else {
-          huber_nll_identity_backward<D, F, T>(row, y, go[0], dl, grow, gy);
-        }
-        store_item<W>(grow, gpp, i);
-        if (need_grad_target) store_item<D>(gy, gtp, i);
-        return true;
-      });
+      if constexpr (Cov == kCovarianceFull) {
+        run_decomposed_for<D, scalar_t, double>(
+            n, [&](auto zero, int64_t i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
+            [&](auto zero, int64_t i, const auto& l, const auto& V) {
+              using T = value_t<decltype(zero)>;
+              using L = eigen_t<decltype(zero)>;
+              T loc[D], y[D], g_loc[D], gB[D][D], g_raw[Packed<D>::P], g_y[D];
+              load_full_row_vectors<D>(pp, tp, i, loc, y);
+              L go[1], grow[W], gy[D];
+              load_grad_loss(gl, go_stride, i, go);
+              huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, y, T(go[0]), T(delta), L(theta), mu, g_loc, gB,
+                                                      g_y);
+              pack_symmetric_grad<D, T>(gB, g_raw);
+              for (int k = 0; k < D; ++k) {
+                grow[k] = L(g_loc[k]);
+                gy[k] = L(g_y[k]);
+              }
+              for (int k = 0; k < Packed<D>::P; ++k) grow[D + k] = L(g_raw[k]);
+              store_item<W>(grow, gpp, i);
+              if (need_grad_target) store_item<D>(gy, gtp, i);
+            });
+      } else {
+        run_items<double>(n, [&](auto zero, int64_t i) {
+          using T = decltype(zero);
+          const T dl(delta), th(theta);
+          T row[W], y[D], go[1], grow[W], gy[D];
+          load_item<W>(pp, i, row);
+          load_item<D>(tp, i, y);
+          load_grad_loss(gl, go_stride, i, go);
+          if constexpr (Cov == kCovarianceDiagonal) {
+            huber_nll_diagonal_backward<D, F, T>(row + D, row, y, go[0], dl, th, mu, grow, grow + D, gy);
+          } else {
+            huber_nll_identity_backward<D, F, T>(row, y, go[0], dl, grow, gy);
+          }
+          store_item<W>(grow, gpp, i);
+          if (need_grad_target) store_item<D>(gy, gtp, i);
+          return true;
+        });
+      }
     });
   });
   return {a.grad_pred, a.grad_target};

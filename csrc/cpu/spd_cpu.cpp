@@ -24,15 +24,12 @@ std::tuple<at::Tensor, at::Tensor> symeig_cpu(const at::Tensor& B_in) {
     scalar_t* vp = a.V.mutable_data_ptr<scalar_t>();
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_items<compute_t<scalar_t>>(n, [&](auto zero, int64_t i) {
-        using T = decltype(zero);
-        T Bm[D][D], l[D], Vm[D][D];
-        load_symmetric_item<D>(b, i, Bm);
-        if (!decompose<D>(Bm, l, Vm)) return false;
-        store_item<D>(l, lp, i);
-        store_matrix_item<D>(Vm, vp, i);
-        return true;
-      });
+      run_decomposed<D, compute_t<scalar_t>>(
+          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); },
+          [&](auto, int64_t i, const auto& l, const auto& Vm) {
+            store_item<D>(l, lp, i);
+            store_matrix_item<D>(Vm, vp, i);
+          });
     });
   });
   return {a.L, a.V};
@@ -74,17 +71,15 @@ at::Tensor spd_remap_cpu(const at::Tensor& B_in, double theta) {
     scalar_t* a = args.A.mutable_data_ptr<scalar_t>();
     dispatch_dim(args.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
-        using T = typename Precision<decltype(zero)>::value;
-        using L = typename Precision<decltype(zero)>::eigen;
-        L Bm[D][D], l[D];
-        T Vm[D][D], Am[D][D];
-        load_symmetric_item<D>(b, i, Bm);
-        if (!decompose<D>(Bm, l, Vm)) return false;
-        spd_remap_forward_eig<D, T, L>(l, Vm, L(theta), Am);
-        store_matrix_item<D>(Am, a, i);
-        return true;
-      });
+      run_decomposed_for<D, scalar_t>(
+          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); },
+          [&](auto zero, int64_t i, const auto& l, const auto& Vm) {
+            using T = value_t<decltype(zero)>;
+            using L = eigen_t<decltype(zero)>;
+            T Am[D][D];
+            spd_remap_forward_eig<D, T, L>(l, Vm, L(theta), Am);
+            store_matrix_item<D>(Am, a, i);
+          });
     });
   });
   return args.A;
@@ -99,18 +94,16 @@ at::Tensor spd_remap_backward_cpu(const at::Tensor& gA_in, const at::Tensor& B_i
     scalar_t* gb = a.gB.mutable_data_ptr<scalar_t>();
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
-        using T = typename Precision<decltype(zero)>::value;
-        using L = typename Precision<decltype(zero)>::eigen;
-        L Bm[D][D], l[D];
-        T Vm[D][D], gAm[D][D], gBm[D][D];
-        load_symmetric_item<D>(b, i, Bm);
-        if (!decompose<D>(Bm, l, Vm)) return false;
-        load_matrix_item<D>(ga, i, gAm);
-        spd_remap_backward_eig<D, T, L>(l, Vm, gAm, L(theta), gBm);
-        store_matrix_item<D>(gBm, gb, i);
-        return true;
-      });
+      run_decomposed_for<D, scalar_t>(
+          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); },
+          [&](auto zero, int64_t i, const auto& l, const auto& Vm) {
+            using T = value_t<decltype(zero)>;
+            using L = eigen_t<decltype(zero)>;
+            T gAm[D][D], gBm[D][D];
+            load_matrix_item<D>(ga, i, gAm);
+            spd_remap_backward_eig<D, T, L>(l, Vm, gAm, L(theta), gBm);
+            store_matrix_item<D>(gBm, gb, i);
+          });
     });
   });
   return a.gB;
@@ -124,19 +117,15 @@ at::Tensor spd_from_raw_cpu(const at::Tensor& raw_in, double theta) {
     scalar_t* a = args.A.mutable_data_ptr<scalar_t>();
     dispatch_dim(args.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      constexpr int P = Packed<D>::P;
-      run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
-        using T = typename Precision<decltype(zero)>::value;
-        using L = typename Precision<decltype(zero)>::eigen;
-        L rawv[P], Bm[D][D], l[D];
-        T Vm[D][D], Am[D][D];
-        load_item<P>(r, i, rawv);
-        unpack_symmetric<D, L>(rawv, Bm);
-        if (!decompose<D>(Bm, l, Vm)) return false;
-        spd_remap_forward_eig<D, T, L>(l, Vm, L(theta), Am);
-        store_matrix_item<D>(Am, a, i);
-        return true;
-      });
+      run_decomposed_for<D, scalar_t>(
+          n, [&](auto zero, int64_t i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); },
+          [&](auto zero, int64_t i, const auto& l, const auto& Vm) {
+            using T = value_t<decltype(zero)>;
+            using L = eigen_t<decltype(zero)>;
+            T Am[D][D];
+            spd_remap_forward_eig<D, T, L>(l, Vm, L(theta), Am);
+            store_matrix_item<D>(Am, a, i);
+          });
     });
   });
   return args.A;
@@ -153,20 +142,17 @@ at::Tensor spd_from_raw_backward_cpu(const at::Tensor& gA_in, const at::Tensor& 
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       constexpr int P = Packed<D>::P;
-      run_items_for<scalar_t>(n, [&](auto zero, int64_t i) {
-        using T = typename Precision<decltype(zero)>::value;
-        using L = typename Precision<decltype(zero)>::eigen;
-        L rawv[P], Bm[D][D], l[D];
-        T Vm[D][D], gAm[D][D], gBm[D][D], g[P];
-        load_item<P>(r, i, rawv);
-        unpack_symmetric<D, L>(rawv, Bm);
-        if (!decompose<D>(Bm, l, Vm)) return false;
-        load_matrix_item<D>(ga, i, gAm);
-        spd_remap_backward_eig<D, T, L>(l, Vm, gAm, L(theta), gBm);
-        pack_symmetric_grad<D, T>(gBm, g);
-        store_item<P>(g, gr, i);
-        return true;
-      });
+      run_decomposed_for<D, scalar_t>(
+          n, [&](auto zero, int64_t i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); },
+          [&](auto zero, int64_t i, const auto& l, const auto& Vm) {
+            using T = value_t<decltype(zero)>;
+            using L = eigen_t<decltype(zero)>;
+            T gAm[D][D], gBm[D][D], g[P];
+            load_matrix_item<D>(ga, i, gAm);
+            spd_remap_backward_eig<D, T, L>(l, Vm, gAm, L(theta), gBm);
+            pack_symmetric_grad<D, T>(gBm, g);
+            store_item<P>(g, gr, i);
+          });
     });
   });
   return a.graw;
