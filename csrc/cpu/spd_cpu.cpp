@@ -15,6 +15,32 @@ namespace {
 #define PROBREG_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// spd_remap and spd_from_raw differ only in how an item's matrix is loaded (and, in the
+// backward, how its gradient is stored): matrix(zero, i, B) as in run_decomposed.
+template <int D, typename S, typename MatrixFn>
+void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
+  run_decomposed_for<D, S>(n, matrix, [&](auto zero, int64_t i, const auto& l, const auto& V) {
+    using T = value_t<decltype(zero)>;
+    using L = eigen_t<decltype(zero)>;
+    T Am[D][D];
+    spd_remap_forward_eig<D, T, L>(l, V, L(theta), Am);
+    store_matrix_item<D>(Am, A, i);
+  });
+}
+
+// store_grad(i, gB): gB the symmetric dL/dB (D x D) of item(s) i.
+template <int D, typename S, typename MatrixFn, typename StoreFn>
+void spd_backward_items(int64_t n, MatrixFn&& matrix, const S* grad_A, double theta, StoreFn&& store_grad) {
+  run_decomposed_for<D, S>(n, matrix, [&](auto zero, int64_t i, const auto& l, const auto& V) {
+    using T = value_t<decltype(zero)>;
+    using L = eigen_t<decltype(zero)>;
+    T gAm[D][D], gBm[D][D];
+    load_matrix_item<D>(grad_A, i, gAm);
+    spd_remap_backward_eig<D, T, L>(l, V, gAm, L(theta), gBm);
+    store_grad(i, gBm);
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> symeig_cpu(const at::Tensor& B_in) {
   const SymeigArgs a = prepare_symeig(B_in);
   const int64_t n = a.n;
@@ -71,15 +97,8 @@ at::Tensor spd_remap_cpu(const at::Tensor& B_in, double theta) {
     scalar_t* a = args.A.mutable_data_ptr<scalar_t>();
     dispatch_dim(args.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_decomposed_for<D, scalar_t>(
-          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); },
-          [&](auto zero, int64_t i, const auto& l, const auto& Vm) {
-            using T = value_t<decltype(zero)>;
-            using L = eigen_t<decltype(zero)>;
-            T Am[D][D];
-            spd_remap_forward_eig<D, T, L>(l, Vm, L(theta), Am);
-            store_matrix_item<D>(Am, a, i);
-          });
+      spd_forward_items<D, scalar_t>(
+          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); }, a, theta);
     });
   });
   return args.A;
@@ -94,16 +113,9 @@ at::Tensor spd_remap_backward_cpu(const at::Tensor& gA_in, const at::Tensor& B_i
     scalar_t* gb = a.gB.mutable_data_ptr<scalar_t>();
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_decomposed_for<D, scalar_t>(
-          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); },
-          [&](auto zero, int64_t i, const auto& l, const auto& Vm) {
-            using T = value_t<decltype(zero)>;
-            using L = eigen_t<decltype(zero)>;
-            T gAm[D][D], gBm[D][D];
-            load_matrix_item<D>(ga, i, gAm);
-            spd_remap_backward_eig<D, T, L>(l, Vm, gAm, L(theta), gBm);
-            store_matrix_item<D>(gBm, gb, i);
-          });
+      spd_backward_items<D, scalar_t>(
+          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); }, ga, theta,
+          [&](int64_t i, const auto& gBm) { store_matrix_item<D>(gBm, gb, i); });
     });
   });
   return a.gB;
@@ -117,15 +129,9 @@ at::Tensor spd_from_raw_cpu(const at::Tensor& raw_in, double theta) {
     scalar_t* a = args.A.mutable_data_ptr<scalar_t>();
     dispatch_dim(args.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_decomposed_for<D, scalar_t>(
-          n, [&](auto zero, int64_t i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); },
-          [&](auto zero, int64_t i, const auto& l, const auto& Vm) {
-            using T = value_t<decltype(zero)>;
-            using L = eigen_t<decltype(zero)>;
-            T Am[D][D];
-            spd_remap_forward_eig<D, T, L>(l, Vm, L(theta), Am);
-            store_matrix_item<D>(Am, a, i);
-          });
+      spd_forward_items<D, scalar_t>(
+          n, [&](auto zero, int64_t i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); }, a,
+          theta);
     });
   });
   return args.A;
@@ -142,14 +148,11 @@ at::Tensor spd_from_raw_backward_cpu(const at::Tensor& gA_in, const at::Tensor& 
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       constexpr int P = Packed<D>::P;
-      run_decomposed_for<D, scalar_t>(
-          n, [&](auto zero, int64_t i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); },
-          [&](auto zero, int64_t i, const auto& l, const auto& Vm) {
-            using T = value_t<decltype(zero)>;
-            using L = eigen_t<decltype(zero)>;
-            T gAm[D][D], gBm[D][D], g[P];
-            load_matrix_item<D>(ga, i, gAm);
-            spd_remap_backward_eig<D, T, L>(l, Vm, gAm, L(theta), gBm);
+      spd_backward_items<D, scalar_t>(
+          n, [&](auto zero, int64_t i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); }, ga,
+          theta, [&](int64_t i, const auto& gBm) {
+            using T = std::remove_cv_t<std::remove_reference_t<decltype(gBm[0][0])>>;
+            T g[P];
             pack_symmetric_grad<D, T>(gBm, g);
             store_item<P>(g, gr, i);
           });
