@@ -11,10 +11,12 @@
 
 namespace probreg {
 
-// Compute type of a storage dtype. float32 inputs are decomposed in double: the
+// CPU compute type of a storage dtype. float32 inputs are decomposed in double: the
 // eigenvalues map through exp(l/theta), so an absolute eigenvalue error of eps*|l|
 // becomes a relative error of eps*|l|/theta in A, and float32 Jacobi cannot meet the
-// 2e-5 accuracy contract at l = -80*theta. float16/bfloat16 inputs compute in float32.
+// 2e-5 accuracy contract at l = -80*theta. float16/bfloat16 inputs compute in float32
+// (the NLL and the SIMD paths use double for every dtype). The CUDA kernels' policy,
+// including their mixed float32 path, is in csrc/cuda/kernel_common.cuh (Compute).
 template <typename scalar_t>
 struct ComputeType {
   using type = double;
