@@ -80,22 +80,17 @@ void run_items(int64_t n, ItemFn&& fn) {
   });
 }
 
-// Whether storage type S takes the CUDA float32 policy here (float32 under
-// PROBREG_CPU_EMULATE_CUDA_FLOAT32=1).
-template <typename S>
-bool emulates_cuda_float32() {
-  return std::is_same_v<S, float> && emulate_cuda_float32();
-}
-
-// run(tag) with the compute type tag for storage type S: C, or MixedPrecision where S
-// emulates the CUDA float32 policy.
+// run(tag) with the compute type tag for storage type S: C, or MixedPrecision for
+// float32 under PROBREG_CPU_EMULATE_CUDA_FLOAT32=1 (instantiated for float32 only).
 template <typename S, typename C = compute_t<S>, typename Run>
 void with_compute_type(Run&& run) {
-  if (emulates_cuda_float32<S>()) {
-    run(MixedPrecision{});
-  } else {
-    run(C{});
+  if constexpr (std::is_same_v<S, float>) {
+    if (emulate_cuda_float32()) {
+      run(MixedPrecision{});
+      return;
+    }
   }
+  run(C{});
 }
 
 // ---- loads / stores of N consecutive values per item (row stride N) ----
