@@ -93,6 +93,22 @@ void with_compute_type(Run&& run) {
   run(C{});
 }
 
+// Where storage type S is float32 and PROBREG_CPU_EMULATE_CUDA_FLOAT32=1: runs
+// row(i) (a CUDA kernel's scalar item body) for every item and returns true; otherwise
+// runs nothing and returns false (instantiated for float32 only).
+template <typename S, typename RowFn>
+bool run_cuda_float32_emulation(int64_t n, RowFn&& row) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (emulate_cuda_float32()) {
+      at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) row(i);
+      });
+      return true;
+    }
+  }
+  return false;
+}
+
 // ---- loads / stores of N consecutive values per item (row stride N) ----
 template <int N, typename S, typename T>
 inline void load_item(const S* base, int64_t i, T out[N]) {

@@ -82,19 +82,14 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
       constexpr int F = decltype(fam)::value;
       constexpr int Cov = decltype(cov)::value;
       constexpr int W = NllLayout<D, Cov>::width;
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (emulate_cuda_float32()) {
-          run_items<MixedPrecision>(n, [&](auto, int64_t i) {  // the CUDA kernel's row body
-            double row[W], y[D], out[1];
-            load_item<W>(pp, i, row);
-            load_item<D>(tp, i, y);
-            out[0] = huber_nll_row<D, F, Cov, float, double>(row, y, delta, theta, mu);
-            store_item<1>(out, lp, i);
-            return true;
-          });
-          return;
-        }
-      }
+      const bool emulated = run_cuda_float32_emulation<scalar_t>(n, [&](int64_t i) {
+        double row[W], y[D], out[1];  // the CUDA kernel's row body
+        load_item<W>(pp, i, row);
+        load_item<D>(tp, i, y);
+        out[0] = huber_nll_row<D, F, Cov, float, double>(row, y, delta, theta, mu);
+        store_item<1>(out, lp, i);
+      });
+      if (emulated) return;
       if constexpr (Cov == kCovarianceFull) {
         run_decomposed<D, double>(
             n, [&](auto zero, int64_t i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
@@ -149,21 +144,16 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
       constexpr int F = decltype(fam)::value;
       constexpr int Cov = decltype(cov)::value;
       constexpr int W = NllLayout<D, Cov>::width;
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (emulate_cuda_float32()) {
-          run_items<MixedPrecision>(n, [&](auto, int64_t i) {  // the CUDA kernel's row body
-            double row[W], y[D], go[1], grow[W], gy[D];
-            load_item<W>(pp, i, row);
-            load_item<D>(tp, i, y);
-            load_grad_loss(gl, go_stride, i, go);
-            huber_nll_row_backward<D, F, Cov, float, double>(row, y, go[0], delta, theta, mu, grow, gy);
-            store_item<W>(grow, gpp, i);
-            if (need_grad_target) store_item<D>(gy, gtp, i);
-            return true;
-          });
-          return;
-        }
-      }
+      const bool emulated = run_cuda_float32_emulation<scalar_t>(n, [&](int64_t i) {
+        double row[W], y[D], go[1], grow[W], gy[D];  // the CUDA kernel's row body
+        load_item<W>(pp, i, row);
+        load_item<D>(tp, i, y);
+        load_grad_loss(gl, go_stride, i, go);
+        huber_nll_row_backward<D, F, Cov, float, double>(row, y, go[0], delta, theta, mu, grow, gy);
+        store_item<W>(grow, gpp, i);
+        if (need_grad_target) store_item<D>(gy, gtp, i);
+      });
+      if (emulated) return;
       if constexpr (Cov == kCovarianceFull) {
         run_decomposed<D, double>(
             n, [&](auto zero, int64_t i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
