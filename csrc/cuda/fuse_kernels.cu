@@ -113,10 +113,9 @@ cudaError_t launch_huber_fuse_forward(Dtype dtype, int d, const void* v, const v
     using S = decltype(storage);
     return dispatch_dim(d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      huber_fuse_forward_kernel<D, S><<<fuse_blocks_for(problems), kFuseThreads, 0, stream>>>(
+      return launch_kernel(huber_fuse_forward_kernel<D, S>, fuse_blocks_for(problems), kFuseThreads, stream,
           in<S>(v), in<S>(A), in<S>(weight), in<S>(init), out<S>(y), out<S>(hessian), iterations, converged,
           problems, n, delta, max_iter, tol);
-      return cudaGetLastError();
     });
   });
 }
@@ -130,10 +129,9 @@ cudaError_t launch_huber_fuse_backward(Dtype dtype, int d, const void* grad_y, c
     using S = decltype(storage);
     return dispatch_dim(d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      huber_fuse_backward_kernel<D, S><<<fuse_blocks_for(problems), kFuseThreads, 0, stream>>>(
+      return launch_kernel(huber_fuse_backward_kernel<D, S>, fuse_blocks_for(problems), kFuseThreads, stream,
           in<S>(grad_y), in<S>(y), in<S>(v), in<S>(A), in<S>(weight), out<S>(grad_v), out<S>(grad_A),
           out<S>(grad_weight), problems, n, delta, damping);
-      return cudaGetLastError();
     });
   });
 }

@@ -11,6 +11,12 @@
 
 #include "kernel_api.h"
 
+#if defined(PROBREG_CUDA_HOST_EMULATION)
+// Test-only host build of the kernels (tests/test_cuda_kernels_on_host.py); must come
+// after every CUDA header: it redefines __shared__, threadIdx, ... and __syncthreads.
+#include "../host_emulation/host_emulation.h"
+#endif
+
 namespace probreg {
 namespace cuda {
 
@@ -142,6 +148,21 @@ inline unsigned int blocks_for(int64_t n) {
   for (int64_t first = blockIdx.x * int64_t(kThreads); first < (n);                      \
        first += int64_t(kThreads) * gridDim.x)                                           \
     if (const int count = int((n) - first < kThreads ? (n) - first : kThreads); true)
+
+// Launches `kernel` on `stream` with `blocks` x `threads` threads (no dynamic shared
+// memory) and returns the launch status (cudaGetLastError; never synchronises). The one
+// place that launches: in the host emulation build it runs the grid on the host instead.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), unsigned int blocks, unsigned int threads,
+                          cudaStream_t stream, Args... args) {
+#if defined(PROBREG_CUDA_HOST_EMULATION)
+  (void)stream;
+  return host_emulation::launch(blocks, threads, [&] { kernel(args...); });
+#else
+  kernel<<<blocks, threads, 0, stream>>>(args...);
+  return cudaGetLastError();
+#endif
+}
 
 // Calls f(S{}) with the storage type of `dtype`.
 template <typename F>

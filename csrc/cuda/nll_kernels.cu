@@ -106,8 +106,7 @@ cudaError_t dispatch_family_covariance(int family, int covariance, Fn&& f) {
       return dispatch_family_covariance(family, covariance, [&](auto fam, auto cov) {         \
         constexpr int F = decltype(fam)::value;                                               \
         constexpr int Cov = decltype(cov)::value;                                             \
-        KERNEL<D, F, Cov, S><<<blocks_for(n), kThreads, 0, stream>>>(__VA_ARGS__);            \
-        return cudaGetLastError();                                                            \
+        return launch_kernel(KERNEL<D, F, Cov, S>, blocks_for(n), kThreads, stream, __VA_ARGS__); \
       });                                                                                     \
     });                                                                                       \
   })

@@ -155,8 +155,7 @@ __global__ void spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* 
     using S = decltype(storage);                                                       \
     return dispatch_dim(d, [&](auto dim) {                                             \
       constexpr int D = decltype(dim)::value;                                          \
-      KERNEL<D, S><<<blocks_for(n), kThreads, 0, stream>>>(__VA_ARGS__);               \
-      return cudaGetLastError();                                                       \
+      return launch_kernel(KERNEL<D, S>, blocks_for(n), kThreads, stream, __VA_ARGS__); \
     });                                                                                \
   })
 

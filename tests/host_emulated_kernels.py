@@ -1,0 +1,289 @@
+"""The CUDA kernels (csrc/cuda/*.cu) built for the host and bound with ctypes.
+
+The .cu files are compiled as C++ by the host compiler with -DPROBREG_CUDA_HOST_EMULATION
+(csrc/host_emulation/host_emulation.h): every launch runs on the CPU, the threads of a
+block as fibers with real __syncthreads barriers and function-local __shared__ tiles.
+This tests the kernels' own code (tiling, indexing, grid-stride loops, dispatch, storage
+conversions) on machines without a GPU. Needs a C++ compiler and the CUDA toolkit's
+headers (cuda_runtime.h, cuda_fp16.h, cuda_bf16.h), not a GPU or libcudart.
+
+Every buffer handed to a kernel sits inside a guard region (GuardedBuffers): inputs
+between NaNs, so an out-of-bounds read poisons the results; outputs between sentinels
+that must survive, and pre-filled with NaN, so an element never written shows up.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+BUILD = os.path.join(ROOT, "build", "cuda_host_emulation")
+
+# kernel_api.h Dtype
+DTYPE_CODES = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
+# host_emulation.h Order
+ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2, "rotating": 3}
+
+# -O1: IEEE semantics (no fast-math, no FMA contraction: no -march), quick to build. The
+# __CUDA_NO_* defines are those torch's CUDAExtension passes to nvcc (no implicit half
+# conversions), so the host build accepts only what the real build accepts.
+_FLAGS = ["-std=c++17", "-O1", "-fno-fast-math", "-fPIC", "-Wno-unknown-pragmas", "-Wno-psabi",
+          "-DPROBREG_CUDA_HOST_EMULATION", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+          "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+
+
+def cuda_include_dir():
+    """The CUDA toolkit's include/ with the runtime and half-type headers, or None."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.join(os.environ[k], "include") for k in ("CUDA_HOME", "CUDA_PATH") if k in os.environ]
+    if nvcc:
+        candidates.append(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "include"))
+    candidates.append("/usr/local/cuda/include")
+    for c in candidates:
+        if all(os.path.exists(os.path.join(c, h)) for h in ("cuda_runtime.h", "cuda_fp16.h", "cuda_bf16.h")):
+            return c
+    return None
+
+
+def _sources():
+    kernels = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+    host = sorted(glob.glob(os.path.join(CSRC, "host_emulation", "*.cpp")))
+    headers = sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cuh")) + glob.glob(os.path.join(CSRC, "cuda", "*.h"))
+                     + glob.glob(os.path.join(CSRC, "host_emulation", "*.h"))
+                     + glob.glob(os.path.join(CSRC, "include", "probreg", "*.h")))
+    return kernels, host, headers
+
+
+def build(cxx: str | None = None) -> str:
+    """Compiles (once per source state) and returns the shared library's path."""
+    cxx = cxx or os.environ.get("CXX", "g++")
+    include = cuda_include_dir()
+    if include is None:
+        raise FileNotFoundError("no CUDA toolkit headers (cuda_runtime.h, cuda_fp16.h, cuda_bf16.h) found")
+    kernels, host, headers = _sources()
+    digest = hashlib.sha256(" ".join([cxx, include, *_FLAGS]).encode())
+    for path in kernels + host + headers:
+        with open(path, "rb") as f:
+            digest.update(path.encode() + f.read())
+    out_dir = os.path.join(BUILD, digest.hexdigest()[:16])
+    library = os.path.join(out_dir, "libprobreg_cuda_host_emulation.so")
+    if os.path.exists(library):
+        return library
+    os.makedirs(out_dir, exist_ok=True)
+    incs = [f"-I{os.path.join(CSRC, 'include')}", f"-I{os.path.join(CSRC, 'cuda')}", f"-I{include}"]
+
+    def compile_one(src):
+        obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+        lang = ["-x", "c++"] if src.endswith(".cu") else []
+        result = subprocess.run([cxx, *_FLAGS, *incs, *lang, "-c", src, "-o", obj], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"host emulation build failed for {src}:\n{result.stderr[-4000:]}")
+        return obj
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        objects = list(pool.map(compile_one, kernels + host))
+    tmp = library + f".tmp{os.getpid()}"
+    subprocess.run([cxx, "-shared", *objects, "-o", tmp], check=True, capture_output=True)
+    os.replace(tmp, library)
+    return library
+
+
+class GuardedBuffers:
+    """Host buffers with guard regions around each (see the module docstring)."""
+
+    GUARD = 64
+    SENTINEL = 3.0
+
+    def __init__(self):
+        self._inputs = []
+        self._outputs = []
+
+    def input(self, t: torch.Tensor) -> torch.Tensor:
+        flat = torch.full((t.numel() + 2 * self.GUARD,), float("nan"), dtype=t.dtype)
+        view = flat[self.GUARD:self.GUARD + t.numel()].view(t.shape)
+        view.copy_(t)
+        self._inputs.append((flat, t.clone()))
+        return view
+
+    def output(self, shape, dtype) -> torch.Tensor:
+        numel = 1
+        for s in shape:
+            numel *= s
+        if dtype in (torch.int32, torch.bool):
+            storage = torch.full((numel + 2 * self.GUARD,), 77, dtype=torch.int32 if dtype == torch.int32 else torch.uint8)
+            storage[self.GUARD:self.GUARD + numel] = -1 if dtype == torch.int32 else 0xEE
+        else:
+            storage = torch.full((numel + 2 * self.GUARD,), self.SENTINEL, dtype=dtype)
+            storage[self.GUARD:self.GUARD + numel] = float("nan")
+        self._outputs.append((storage, numel, dtype))
+        return storage[self.GUARD:self.GUARD + numel].view(shape)
+
+    def check(self) -> None:
+        """Guards intact, inputs unmodified, every output element written."""
+        g = self.GUARD
+        for flat, original in self._inputs:
+            assert torch.isnan(flat[:g].float()).all() and torch.isnan(flat[g + original.numel():].float()).all(), \
+                "a kernel wrote into an input's guard region"
+            body = flat[g:g + original.numel()].view(original.shape)
+            same = (body == original) | (torch.isnan(body) & torch.isnan(original))
+            assert same.all(), "a kernel modified an input"
+        for storage, numel, dtype in self._outputs:
+            guards = torch.cat([storage[:g], storage[g + numel:]])
+            if dtype in (torch.int32, torch.bool):
+                assert (guards == 77).all(), "a kernel wrote past an output"
+                body = storage[g:g + numel]
+                if dtype == torch.bool:
+                    assert ((body == 0) | (body == 1)).all(), "a bool output was not written"
+                else:
+                    assert (body != -1).all(), "an int32 output was not written"
+            else:
+                assert (guards == self.SENTINEL).all(), "a kernel wrote past an output"
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+
+
+class HostEmulatedKernels:
+    """ctypes binding of csrc/host_emulation/kernel_api_c.cpp. Each method takes contiguous
+    CPU tensors laid out as kernel_api.h describes, allocates the outputs in guard
+    regions, launches, checks the launch status and the guards, and returns the outputs."""
+
+    def __init__(self, path: str):
+        self.lib = ctypes.CDLL(path)
+        self.lib.probreg_emu_last_error.restype = ctypes.c_char_p
+        c_int, c_ll, c_d, c_p = ctypes.c_int, ctypes.c_longlong, ctypes.c_double, ctypes.c_void_p
+        sig = {
+            "symeig_forward": [c_int, c_int, c_p, c_p, c_p, c_ll],
+            "symeig_backward": [c_int, c_int, c_p, c_p, c_p, c_p, c_p, c_ll],
+            "spd_remap_forward": [c_int, c_int, c_p, c_p, c_ll, c_d],
+            "spd_remap_backward": [c_int, c_int, c_p, c_p, c_p, c_ll, c_d],
+            "spd_from_raw_forward": [c_int, c_int, c_p, c_p, c_ll, c_d],
+            "spd_from_raw_backward": [c_int, c_int, c_p, c_p, c_p, c_ll, c_d],
+            "huber_nll_forward": [c_int, c_int, c_int, c_int, c_int, c_p, c_p, c_p, c_ll, c_d, c_d],
+            "huber_nll_backward": [c_int, c_int, c_int, c_int, c_int, c_p, c_ll, c_p, c_p, c_p, c_p, c_ll, c_d, c_d],
+            "huber_fuse_forward": [c_int, c_int, c_p, c_p, c_p, c_p, c_p, c_p, c_p, c_p, c_ll, c_ll, c_d, c_int, c_d],
+            "huber_fuse_backward": [c_int, c_int, c_p, c_p, c_p, c_p, c_p, c_p, c_p, c_p, c_ll, c_ll, c_d, c_d],
+        }
+        for name, argtypes in sig.items():
+            fn = getattr(self.lib, "probreg_emu_" + name)
+            fn.argtypes = argtypes
+            fn.restype = c_int
+        self.lib.probreg_emu_set_schedule.argtypes = [ctypes.c_uint, c_int, ctypes.c_ulonglong]
+        self.set_schedule()
+
+    def set_schedule(self, max_blocks: int = 0, order: str = "rotating", seed: int = 0) -> None:
+        """max_blocks: cap on the emulated grid (0: none); order: fiber order per round."""
+        self.lib.probreg_emu_set_schedule(max_blocks, ORDERS[order], seed)
+
+    def _launch(self, name, buffers, *args):
+        status = getattr(self.lib, "probreg_emu_" + name)(*args)
+        if status != 0:
+            raise RuntimeError(f"{name}: launch failed ({status}): {self.lib.probreg_emu_last_error().decode()}")
+        buffers.check()
+
+    # ---- spd ----
+    def symeig(self, B):
+        n, d = B.shape[0], B.shape[-1]
+        buf = GuardedBuffers()
+        B = buf.input(B)
+        L, V = buf.output((n, d), B.dtype), buf.output((n, d, d), B.dtype)
+        self._launch("symeig_forward", buf, DTYPE_CODES[B.dtype], d, _ptr(B), _ptr(L), _ptr(V), n)
+        return L, V
+
+    def symeig_backward(self, gL, gV, L, V):
+        n, d = V.shape[0], V.shape[-1]
+        buf = GuardedBuffers()
+        gL, gV, L, V = (buf.input(t) for t in (gL, gV, L, V))
+        gB = buf.output((n, d, d), V.dtype)
+        self._launch("symeig_backward", buf, DTYPE_CODES[V.dtype], d, _ptr(gL), _ptr(gV), _ptr(L), _ptr(V), _ptr(gB), n)
+        return gB
+
+    def spd_remap(self, B, theta):
+        n, d = B.shape[0], B.shape[-1]
+        buf = GuardedBuffers()
+        B = buf.input(B)
+        A = buf.output((n, d, d), B.dtype)
+        self._launch("spd_remap_forward", buf, DTYPE_CODES[B.dtype], d, _ptr(B), _ptr(A), n, theta)
+        return A
+
+    def spd_remap_backward(self, gA, B, theta):
+        n, d = B.shape[0], B.shape[-1]
+        buf = GuardedBuffers()
+        gA, B = buf.input(gA), buf.input(B)
+        gB = buf.output((n, d, d), B.dtype)
+        self._launch("spd_remap_backward", buf, DTYPE_CODES[B.dtype], d, _ptr(gA), _ptr(B), _ptr(gB), n, theta)
+        return gB
+
+    def spd_from_raw(self, raw, d, theta):
+        n = raw.shape[0]
+        buf = GuardedBuffers()
+        raw = buf.input(raw)
+        A = buf.output((n, d, d), raw.dtype)
+        self._launch("spd_from_raw_forward", buf, DTYPE_CODES[raw.dtype], d, _ptr(raw), _ptr(A), n, theta)
+        return A
+
+    def spd_from_raw_backward(self, gA, raw, theta):
+        n, d = gA.shape[0], gA.shape[-1]
+        buf = GuardedBuffers()
+        gA, raw = buf.input(gA), buf.input(raw)
+        graw = buf.output(tuple(raw.shape), raw.dtype)
+        self._launch("spd_from_raw_backward", buf, DTYPE_CODES[raw.dtype], d, _ptr(gA), _ptr(raw), _ptr(graw), n,
+                     theta)
+        return graw
+
+    # ---- huber_nll ----
+    @staticmethod
+    def loss_dtype(dtype):
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+    def huber_nll(self, pred, target, delta, theta, family, covariance, mu):
+        n, d = target.shape
+        buf = GuardedBuffers()
+        pred, target = buf.input(pred), buf.input(target)
+        loss = buf.output((n,), self.loss_dtype(pred.dtype))
+        self._launch("huber_nll_forward", buf, DTYPE_CODES[pred.dtype], d, family, covariance, int(mu), _ptr(pred),
+                     _ptr(target), _ptr(loss), n, delta, theta)
+        return loss
+
+    def huber_nll_backward(self, grad_loss, pred, target, delta, theta, family, covariance, mu, need_grad_target):
+        """grad_loss: (n,) or a single value broadcast (stride 0)."""
+        n, d = target.shape
+        buf = GuardedBuffers()
+        stride = 0 if grad_loss.numel() == 1 else 1
+        grad_loss, pred, target = buf.input(grad_loss), buf.input(pred), buf.input(target)
+        grad_pred = buf.output(tuple(pred.shape), pred.dtype)
+        grad_target = buf.output((n, d), pred.dtype) if need_grad_target else None
+        self._launch("huber_nll_backward", buf, DTYPE_CODES[pred.dtype], d, family, covariance, int(mu),
+                     _ptr(grad_loss), stride, _ptr(pred), _ptr(target), _ptr(grad_pred), _ptr(grad_target), n,
+                     delta, theta)
+        return grad_pred, grad_target
+
+    # ---- huber_fuse ----
+    def huber_fuse(self, v, A, w, init, delta, max_iter, tol):
+        problems, n, d = v.shape
+        buf = GuardedBuffers()
+        v, A, w = buf.input(v), buf.input(A), buf.input(w)
+        init = buf.input(init) if init is not None else None
+        y, hess = buf.output((problems, d), v.dtype), buf.output((problems, d, d), v.dtype)
+        iterations, converged = buf.output((problems,), torch.int32), buf.output((problems,), torch.bool)
+        self._launch("huber_fuse_forward", buf, DTYPE_CODES[v.dtype], d, _ptr(v), _ptr(A), _ptr(w), _ptr(init),
+                     _ptr(y), _ptr(hess), _ptr(iterations), _ptr(converged), problems, n, delta, max_iter, tol)
+        return y, hess, iterations, converged.view(torch.bool)
+
+    def huber_fuse_backward(self, grad_y, y, v, A, w, delta, damping):
+        problems, n, d = v.shape
+        buf = GuardedBuffers()
+        grad_y, y, v, A, w = (buf.input(t) for t in (grad_y, y, v, A, w))
+        gv, gA, gw = (buf.output(tuple(t.shape), v.dtype) for t in (v, A, w))
+        self._launch("huber_fuse_backward", buf, DTYPE_CODES[v.dtype], d, _ptr(grad_y), _ptr(y), _ptr(v), _ptr(A),
+                     _ptr(w), _ptr(gv), _ptr(gA), _ptr(gw), problems, n, delta, damping)
+        return gv, gA, gw
