@@ -232,6 +232,36 @@ def test_huber_fuse_forward_and_backward(emu, dtype, d, n, with_init):
     assert_close(gw, egw, dtype, "grad_weight", floor=1.0)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_float32_all_double_switch(emu, monkeypatch, d):
+    """PROBREG_CUDA_FLOAT32_COMPUTE=double (kernel_api.h) is live at each launch and as
+    accurate as the default mixed policy."""
+    n = 300
+    pred, pred64, target, target64 = nll_inputs(n, d, "full", torch.float32, seed=d)
+    raw, raw64 = pred[:, d:].contiguous(), pred64[:, d:].contiguous()
+    gA, gA64 = rounded(torch.randn(n, d, d, generator=gen(3), dtype=torch.float64), torch.float32)
+    grad_loss, grad_loss64 = rounded(torch.rand(n, generator=gen(4), dtype=torch.float64), torch.float32)
+    args = (DELTA, THETA, FAMILIES["huber"], COVARIANCES["full"], False)
+
+    def run():
+        return [emu.spd_from_raw(raw, d, THETA), emu.spd_from_raw_backward(gA, raw, THETA),
+                emu.huber_nll(pred, target, *args).unsqueeze(-1),
+                emu.huber_nll_backward(grad_loss, pred, target, *args, need_grad_target=False)[0]]
+
+    mixed = run()
+    monkeypatch.setenv("PROBREG_CUDA_FLOAT32_COMPUTE", "double")
+    all_double = run()
+    monkeypatch.delenv("PROBREG_CUDA_FLOAT32_COMPUTE")
+    assert all(torch.equal(a, b) for a, b in zip(mixed, run()))
+    assert any(not torch.equal(a, b) for a, b in zip(mixed, all_double))
+    expected = [ops.spd_from_raw(raw64, THETA), ops._spd_from_raw_backward(gA64, raw64, THETA),
+                ops.huber_nll(pred64, target64, *args).unsqueeze(-1),
+                ops._huber_nll_backward(grad_loss64, pred64, target64, *args, False)[0]]
+    floors = [1e-6, 1e-6, 1.0, 1e-6]
+    for name, got, want, floor in zip(["A", "grad_raw", "loss", "grad_pred"], all_double, expected, floors):
+        assert_close(got, want, torch.float32, name, floor=floor)
+
+
 # ---- launch-level properties ----
 
 SCHEDULES = [(0, "ascending"), (1, "descending"), (MAX_BLOCKS, "shuffled"), (2, "rotating")]

@@ -6,6 +6,8 @@
 #   OUT=/some/dir bash tools/gpu_session.sh test         # whole suite, CPU + CUDA
 #   OUT=/some/dir bash tools/gpu_session.sh sanitize [memcheck|racecheck|initcheck]
 #   OUT=/some/dir bash tools/gpu_session.sh bench [spd|nll|fuse] [--quick]
+#   OUT=/some/dir bash tools/gpu_session.sh profile      # roofline diagnosis: kernel times under
+#                                                        # both float32 policies + Nsight Compute
 #   OUT=/some/dir bash tools/gpu_session.sh all          # everything, no time limit
 #
 # Benchmark suites merge into build/gpu-results/<gpu>.{json,md,png} (build/ survives
@@ -62,15 +64,36 @@ bench() {
   cp "$RESULTS"/* "$OUT"/ 2>/dev/null
 }
 
+profile() {
+  # Kernel and autograd times of the four issue-5 target cases, float32 policy mixed vs
+  # double (tools/gpu_profile.py), then Nsight Compute on their kernels: occupancy,
+  # registers, DRAM/SM throughput and stall reasons say whether a case is bound by
+  # memory, latency or arithmetic.
+  python tools/gpu_profile.py --out "$RESULTS" 2>&1 | tail -15
+  cp "$RESULTS"/profile.json "$OUT"/ 2>/dev/null
+  if command -v ncu >/dev/null 2>&1; then
+    ncu --kernel-name regex:'spd_from_raw|huber_nll' --section SpeedOfLight --section Occupancy \
+      --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+      python tools/gpu_profile.py --once > "$OUT/ncu-profile.txt" 2>&1
+    echo "ncu exit status: $? (report: $OUT/ncu-profile.txt)"
+    grep -E "Kernel|_kernel<|Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread" \
+      "$OUT/ncu-profile.txt" | head -120
+  else
+    echo "profile: no ncu on this machine"
+  fi
+}
+
 case "$phase" in
   build) { environment; build; } 2>&1 | log ;;
   test) run_tests 2>&1 | log ;;
   sanitize) sanitize "$@" 2>&1 | log ;;
   bench) bench "$@" 2>&1 | log ;;
+  profile) profile 2>&1 | log ;;
   all)
     { environment; build; run_tests; sanitize; } 2>&1 | log
     bench 2>&1 | log
+    profile 2>&1 | log
     ;;
-  *) echo "usage: tools/gpu_session.sh build|test|sanitize [tool]|bench [suite...] [--quick]|all" >&2; exit 2 ;;
+  *) echo "usage: tools/gpu_session.sh build|test|sanitize [tool]|bench [suite...] [--quick]|profile|all" >&2; exit 2 ;;
 esac
 ls -la "$OUT"

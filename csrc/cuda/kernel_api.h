@@ -2,6 +2,10 @@
 // counts, cudaStream_t). The torch registration glue (*_cuda.cpp) validates arguments,
 // makes tensors contiguous and calls these; each returns the launch status
 // (cudaGetLastError) and never synchronises. n = 0 launches nothing.
+// Float32 spd_remap, spd_from_raw and huber_nll compute with the mixed policy of
+// kernel_common.cuh Compute<float>; with the environment variable
+// PROBREG_CUDA_FLOAT32_COMPUTE=double (read at each launch) they compute in double
+// throughout: a benchmarking switch, equally accurate.
 #pragma once
 
 #include <cuda_runtime_api.h>

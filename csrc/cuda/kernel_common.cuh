@@ -8,6 +8,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 
 #include "kernel_api.h"
 
@@ -50,6 +53,30 @@ struct Compute<__nv_bfloat16> {
   using type = float;
   using value = float;
 };
+
+// Compute types of float32 under PROBREG_CUDA_FLOAT32_COMPUTE=double: everything in
+// double. An A/B switch for benchmarking (kernel_api.h): both policies are accurate, and
+// which is faster depends on the GPU's FP64:FP32 throughput ratio. Any other value, or
+// none, selects Compute<float> (mixed). Read at every launch.
+struct AllDouble {
+  using type = double;
+  using value = double;
+};
+
+inline bool float32_compute_all_double() {
+  const char* v = std::getenv("PROBREG_CUDA_FLOAT32_COMPUTE");
+  return v != nullptr && std::strcmp(v, "double") == 0;
+}
+
+// Calls f(CT{}) with the compute types CT of storage S: Compute<S>, or AllDouble for
+// float32 under the switch above.
+template <typename S, typename F>
+cudaError_t dispatch_compute(F&& f) {
+  if constexpr (std::is_same<S, float>::value) {
+    if (float32_compute_all_double()) return f(AllDouble{});
+  }
+  return f(Compute<S>{});
+}
 
 template <typename C, typename S>
 __device__ __forceinline__ C load_as(const S* p) {

@@ -27,12 +27,12 @@ struct LossStorage<__nv_bfloat16> {
 // Tiled (kernel_common.cuh PROBREG_TILE_LOOP): pred and target rows are loaded, and the
 // gradient rows stored, coalesced through shared memory; the per-target loss and its
 // upstream gradient are one value per item and go straight to global memory.
-template <int D, int F, int Cov, typename S>
+template <int D, int F, int Cov, typename S, typename CT>
 __global__ void huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
                                          typename LossStorage<S>::type* __restrict__ loss, int64_t n,
                                          double delta, double theta, bool mu_param) {
-  using L = typename Compute<S>::type;
-  using T = typename Compute<S>::value;
+  using L = typename CT::type;
+  using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W> tile;  // W >= D
   PROBREG_TILE_LOOP(first, count, n) {
@@ -44,14 +44,14 @@ __global__ void huber_nll_forward_kernel(const S* __restrict__ pred, const S* __
   }
 }
 
-template <int D, int F, int Cov, typename S>
+template <int D, int F, int Cov, typename S, typename CT>
 __global__ void huber_nll_backward_kernel(const typename LossStorage<S>::type* __restrict__ grad_loss,
                                           int64_t grad_loss_stride, const S* __restrict__ pred,
                                           const S* __restrict__ target, S* __restrict__ grad_pred,
                                           S* __restrict__ grad_target, int64_t n, double delta, double theta,
                                           bool mu_param) {
-  using L = typename Compute<S>::type;
-  using T = typename Compute<S>::value;
+  using L = typename CT::type;
+  using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W> tile;
   PROBREG_TILE_LOOP(first, count, n) {
@@ -94,19 +94,23 @@ cudaError_t dispatch_family_covariance(int family, int covariance, Fn&& f) {
   return cudaErrorInvalidValue;
 }
 
-// Dispatches (dtype, d, family, covariance) and launches KERNEL<D, F, Cov, S>; inside the
-// argument list S is the storage type and L its loss storage type.
+// Dispatches (dtype, compute types CT (kernel_common.cuh dispatch_compute), d, family,
+// covariance) and launches KERNEL<D, F, Cov, S, CT>; inside the argument list S is the
+// storage type and L its loss storage type.
 #define PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, KERNEL, ...)                  \
   if ((n) == 0) return cudaSuccess;                                                           \
   return dispatch_dtype(dtype, [&](auto storage) {                                            \
     using S = decltype(storage);                                                              \
     using L = typename LossStorage<S>::type;                                                  \
-    return dispatch_dim(d, [&](auto dim) {                                                    \
-      constexpr int D = decltype(dim)::value;                                                 \
-      return dispatch_family_covariance(family, covariance, [&](auto fam, auto cov) {         \
-        constexpr int F = decltype(fam)::value;                                               \
-        constexpr int Cov = decltype(cov)::value;                                             \
-        return launch_kernel(KERNEL<D, F, Cov, S>, blocks_for(n), kThreads, stream, __VA_ARGS__); \
+    return dispatch_compute<S>([&](auto compute) {                                            \
+      using CT = decltype(compute);                                                            \
+      return dispatch_dim(d, [&](auto dim) {                                                  \
+        constexpr int D = decltype(dim)::value;                                               \
+        return dispatch_family_covariance(family, covariance, [&](auto fam, auto cov) {       \
+          constexpr int F = decltype(fam)::value;                                             \
+          constexpr int Cov = decltype(cov)::value;                                           \
+          return launch_kernel(KERNEL<D, F, Cov, S, CT>, blocks_for(n), kThreads, stream, __VA_ARGS__); \
+        });                                                                                   \
       });                                                                                     \
     });                                                                                       \
   })

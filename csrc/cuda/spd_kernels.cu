@@ -1,6 +1,7 @@
 // CUDA kernels of symeig, spd_remap and spd_from_raw: one thread per matrix, calling the
-// same header math as the CPU loop (csrc/include/probreg). Torch-free. Compute types:
-// kernel_common.cuh Compute (float32 spd_remap / spd_from_raw: mixed policy).
+// same header math as the CPU loop (csrc/include/probreg). Torch-free. Compute types CT:
+// kernel_common.cuh Compute (float32 spd_remap / spd_from_raw: mixed policy) or AllDouble
+// (dispatch_compute); symeig uses only CT::type (double for float32 either way).
 #include <type_traits>
 
 #include "kernel_common.cuh"
@@ -30,10 +31,10 @@ __device__ __forceinline__ void load_symmetric(const S* base, int64_t i, C B[D][
   symmetrize<D>(flat, B);
 }
 
-template <int D, typename S>
+template <int D, typename S, typename CT>
 __global__ void symeig_forward_kernel(const S* __restrict__ B, S* __restrict__ L,
                                       S* __restrict__ V, int64_t n) {
-  using C = typename Compute<S>::type;
+  using C = typename CT::type;
   PROBREG_GRID_STRIDE_LOOP(i, n) {
     C Bm[D][D], l[D], Vm[D][D];
     load_symmetric<D>(B, i, Bm);
@@ -43,11 +44,11 @@ __global__ void symeig_forward_kernel(const S* __restrict__ B, S* __restrict__ L
   }
 }
 
-template <int D, typename S>
+template <int D, typename S, typename CT>
 __global__ void symeig_backward_kernel(const S* __restrict__ gL, const S* __restrict__ gV,
                                        const S* __restrict__ L, const S* __restrict__ V,
                                        S* __restrict__ gB, int64_t n) {
-  using C = typename Compute<S>::type;
+  using C = typename CT::type;
   PROBREG_GRID_STRIDE_LOOP(i, n) {
     C l[D], gl[D], Vm[D][D], gVm[D][D], g[D][D];
     load_row<D>(L, i, l);
@@ -63,11 +64,11 @@ __global__ void symeig_backward_kernel(const S* __restrict__ gL, const S* __rest
 // global loads and stores through shared memory; the math runs on the thread's item.
 #define PROBREG_MINE (int(threadIdx.x) < count)
 
-template <int D, typename S>
+template <int D, typename S, typename CT>
 __global__ void spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, int64_t n,
                                          double theta) {
-  using L = typename Compute<S>::type;
-  using T = typename Compute<S>::value;
+  using L = typename CT::type;
+  using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
   PROBREG_TILE_LOOP(first, count, n) {
     L flat[D * D];
@@ -82,11 +83,11 @@ __global__ void spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict_
   }
 }
 
-template <int D, typename S>
+template <int D, typename S, typename CT>
 __global__ void spd_remap_backward_kernel(const S* __restrict__ gA, const S* __restrict__ B,
                                           S* __restrict__ gB, int64_t n, double theta) {
-  using L = typename Compute<S>::type;
-  using T = typename Compute<S>::value;
+  using L = typename CT::type;
+  using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
   PROBREG_TILE_LOOP(first, count, n) {
     L flat[D * D];
@@ -102,11 +103,11 @@ __global__ void spd_remap_backward_kernel(const S* __restrict__ gA, const S* __r
   }
 }
 
-template <int D, typename S>
+template <int D, typename S, typename CT>
 __global__ void spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __restrict__ A, int64_t n,
                                             double theta) {
-  using L = typename Compute<S>::type;
-  using T = typename Compute<S>::value;
+  using L = typename CT::type;
+  using T = typename CT::value;
   constexpr int P = Packed<D>::P;
   __shared__ SharedRows<S, D * D> tile;  // D * D >= P
   PROBREG_TILE_LOOP(first, count, n) {
@@ -122,11 +123,11 @@ __global__ void spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __rest
   }
 }
 
-template <int D, typename S>
+template <int D, typename S, typename CT>
 __global__ void spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* __restrict__ raw,
                                              S* __restrict__ graw, int64_t n, double theta) {
-  using L = typename Compute<S>::type;
-  using T = typename Compute<S>::value;
+  using L = typename CT::type;
+  using T = typename CT::value;
   constexpr int P = Packed<D>::P;
   __shared__ SharedRows<S, D * D> tile;
   PROBREG_TILE_LOOP(first, count, n) {
@@ -147,16 +148,19 @@ __global__ void spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* 
 
 #undef PROBREG_MINE
 
-// Dispatches (dtype, d) and launches KERNEL<D, S> with the given arguments, each pointer
-// argument cast to the storage type.
-#define PROBREG_LAUNCH(dtype, d, n, stream, KERNEL, ...)                                 \
-  if ((n) == 0) return cudaSuccess;                                                    \
-  return dispatch_dtype(dtype, [&](auto storage) {                                     \
-    using S = decltype(storage);                                                       \
-    return dispatch_dim(d, [&](auto dim) {                                             \
-      constexpr int D = decltype(dim)::value;                                          \
-      return launch_kernel(KERNEL<D, S>, blocks_for(n), kThreads, stream, __VA_ARGS__); \
-    });                                                                                \
+// Dispatches (dtype, compute types, d) and launches KERNEL<D, S, CT> with the given
+// arguments, each pointer argument cast to the storage type S.
+#define PROBREG_LAUNCH(dtype, d, n, stream, KERNEL, ...)                                    \
+  if ((n) == 0) return cudaSuccess;                                                       \
+  return dispatch_dtype(dtype, [&](auto storage) {                                        \
+    using S = decltype(storage);                                                          \
+    return dispatch_compute<S>([&](auto compute) {                                        \
+      using CT = decltype(compute);                                                        \
+      return dispatch_dim(d, [&](auto dim) {                                              \
+        constexpr int D = decltype(dim)::value;                                           \
+        return launch_kernel(KERNEL<D, S, CT>, blocks_for(n), kThreads, stream, __VA_ARGS__); \
+      });                                                                                 \
+    });                                                                                   \
   })
 
 template <typename S>
