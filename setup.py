@@ -10,6 +10,7 @@ isolation would download a second, CPU-or-other torch to compile against.
 """
 import glob
 import os
+import shlex
 import sys
 
 from setuptools import find_packages, setup
@@ -81,7 +82,9 @@ def _extension():
     if _want_cuda():
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
-        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        # PROBREG_NVCC_FLAGS: extra nvcc flags, e.g. -DPROBREG_CUDA_MIN_BLOCKS_PER_SM=3
+        # (csrc/cuda/kernel_common.cuh).
+        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"] + shlex.split(os.environ.get("PROBREG_NVCC_FLAGS", ""))
         return CUDAExtension(
             "probreg._C",
             sources,

@@ -8,6 +8,8 @@
 #   OUT=/some/dir bash tools/gpu_session.sh bench [spd|nll|fuse] [--quick]
 #   OUT=/some/dir bash tools/gpu_session.sh profile      # roofline diagnosis: kernel times under
 #                                                        # both float32 policies + Nsight Compute
+#   OUT=/some/dir bash tools/gpu_session.sh occupancy [N]  # profile with the tiled kernels built for
+#                                                        # >= N blocks/SM (default 3), then rebuild
 #   OUT=/some/dir bash tools/gpu_session.sh all          # everything, no time limit
 #
 # Benchmark suites merge into build/gpu-results/<gpu>.{json,md,png} (build/ survives
@@ -83,17 +85,29 @@ profile() {
   fi
 }
 
+occupancy() {
+  # A/B of the tiled kernels' launch bounds (kernel_common.cuh PROBREG_CUDA_MIN_BLOCKS_PER_SM):
+  # rebuild in place with N, profile, rebuild the default. --force: setuptools would
+  # otherwise skip the build (the sources did not change, only the flags).
+  local n=${1:-3}
+  PROBREG_NVCC_FLAGS="-DPROBREG_CUDA_MIN_BLOCKS_PER_SM=$n" MAX_JOBS=16 python setup.py -q build_ext --inplace --force 2>&1 | tail -3
+  python tools/gpu_profile.py --out "$RESULTS/min-blocks-$n" 2>&1 | tail -15
+  cp "$RESULTS/min-blocks-$n/profile.json" "$OUT/profile-min-blocks-$n.json" 2>/dev/null
+  MAX_JOBS=16 python setup.py -q build_ext --inplace --force 2>&1 | tail -3
+}
+
 case "$phase" in
   build) { environment; build; } 2>&1 | log ;;
   test) run_tests 2>&1 | log ;;
   sanitize) sanitize "$@" 2>&1 | log ;;
   bench) bench "$@" 2>&1 | log ;;
   profile) profile 2>&1 | log ;;
+  occupancy) occupancy "$@" 2>&1 | log ;;
   all)
     { environment; build; run_tests; sanitize; } 2>&1 | log
     bench 2>&1 | log
     profile 2>&1 | log
     ;;
-  *) echo "usage: tools/gpu_session.sh build|test|sanitize [tool]|bench [suite...] [--quick]|profile|all" >&2; exit 2 ;;
+  *) echo "usage: tools/gpu_session.sh build|test|sanitize [tool]|bench [suite...] [--quick]|profile|occupancy [N]|all" >&2; exit 2 ;;
 esac
 ls -la "$OUT"

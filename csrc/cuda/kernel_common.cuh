@@ -157,6 +157,21 @@ __device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t fi
   __syncthreads();
 }
 
+// Launch bounds of the tiled kernels (launched with kThreads threads). With
+// PROBREG_CUDA_MIN_BLOCKS_PER_SM = N > 0 (e.g. PROBREG_NVCC_FLAGS=-DPROBREG_CUDA_MIN_BLOCKS_PER_SM=3
+// at build time) ptxas also caps registers so that N blocks fit on an SM, spilling if it
+// must: more warps to hide memory latency against spills (sm_90, float32 d = 3: 80-96
+// registers, 2 blocks per SM without the cap; 44-96 bytes of spills at N = 3). Default
+// 0: no cap; tools/gpu_session.sh occupancy measures both.
+#ifndef PROBREG_CUDA_MIN_BLOCKS_PER_SM
+#define PROBREG_CUDA_MIN_BLOCKS_PER_SM 0
+#endif
+#if PROBREG_CUDA_MIN_BLOCKS_PER_SM > 0
+#define PROBREG_TILED_KERNEL __global__ void __launch_bounds__(kThreads, PROBREG_CUDA_MIN_BLOCKS_PER_SM)
+#else
+#define PROBREG_TILED_KERNEL __global__ void __launch_bounds__(kThreads)
+#endif
+
 // Blocks for n items with a grid-stride loop (int64 indices; the grid is capped and the
 // loop covers the rest).
 inline unsigned int blocks_for(int64_t n) {

@@ -28,7 +28,7 @@ struct LossStorage<__nv_bfloat16> {
 // gradient rows stored, coalesced through shared memory; the per-target loss and its
 // upstream gradient are one value per item and go straight to global memory.
 template <int D, int F, int Cov, typename S, typename CT>
-__global__ void huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
+PROBREG_TILED_KERNEL huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
                                          typename LossStorage<S>::type* __restrict__ loss, int64_t n,
                                          double delta, double theta, bool mu_param) {
   using L = typename CT::type;
@@ -45,7 +45,7 @@ __global__ void huber_nll_forward_kernel(const S* __restrict__ pred, const S* __
 }
 
 template <int D, int F, int Cov, typename S, typename CT>
-__global__ void huber_nll_backward_kernel(const typename LossStorage<S>::type* __restrict__ grad_loss,
+PROBREG_TILED_KERNEL huber_nll_backward_kernel(const typename LossStorage<S>::type* __restrict__ grad_loss,
                                           int64_t grad_loss_stride, const S* __restrict__ pred,
                                           const S* __restrict__ target, S* __restrict__ grad_pred,
                                           S* __restrict__ grad_target, int64_t n, double delta, double theta,

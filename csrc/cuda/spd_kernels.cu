@@ -65,7 +65,7 @@ __global__ void symeig_backward_kernel(const S* __restrict__ gL, const S* __rest
 #define PROBREG_MINE (int(threadIdx.x) < count)
 
 template <int D, typename S, typename CT>
-__global__ void spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, int64_t n,
+PROBREG_TILED_KERNEL spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, int64_t n,
                                          double theta) {
   using L = typename CT::type;
   using T = typename CT::value;
@@ -84,7 +84,7 @@ __global__ void spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict_
 }
 
 template <int D, typename S, typename CT>
-__global__ void spd_remap_backward_kernel(const S* __restrict__ gA, const S* __restrict__ B,
+PROBREG_TILED_KERNEL spd_remap_backward_kernel(const S* __restrict__ gA, const S* __restrict__ B,
                                           S* __restrict__ gB, int64_t n, double theta) {
   using L = typename CT::type;
   using T = typename CT::value;
@@ -104,7 +104,7 @@ __global__ void spd_remap_backward_kernel(const S* __restrict__ gA, const S* __r
 }
 
 template <int D, typename S, typename CT>
-__global__ void spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __restrict__ A, int64_t n,
+PROBREG_TILED_KERNEL spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __restrict__ A, int64_t n,
                                             double theta) {
   using L = typename CT::type;
   using T = typename CT::value;
@@ -124,7 +124,7 @@ __global__ void spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __rest
 }
 
 template <int D, typename S, typename CT>
-__global__ void spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* __restrict__ raw,
+PROBREG_TILED_KERNEL spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* __restrict__ raw,
                                              S* __restrict__ graw, int64_t n, double theta) {
   using L = typename CT::type;
   using T = typename CT::value;

@@ -60,6 +60,8 @@ void sync_threads(const char* file, int line);
 
 #undef __shared__
 #define __shared__ static
+#undef __launch_bounds__
+#define __launch_bounds__(...)
 #define threadIdx (::probreg::cuda::host_emulation::thread_index())
 #define blockIdx (::probreg::cuda::host_emulation::block_index())
 #define blockDim (::probreg::cuda::host_emulation::block_dimension())
