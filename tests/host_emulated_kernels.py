@@ -148,14 +148,16 @@ class GuardedBuffers:
                 assert (guards == self.SENTINEL).all(), "a kernel wrote past an output"
 
 
-def _ptr(t):
-    return ctypes.c_void_p(t.data_ptr()) if t is not None else None
+class Out:
+    """An output argument: a buffer of this shape and dtype, allocated in a guard region."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(shape), dtype
 
 
 class HostEmulatedKernels:
     """ctypes binding of csrc/host_emulation/kernel_api_c.cpp. Each method takes contiguous
-    CPU tensors laid out as kernel_api.h describes, allocates the outputs in guard
-    regions, launches, checks the launch status and the guards, and returns the outputs."""
+    CPU tensors laid out as kernel_api.h describes and returns the kernel's outputs."""
 
     def __init__(self, path: str):
         self.lib = ctypes.CDLL(path)
@@ -184,61 +186,53 @@ class HostEmulatedKernels:
         """max_blocks: cap on the emulated grid (0: none); order: fiber order per round."""
         self.lib.probreg_emu_set_schedule(max_blocks, ORDERS[order], seed)
 
-    def _launch(self, name, buffers, *args):
-        status = getattr(self.lib, "probreg_emu_" + name)(*args)
+    def _run(self, name, *args):
+        """Calls probreg_emu_<name>(*args) with each tensor copied into a guarded input
+        buffer, each Out allocated as a guarded output, None as a null pointer; checks the
+        launch status and the guards; returns the outputs in order."""
+        buffers = GuardedBuffers()
+        outputs, c_args = [], []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                c_args.append(ctypes.c_void_p(buffers.input(a).data_ptr()))
+            elif isinstance(a, Out):
+                outputs.append(buffers.output(a.shape, a.dtype))
+                c_args.append(ctypes.c_void_p(outputs[-1].data_ptr()))
+            else:
+                c_args.append(a)
+        status = getattr(self.lib, "probreg_emu_" + name)(*c_args)
         if status != 0:
             raise RuntimeError(f"{name}: launch failed ({status}): {self.lib.probreg_emu_last_error().decode()}")
         buffers.check()
+        return outputs
 
     # ---- spd ----
     def symeig(self, B):
         n, d = B.shape[0], B.shape[-1]
-        buf = GuardedBuffers()
-        B = buf.input(B)
-        L, V = buf.output((n, d), B.dtype), buf.output((n, d, d), B.dtype)
-        self._launch("symeig_forward", buf, DTYPE_CODES[B.dtype], d, _ptr(B), _ptr(L), _ptr(V), n)
-        return L, V
+        return tuple(self._run("symeig_forward", DTYPE_CODES[B.dtype], d, B, Out((n, d), B.dtype),
+                               Out((n, d, d), B.dtype), n))
 
     def symeig_backward(self, gL, gV, L, V):
         n, d = V.shape[0], V.shape[-1]
-        buf = GuardedBuffers()
-        gL, gV, L, V = (buf.input(t) for t in (gL, gV, L, V))
-        gB = buf.output((n, d, d), V.dtype)
-        self._launch("symeig_backward", buf, DTYPE_CODES[V.dtype], d, _ptr(gL), _ptr(gV), _ptr(L), _ptr(V), _ptr(gB), n)
-        return gB
+        return self._run("symeig_backward", DTYPE_CODES[V.dtype], d, gL, gV, L, V, Out(V.shape, V.dtype), n)[0]
 
     def spd_remap(self, B, theta):
         n, d = B.shape[0], B.shape[-1]
-        buf = GuardedBuffers()
-        B = buf.input(B)
-        A = buf.output((n, d, d), B.dtype)
-        self._launch("spd_remap_forward", buf, DTYPE_CODES[B.dtype], d, _ptr(B), _ptr(A), n, theta)
-        return A
+        return self._run("spd_remap_forward", DTYPE_CODES[B.dtype], d, B, Out(B.shape, B.dtype), n, theta)[0]
 
     def spd_remap_backward(self, gA, B, theta):
         n, d = B.shape[0], B.shape[-1]
-        buf = GuardedBuffers()
-        gA, B = buf.input(gA), buf.input(B)
-        gB = buf.output((n, d, d), B.dtype)
-        self._launch("spd_remap_backward", buf, DTYPE_CODES[B.dtype], d, _ptr(gA), _ptr(B), _ptr(gB), n, theta)
-        return gB
+        return self._run("spd_remap_backward", DTYPE_CODES[B.dtype], d, gA, B, Out(B.shape, B.dtype), n, theta)[0]
 
     def spd_from_raw(self, raw, d, theta):
         n = raw.shape[0]
-        buf = GuardedBuffers()
-        raw = buf.input(raw)
-        A = buf.output((n, d, d), raw.dtype)
-        self._launch("spd_from_raw_forward", buf, DTYPE_CODES[raw.dtype], d, _ptr(raw), _ptr(A), n, theta)
-        return A
+        return self._run("spd_from_raw_forward", DTYPE_CODES[raw.dtype], d, raw, Out((n, d, d), raw.dtype), n,
+                         theta)[0]
 
     def spd_from_raw_backward(self, gA, raw, theta):
         n, d = gA.shape[0], gA.shape[-1]
-        buf = GuardedBuffers()
-        gA, raw = buf.input(gA), buf.input(raw)
-        graw = buf.output(tuple(raw.shape), raw.dtype)
-        self._launch("spd_from_raw_backward", buf, DTYPE_CODES[raw.dtype], d, _ptr(gA), _ptr(raw), _ptr(graw), n,
-                     theta)
-        return graw
+        return self._run("spd_from_raw_backward", DTYPE_CODES[raw.dtype], d, gA, raw, Out(raw.shape, raw.dtype), n,
+                         theta)[0]
 
     # ---- huber_nll ----
     @staticmethod
@@ -247,43 +241,29 @@ class HostEmulatedKernels:
 
     def huber_nll(self, pred, target, delta, theta, family, covariance, mu):
         n, d = target.shape
-        buf = GuardedBuffers()
-        pred, target = buf.input(pred), buf.input(target)
-        loss = buf.output((n,), self.loss_dtype(pred.dtype))
-        self._launch("huber_nll_forward", buf, DTYPE_CODES[pred.dtype], d, family, covariance, int(mu), _ptr(pred),
-                     _ptr(target), _ptr(loss), n, delta, theta)
-        return loss
+        return self._run("huber_nll_forward", DTYPE_CODES[pred.dtype], d, family, covariance, int(mu), pred, target,
+                         Out((n,), self.loss_dtype(pred.dtype)), n, delta, theta)[0]
 
     def huber_nll_backward(self, grad_loss, pred, target, delta, theta, family, covariance, mu, need_grad_target):
-        """grad_loss: (n,) or a single value broadcast (stride 0)."""
+        """grad_loss: (n,) or a single value broadcast (stride 0). -> (grad_pred, grad_target or None)"""
         n, d = target.shape
-        buf = GuardedBuffers()
         stride = 0 if grad_loss.numel() == 1 else 1
-        grad_loss, pred, target = buf.input(grad_loss), buf.input(pred), buf.input(target)
-        grad_pred = buf.output(tuple(pred.shape), pred.dtype)
-        grad_target = buf.output((n, d), pred.dtype) if need_grad_target else None
-        self._launch("huber_nll_backward", buf, DTYPE_CODES[pred.dtype], d, family, covariance, int(mu),
-                     _ptr(grad_loss), stride, _ptr(pred), _ptr(target), _ptr(grad_pred), _ptr(grad_target), n,
-                     delta, theta)
-        return grad_pred, grad_target
+        grad_target = Out((n, d), pred.dtype) if need_grad_target else None
+        outputs = self._run("huber_nll_backward", DTYPE_CODES[pred.dtype], d, family, covariance, int(mu), grad_loss,
+                            stride, pred, target, Out(pred.shape, pred.dtype), grad_target, n, delta, theta)
+        return outputs[0], outputs[1] if need_grad_target else None
 
     # ---- huber_fuse ----
     def huber_fuse(self, v, A, w, init, delta, max_iter, tol):
         problems, n, d = v.shape
-        buf = GuardedBuffers()
-        v, A, w = buf.input(v), buf.input(A), buf.input(w)
-        init = buf.input(init) if init is not None else None
-        y, hess = buf.output((problems, d), v.dtype), buf.output((problems, d, d), v.dtype)
-        iterations, converged = buf.output((problems,), torch.int32), buf.output((problems,), torch.bool)
-        self._launch("huber_fuse_forward", buf, DTYPE_CODES[v.dtype], d, _ptr(v), _ptr(A), _ptr(w), _ptr(init),
-                     _ptr(y), _ptr(hess), _ptr(iterations), _ptr(converged), problems, n, delta, max_iter, tol)
+        y, hess, iterations, converged = self._run(
+            "huber_fuse_forward", DTYPE_CODES[v.dtype], d, v, A, w, init, Out((problems, d), v.dtype),
+            Out((problems, d, d), v.dtype), Out((problems,), torch.int32), Out((problems,), torch.bool), problems, n,
+            delta, max_iter, tol)
         return y, hess, iterations, converged.view(torch.bool)
 
     def huber_fuse_backward(self, grad_y, y, v, A, w, delta, damping):
         problems, n, d = v.shape
-        buf = GuardedBuffers()
-        grad_y, y, v, A, w = (buf.input(t) for t in (grad_y, y, v, A, w))
-        gv, gA, gw = (buf.output(tuple(t.shape), v.dtype) for t in (v, A, w))
-        self._launch("huber_fuse_backward", buf, DTYPE_CODES[v.dtype], d, _ptr(grad_y), _ptr(y), _ptr(v), _ptr(A),
-                     _ptr(w), _ptr(gv), _ptr(gA), _ptr(gw), problems, n, delta, damping)
-        return gv, gA, gw
+        return tuple(self._run("huber_fuse_backward", DTYPE_CODES[v.dtype], d, grad_y, y, v, A, w,
+                               Out(v.shape, v.dtype), Out(A.shape, v.dtype), Out(w.shape, v.dtype), problems, n,
+                               delta, damping))
