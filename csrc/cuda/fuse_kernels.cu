@@ -61,8 +61,7 @@ __global__ void huber_fuse_forward_kernel(const S* __restrict__ v, const S* __re
                                           int64_t problems, int64_t n, double delta, int max_iter,
                                           double tol) {
   using C = typename Compute<S>::type;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < problems;
-       p += int64_t(blockDim.x) * gridDim.x) {
+  PROBREG_GRID_STRIDE_LOOP(p, problems) {
     const DeviceFuseTerms<D, S, C> terms{v + p * n * D, A + p * n * D * D, w + p * n};
     C init_c[D];
     if (init != nullptr) load_row<D>(init, p, init_c);
@@ -82,8 +81,7 @@ __global__ void huber_fuse_backward_kernel(const S* __restrict__ grad_y, const S
                                            S* __restrict__ grad_A, S* __restrict__ grad_w, int64_t problems,
                                            int64_t n, double delta, double damping) {
   using C = typename Compute<S>::type;
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < problems;
-       p += int64_t(blockDim.x) * gridDim.x) {
+  PROBREG_GRID_STRIDE_LOOP(p, problems) {
     const DeviceFuseTerms<D, S, C> terms{v + p * n * D, A + p * n * D * D, w + p * n};
     DeviceFuseGradSink<D, S, C> sink{grad_v + p * n * D, grad_A + p * n * D * D, grad_w + p * n};
     C yc[D], gyc[D];

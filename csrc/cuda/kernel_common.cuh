@@ -179,6 +179,7 @@ inline unsigned int blocks_for(int64_t n) {
   return static_cast<unsigned int>(blocks < (int64_t(1) << 20) ? blocks : (int64_t(1) << 20));
 }
 
+// Grid-stride loop over items i < n, one per thread (any block size).
 #define PROBREG_GRID_STRIDE_LOOP(i, n)                                                   \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n);              \
        i += int64_t(blockDim.x) * gridDim.x)

@@ -24,45 +24,44 @@ __device__ __forceinline__ void symmetrize(const C flat[D * D], C B[D][D]) {
     }
 }
 
-template <int D, typename C, typename S>
-__device__ __forceinline__ void load_symmetric(const S* base, int64_t i, C B[D][D]) {
-  C flat[D * D];
-  load_row<D * D>(base, i, flat);
-  symmetrize<D>(flat, B);
-}
-
-template <int D, typename S, typename CT>
-__global__ void symeig_forward_kernel(const S* __restrict__ B, S* __restrict__ L,
-                                      S* __restrict__ V, int64_t n) {
-  using C = typename CT::type;
-  PROBREG_GRID_STRIDE_LOOP(i, n) {
-    C Bm[D][D], l[D], Vm[D][D];
-    load_symmetric<D>(B, i, Bm);
-    symeig<D, C>(Bm, l, Vm);
-    store_row<D>(L, i, l);
-    store_row<D * D>(V, i, &Vm[0][0]);
-  }
-}
-
-template <int D, typename S, typename CT>
-__global__ void symeig_backward_kernel(const S* __restrict__ gL, const S* __restrict__ gV,
-                                       const S* __restrict__ L, const S* __restrict__ V,
-                                       S* __restrict__ gB, int64_t n) {
-  using C = typename CT::type;
-  PROBREG_GRID_STRIDE_LOOP(i, n) {
-    C l[D], gl[D], Vm[D][D], gVm[D][D], g[D][D];
-    load_row<D>(L, i, l);
-    load_row<D>(gL, i, gl);
-    load_row<D * D>(V, i, &Vm[0][0]);
-    load_row<D * D>(gV, i, &gVm[0][0]);
-    symeig_backward<D, C>(l, Vm, gl, gVm, g);
-    store_row<D * D>(gB, i, &g[0][0]);
-  }
-}
-
-// The spd kernels below are tiled (kernel_common.cuh PROBREG_TILE_LOOP): coalesced
-// global loads and stores through shared memory; the math runs on the thread's item.
+// Every kernel below is tiled (kernel_common.cuh PROBREG_TILE_LOOP): coalesced global
+// loads and stores through shared memory; the math runs on the thread's item.
 #define PROBREG_MINE (int(threadIdx.x) < count)
+
+template <int D, typename S, typename CT>
+PROBREG_TILED_KERNEL symeig_forward_kernel(const S* __restrict__ B, S* __restrict__ L, S* __restrict__ V,
+                                           int64_t n) {
+  using C = typename CT::type;
+  __shared__ SharedRows<S, D * D> tile;
+  PROBREG_TILE_LOOP(first, count, n) {
+    C flat[D * D], l[D], Vm[D][D];
+    load_row_tiled<D * D>(B, first, count, tile.rows(), flat);
+    if (PROBREG_MINE) {
+      C Bm[D][D];
+      symmetrize<D>(flat, Bm);
+      symeig<D, C>(Bm, l, Vm);
+    }
+    store_row_tiled<D>(L, first, count, tile.rows(), l);
+    store_row_tiled<D * D>(V, first, count, tile.rows(), &Vm[0][0]);
+  }
+}
+
+template <int D, typename S, typename CT>
+PROBREG_TILED_KERNEL symeig_backward_kernel(const S* __restrict__ gL, const S* __restrict__ gV,
+                                            const S* __restrict__ L, const S* __restrict__ V,
+                                            S* __restrict__ gB, int64_t n) {
+  using C = typename CT::type;
+  __shared__ SharedRows<S, D * D> tile;
+  PROBREG_TILE_LOOP(first, count, n) {
+    C l[D], gl[D], Vm[D][D], gVm[D][D], g[D][D];
+    load_row_tiled<D>(L, first, count, tile.rows(), l);
+    load_row_tiled<D>(gL, first, count, tile.rows(), gl);
+    load_row_tiled<D * D>(V, first, count, tile.rows(), &Vm[0][0]);
+    load_row_tiled<D * D>(gV, first, count, tile.rows(), &gVm[0][0]);
+    if (PROBREG_MINE) symeig_backward<D, C>(l, Vm, gl, gVm, g);
+    store_row_tiled<D * D>(gB, first, count, tile.rows(), &g[0][0]);
+  }
+}
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, int64_t n,
