@@ -149,16 +149,13 @@ def spd_from_raw_naive(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
     return (V * remap_g(L, theta).unsqueeze(-2)) @ V.transpose(-1, -2)
 
 
-def spd_from_raw_closed_form_2x2(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
-    """Closed-form pure-PyTorch spd_from_raw for d = 2 (benchmark peer, eager or compiled).
-
-    Eigenvalues m -+ h of [[a, b], [b, c]] and Sylvester's formula
-    A = g(l1) I + (g(l2) - g(l1)) / (2h) (B - l1 I); h is floored at 1e-12 so autograd
-    stays finite (at exact ties the result is then only approximately right).
-    """
-    a = raw[..., 0]
-    b = raw[..., 1] * (1.0 / math.sqrt(2.0))
-    c = raw[..., 2]
+def _closed_form_2x2(packed: torch.Tensor, theta: float):
+    """Sylvester's formula on packed (..., 3) = (a, sqrt(2) b, c) of B = [[a, b], [b, c]]:
+    -> (a00, a01, a11) of A = g(l1) I + (g(l2) - g(l1)) / (2h) (B - l1 I), and the
+    eigenvalues (l1, l2) = m -+ h; h floored at 1e-12 so autograd stays finite."""
+    a = packed[..., 0]
+    b = packed[..., 1] * (1.0 / math.sqrt(2.0))
+    c = packed[..., 2]
     mean = 0.5 * (a + c)
     half_diff = 0.5 * (a - c)
     h = torch.sqrt(half_diff * half_diff + b * b + 1e-24)
@@ -166,9 +163,17 @@ def spd_from_raw_closed_form_2x2(raw: torch.Tensor, theta: float = 1.0) -> torch
     l2 = mean + h
     g1 = remap_g(l1, theta)
     k = (remap_g(l2, theta) - g1) / (2.0 * h)
-    a00 = g1 + k * (a - l1)
-    a11 = g1 + k * (c - l1)
-    a01 = k * b
+    return (g1 + k * (a - l1), k * b, g1 + k * (c - l1)), (l1, l2)
+
+
+def spd_from_raw_closed_form_2x2(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
+    """Closed-form pure-PyTorch spd_from_raw for d = 2 (benchmark peer, eager or compiled).
+
+    Eigenvalues m -+ h of [[a, b], [b, c]] and Sylvester's formula
+    A = g(l1) I + (g(l2) - g(l1)) / (2h) (B - l1 I); h is floored at 1e-12 so autograd
+    stays finite (at exact ties the result is then only approximately right).
+    """
+    (a00, a01, a11), _ = _closed_form_2x2(raw, theta)
     return torch.stack([a00, a01, a01, a11], dim=-1).unflatten(-1, (2, 2))
 
 
@@ -302,20 +307,8 @@ def huber_nll_closed_form_2x2(pred, target, delta=1.0, theta=1.0, *, parameteriz
     under torch.compile): eigenvalues m -+ h of B, log|A| = log g(l1) + log g(l2), A by
     Sylvester's formula (as spd_from_raw_closed_form_2x2; h floored at 1e-12)."""
     v0, v1 = pred[..., 0], pred[..., 1]
-    a = pred[..., 2]
-    b = pred[..., 3] * (1.0 / math.sqrt(2.0))
-    c = pred[..., 4]
     y0, y1 = target[..., 0], target[..., 1]
-    mean = 0.5 * (a + c)
-    half_diff = 0.5 * (a - c)
-    h = torch.sqrt(half_diff * half_diff + b * b + 1e-24)
-    l1 = mean - h
-    l2 = mean + h
-    g1 = remap_g(l1, theta)
-    k = (remap_g(l2, theta) - g1) / (2.0 * h)
-    a00 = g1 + k * (a - l1)
-    a11 = g1 + k * (c - l1)
-    a01 = k * b
+    (a00, a01, a11), (l1, l2) = _closed_form_2x2(pred[..., 2:5], theta)
     if parameterization == "mu":
         z0, z1 = y0 - v0, y1 - v1
         r = [a00 * z0 + a01 * z1, a01 * z0 + a11 * z1]
