@@ -111,17 +111,23 @@ def minibatches(n: int, batch_size: int, g: torch.Generator):
 # --------------------------------------------------------------------------- arms
 
 
-def train_l2(data, dim, cfg: Config, seed: int):
-    torch.manual_seed(seed)
-    model = mlp(1, dim, cfg.hidden)
+def fit_minibatches(model: nn.Module, data, cfg: Config, seed: int, batch_loss) -> None:
+    """Adam on batch_loss(x_batch, y_batch, generator) over cfg.epochs of shuffled
+    minibatches of the training set (the generator, seeded with `seed`, draws both)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(seed)
     x, y = data["x_train"], data["y_train"]
     for _ in range(cfg.epochs):
         for idx in minibatches(len(x), cfg.batch_size, g):
             opt.zero_grad(set_to_none=True)
-            nn.functional.mse_loss(model(x[idx]), y[idx]).backward()
+            batch_loss(x[idx], y[idx], g).backward()
             opt.step()
+
+
+def train_l2(data, dim, cfg: Config, seed: int):
+    torch.manual_seed(seed)
+    model = mlp(1, dim, cfg.hidden)
+    fit_minibatches(model, data, cfg, seed, lambda xb, yb, g: nn.functional.mse_loss(model(xb), yb))
     with torch.no_grad():
         return model(data["x_test"]), None
 
@@ -156,16 +162,9 @@ def train_huber(data, dim, cfg: Config, seed: int, delta: float = 1.0, theta: fl
                            "run with --methods l2,deepgum,ebm without it")
     torch.manual_seed(seed)
     model = mlp(1, dim + dim * (dim + 1) // 2, cfg.hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(seed)
-    x, y = data["x_train"], data["y_train"]
-    for _ in range(cfg.epochs):
-        for idx in minibatches(len(x), cfg.batch_size, g):
-            opt.zero_grad(set_to_none=True)
-            loss = probreg.huber_nll(model(x[idx]), y[idx], delta=delta, theta=theta, parameterization="v",
-                                     family="huber", covariance="full", reduction="mean")
-            loss.backward()
-            opt.step()
+    fit_minibatches(model, data, cfg, seed, lambda xb, yb, g: probreg.huber_nll(
+        model(xb), yb, delta=delta, theta=theta, parameterization="v", family="huber", covariance="full",
+        reduction="mean"))
     with torch.no_grad():
         return huber_location(model(data["x_test"]), dim, theta), None
 
@@ -210,16 +209,13 @@ class ScoreNet(nn.Module):
 def train_ebm(data, dim, cfg: Config, seed: int):
     torch.manual_seed(seed)
     net = ScoreNet(dim, cfg.hidden)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(seed)
-    x, y = data["x_train"], data["y_train"]
-    for _ in range(cfg.epochs):
-        for idx in minibatches(len(x), cfg.batch_size, g):
-            samples, log_q = ebm.sample_proposal(y[idx], cfg.ebm_sigmas, cfg.ebm_samples, generator=g)
-            feats = net.features(x[idx])
-            opt.zero_grad(set_to_none=True)
-            ebm.nll(net(feats, y[idx]), net(feats, samples), log_q).backward()
-            opt.step()
+
+    def batch_loss(xb, yb, g):
+        samples, log_q = ebm.sample_proposal(yb, cfg.ebm_sigmas, cfg.ebm_samples, generator=g)
+        feats = net.features(xb)
+        return ebm.nll(net(feats, yb), net(feats, samples), log_q)
+
+    fit_minibatches(net, data, cfg, seed, batch_loss)
     # Prediction: score a grid over the target box, refine the best candidates, keep the best.
     with torch.no_grad():
         feats = net.features(data["x_test"])
