@@ -25,3 +25,13 @@ def device(request):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of small tensors (pytestmark = pytest.mark.usefixtures("one_thread")):
+    one intra-op thread is faster there, and kind to shared CPUs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

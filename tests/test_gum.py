@@ -9,13 +9,8 @@ from probreg import gum
 OUTLIER_HALF_WIDTH = 10.0  # outliers ~ U[-10, 10] per coordinate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are small: one intra-op thread is faster (and kind to shared CPUs)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Small tensors: one intra-op thread (conftest.py one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inlier_factor(e, seed):
