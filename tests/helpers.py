@@ -3,7 +3,9 @@ layout variants and error metrics. Import as `from helpers import ...` (conftest
 tests/ on sys.path)."""
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from functools import lru_cache
 
 import torch
@@ -116,7 +118,30 @@ def dtype_tol(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def load_module(path: str, name: str):
+    """Imports the Python file at `path` as a fresh module called `name` (scripts under
+    examples/ and tools/, which are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_example(name: str):
+    """examples/<name>.py as a module."""
+    return load_module(os.path.join(EXAMPLES, f"{name}.py"), f"probreg_example_{name}")
+
+
 __all__ = [
+    "EXAMPLES",
+    "PNG_SIGNATURE",
+    "load_module",
+    "load_example",
     "FLOAT_DTYPES",
     "random_rotation",
     "with_eigenvalues",

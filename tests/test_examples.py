@@ -1,21 +1,12 @@
 """Fast-mode runs of the examples (issue 6): each runs from its main(argv) and the test
 checks the numbers and the files it produces."""
-import importlib.util
 import math
 import os
 
 import pytest
 import torch
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import EXAMPLES, PNG_SIGNATURE, load_example
 
 
 def assert_png(path, min_side=100):

@@ -1,17 +1,13 @@
 """tools/gpu_profile.py (the roofline diagnosis of tools/gpu_session.sh profile) runs: a
 CPU dry run here, so a GPU session does not find it broken."""
-import importlib.util
 import json
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT, load_module
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("gpu_profile", os.path.join(ROOT, "tools", "gpu_profile.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(os.path.join(ROOT, "tools", "gpu_profile.py"), "gpu_profile")
 
 
 def test_gpu_profile_dry_run(tmp_path):

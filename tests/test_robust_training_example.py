@@ -1,6 +1,5 @@
 """Fast-mode runs of examples/robust_training.py, imported by path."""
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -8,16 +7,14 @@ import pytest
 import torch
 
 import probreg
+from helpers import load_module
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "robust_training.py"
 
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("robust_training_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(str(EXAMPLE), "robust_training_example")
 
 
 def _check_rows(rows, methods, dims, capsys):

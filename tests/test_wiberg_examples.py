@@ -1,22 +1,13 @@
 """Fast-mode runs of examples/ransac_toy.py and examples/tracker_fusion.py, checking the
 numbers and files they produce."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"probreg_example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import PNG_SIGNATURE, load_example
 
 
 @pytest.fixture(autouse=True)
