@@ -21,7 +21,7 @@ import torch
 import probreg
 from probreg import reference
 
-from .common import max_rel_error, time_ms
+from .common import forward_and_backward_rows, max_rel_error
 
 DELTA = 1.0
 THETA = 1.0
@@ -93,29 +93,16 @@ def run(device: str, quick: bool = False):
                         continue  # cuSOLVER batched eigh on 2^22+ tiny matrices: minutes, adds nothing
                     with torch.no_grad():
                         err = max_rel_error(per_target[impl](pred, target, DELTA, THETA), ref64)
-                    ms_fwd = time_ms(lambda: fn(pred, target, DELTA, THETA), device)
 
                     def fwd_bwd():
                         p = pred.detach().requires_grad_(True)
                         fn(p, target, DELTA, THETA).backward()
                         return p.grad
 
-                    ms_fb = time_ms(fwd_bwd, device)
-                    for mode, ms in (("forward", ms_fwd), ("forward+backward", ms_fb)):
-                        rows.append(
-                            {
-                                "op": "huber_nll",
-                                "covariance": covariance,
-                                "d": d,
-                                "batch": batch,
-                                "dtype": "float32",
-                                "impl": impl,
-                                "mode": mode,
-                                "ms": ms,
-                                "GB/s": bytes_moved(d, width, batch, mode) / (ms * 1e-3) / 1e9,
-                                "max_err_vs_float64": err,
-                            }
-                        )
+                    row = {"op": "huber_nll", "covariance": covariance, "d": d, "batch": batch, "dtype": "float32",
+                           "impl": impl, "max_err_vs_float64": err}
+                    rows += forward_and_backward_rows(row, lambda: fn(pred, target, DELTA, THETA), fwd_bwd, device,
+                                                      lambda mode: bytes_moved(d, width, batch, mode))
     return rows
 
 

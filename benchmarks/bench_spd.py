@@ -18,7 +18,7 @@ import torch
 import probreg
 from probreg import reference
 
-from .common import max_rel_error, time_ms
+from .common import forward_and_backward_rows, max_rel_error
 
 _CLOSED_FORMS = {2: reference.spd_from_raw_closed_form_2x2, 3: reference.spd_from_raw_closed_form_3x3}
 
@@ -65,28 +65,16 @@ def run(device: str, quick: bool = False, theta: float = 1.0):
                     continue  # cuSOLVER batched eigh on 2^22+ tiny matrices: minutes, adds nothing
                 out = fn(raw, theta)
                 err = max_rel_error(out, ref64)
-                ms_fwd = time_ms(lambda: fn(raw, theta), device)
 
                 def fwd_bwd():
                     r = raw.detach().requires_grad_(True)
                     fn(r, theta).backward(grad_A)
                     return r.grad
 
-                ms_fb = time_ms(fwd_bwd, device)
-                for mode, ms in (("forward", ms_fwd), ("forward+backward", ms_fb)):
-                    rows.append(
-                        {
-                            "op": "spd_from_raw",
-                            "d": d,
-                            "batch": batch,
-                            "dtype": "float32",
-                            "impl": impl,
-                            "mode": mode,
-                            "ms": ms,
-                            "GB/s": bytes_moved(d, batch, mode) / (ms * 1e-3) / 1e9,
-                            "max_err_vs_float64": err,
-                        }
-                    )
+                row = {"op": "spd_from_raw", "d": d, "batch": batch, "dtype": "float32", "impl": impl,
+                       "max_err_vs_float64": err}
+                rows += forward_and_backward_rows(row, lambda: fn(raw, theta), fwd_bwd, device,
+                                                  lambda mode: bytes_moved(d, batch, mode))
     return rows
 
 

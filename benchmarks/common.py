@@ -51,6 +51,18 @@ def time_ms(fn: Callable[[], object], device: str, *, warmup: int = 3, reps: int
     return statistics.median(times)
 
 
+def forward_and_backward_rows(row: dict, forward: Callable[[], object], forward_backward: Callable[[], object],
+                               device: str, bytes_moved: Callable[[str], int]) -> List[dict]:
+    """Times forward() and forward_backward() (time_ms) and returns two copies of `row`,
+    one per mode ("forward", "forward+backward"), with ms and GB/s (bytes_moved(mode) /
+    time) filled in."""
+    rows = []
+    for mode, fn in (("forward", forward), ("forward+backward", forward_backward)):
+        ms = time_ms(fn, device)
+        rows.append({**row, "mode": mode, "ms": ms, "GB/s": bytes_moved(mode) / (ms * 1e-3) / 1e9})
+    return rows
+
+
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 28) -> float:
     """Measured device-to-device copy bandwidth (read + write bytes / time), GB/s."""
     n = nbytes // 4
