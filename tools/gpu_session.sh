@@ -71,16 +71,20 @@ profile() {
   # Kernel and autograd times of the four issue-5 target cases, float32 policy mixed vs
   # double (tools/gpu_profile.py), then Nsight Compute on their kernels: occupancy,
   # registers, DRAM/SM throughput and stall reasons say whether a case is bound by
-  # memory, latency or arithmetic.
+  # memory, latency or arithmetic; executed instructions and issue-slot use against the
+  # static SASS counts of tools/sass_counts.py say how far the per-item instruction count
+  # is from the issue budget.
   python tools/gpu_profile.py --out "$RESULTS" 2>&1 | tail -15
   cp "$RESULTS"/profile.json "$OUT"/ 2>/dev/null
+  python tools/sass_counts.py --policy both --json "$OUT/sass-counts.json" 2>&1 | tail -20
   if command -v ncu >/dev/null 2>&1; then
-    ncu --kernel-name regex:'spd_from_raw|huber_nll' --section SpeedOfLight --section Occupancy \
-      --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+    ncu --clock-control none --kernel-name regex:'spd_from_raw|huber_nll' --section SpeedOfLight \
+      --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+      --section ComputeWorkloadAnalysis --section InstructionStats \
       python tools/gpu_profile.py --once > "$OUT/ncu-profile.txt" 2>&1
     echo "ncu exit status: $? (report: $OUT/ncu-profile.txt)"
-    grep -E "Kernel|_kernel<|Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread" \
-      "$OUT/ncu-profile.txt" | head -120
+    grep -E "Kernel|_kernel<|Duration|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread|Executed Instructions  |Issue Slots Busy" \
+      "$OUT/ncu-profile.txt" | head -160
   else
     echo "profile: no ncu on this machine"
   fi

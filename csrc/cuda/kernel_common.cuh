@@ -135,12 +135,33 @@ struct SharedRows {
   __device__ __forceinline__ S* rows() { return reinterpret_cast<S*>(bytes); }
 };
 
+// Copies the `size` values of S at src to dst, one of them global and the other the
+// shared tile (same layout), consecutive threads on consecutive addresses (each warp
+// access is one contiguous span); launch with kThreads threads. A full tile
+// (size == kThreads * N) is unrolled: each thread issues its N loads before its first
+// store, so the block has the whole tile in flight at once instead of one value per
+// thread per round trip. The last, partial tile goes value by value. (16-byte vector
+// chunks would issue fewer instructions but cost the d = 3 kernels about 20 registers,
+// one block per SM, on sm_90: tools/sass_counts.py.)
+template <int N, typename S>
+__device__ __forceinline__ void copy_tile(const S* __restrict__ src, S* __restrict__ dst, int size) {
+  if (size == kThreads * N) {
+    S values[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) values[j] = src[int(threadIdx.x) + j * kThreads];
+#pragma unroll
+    for (int j = 0; j < N; ++j) dst[int(threadIdx.x) + j * kThreads] = values[j];
+  } else {
+#pragma unroll 1
+    for (int k = int(threadIdx.x); k < size; k += kThreads) dst[k] = src[k];
+  }
+}
+
 // out = the N values of item first + threadIdx.x (left untouched past `count`).
 template <int N, typename C, typename S>
 __device__ __forceinline__ void load_row_tiled(const S* __restrict__ base, int64_t first, int count,
                                                S* tile, C out[N]) {
-  const S* src = base + first * N;
-  for (int k = threadIdx.x; k < count * N; k += blockDim.x) tile[k] = src[k];
+  copy_tile<N>(base + first * N, tile, count * N);
   __syncthreads();
   if (int(threadIdx.x) < count) load_row<N>(tile, threadIdx.x, out);
   __syncthreads();
@@ -152,8 +173,7 @@ __device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t fi
                                                 const C in[N]) {
   if (int(threadIdx.x) < count) store_row<N>(tile, threadIdx.x, in);
   __syncthreads();
-  S* dst = base + first * N;
-  for (int k = threadIdx.x; k < count * N; k += blockDim.x) dst[k] = tile[k];
+  copy_tile<N>(tile, base + first * N, count * N);
   __syncthreads();
 }
 
