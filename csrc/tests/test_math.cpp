@@ -98,6 +98,51 @@ void test_symeig(std::mt19937_64& rng) {
   for (int k = 0; k < D; ++k) expect(std::isnan(l[k]), "NaN input gives NaN eigenvalues", l[k], 0);
 }
 
+// symeig_mixed<3> (the CUDA float32 path) on float inputs: eigenvalues within 4e-12 ||B||
+// of symeig<double>'s (clusters included: a float-only solver is off by ~eps_f ||B||
+// there), float eigenvectors with residuals and orthogonality within 2 eps_f.
+void test_symeig_mixed(std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> uni(-1, 1);
+  const double scales[] = {1e-30, 1e-5, 1.0, 1e5, 1e30};
+  const double gaps[] = {0.0, 1e-9, 1e-7, 1e-5, 1e-3, 1.0};
+  const double eps_f = probreg::Eps<float>::value;
+  for (double scale : scales)
+    for (double gap : gaps)
+      for (int rep = 0; rep < 200; ++rep) {
+        long double eig[3];
+        eig[0] = uni(rng);
+        for (int k = 1; k < 3; ++k) eig[k] = (rep % 2) ? eig[0] * (1 + gap * k) : uni(rng);
+        if (rep % 4 == 1) eig[2] = uni(rng);  // a cluster of two beside a distant one
+        for (int k = 0; k < 3; ++k) eig[k] *= scale;
+        double B[3][3];
+        random_symmetric<3>(rng, eig, B);
+        double norm = 0;
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) {
+            B[i][j] = double(float(B[i][j]));  // float32 inputs, as the kernels see them
+            norm = std::fmax(norm, std::fabs(B[i][j]));
+          }
+        double l[3], l_ref[3], V_ref[3][3];
+        float V[3][3];
+        probreg::symeig_mixed<3>(B, l, V);
+        probreg::symeig<3, double>(B, l_ref, V_ref);
+        for (int k = 0; k < 3; ++k) {
+          expect(std::fabs(l[k] - l_ref[k]) <= 4e-12 * norm, "symeig_mixed eigenvalue", std::fabs(l[k] - l_ref[k]) / norm, 4e-12);
+          long double resid = 0;
+          for (int i = 0; i < 3; ++i) {
+            long double r = -(long double)l[k] * V[i][k];
+            for (int j = 0; j < 3; ++j) r += (long double)B[i][j] * V[j][k];
+            resid = std::fmax(resid, std::fabs(r));
+            long double dot = 0;
+            for (int j = 0; j < 3; ++j) dot += (long double)V[j][i] * V[j][k];
+            expect(std::fabs(double(dot) - (i == k)) <= 2 * eps_f, "symeig_mixed orthogonality", double(dot), 2 * eps_f);
+          }
+          expect(resid <= 2 * eps_f * norm, "symeig_mixed residual", double(resid) / norm, 2 * eps_f);
+        }
+        for (int k = 0; k + 1 < 3; ++k) expect(l[k] <= l[k + 1], "symeig_mixed ascending", l[k] - l[k + 1], 0);
+      }
+}
+
 // Divided differences against long double (well-separated) and g' (ties).
 void test_divided_difference() {
   const double theta = 0.5;
@@ -183,6 +228,7 @@ int main() {
   test_symeig<1>(rng);
   test_symeig<2>(rng);
   test_symeig<3>(rng);
+  test_symeig_mixed(rng);
   test_divided_difference();
 #if defined(PROBREG_HAVE_LANES)
   test_lanes_math();

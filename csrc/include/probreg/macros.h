@@ -47,6 +47,8 @@ PROBREG_HOST_DEVICE float pr_abs(float x) { return fabsf(x); }
 PROBREG_HOST_DEVICE double pr_abs(double x) { return fabs(x); }
 PROBREG_HOST_DEVICE float pr_hypot(float x, float y) { return hypotf(x, y); }
 PROBREG_HOST_DEVICE double pr_hypot(double x, double y) { return hypot(x, y); }
+PROBREG_HOST_DEVICE float pr_acos(float x) { return acosf(x); }
+PROBREG_HOST_DEVICE double pr_acos(double x) { return acos(x); }
 PROBREG_HOST_DEVICE float pr_frexp(float x, int* e) { return frexpf(x, e); }
 PROBREG_HOST_DEVICE double pr_frexp(double x, int* e) { return frexp(x, e); }
 PROBREG_HOST_DEVICE float pr_ldexp(float x, int e) { return ldexpf(x, e); }

@@ -172,6 +172,105 @@ PROBREG_HOST_DEVICE void symeig(const T B[D][D], T l[D], T V[D][D]) {
   }
 }
 
+// cos(x) for 0 <= x <= pi/6: its Taylor series to x^10 (truncation < 1e-12).
+template <typename T>
+PROBREG_HOST_DEVICE T cos_sixth_pi(T x) {
+  const T x2 = x * x;
+  T c = T(-1.0 / 3628800.0);  // -1/10!
+  c = c * x2 + T(1.0 / 40320.0);
+  c = c * x2 + T(-1.0 / 720.0);
+  c = c * x2 + T(1.0 / 24.0);
+  c = c * x2 + T(-0.5);
+  return c * x2 + T(1);
+}
+
+// Non-iterative float estimate of the eigenvectors of a finite symmetric 3x3 `a` with
+// entries of order 1 (symeig_mixed's first stage passes B - tr(B)/3 I scaled to an
+// eigenvalue spread p in [0.28, 0.58)); columns of V in any order:
+//  1. the isolated extreme eigenvalue lam, from the trigonometric solution for the
+//     shifted, scaled matrix (a - q I)/p (q = tr(a)/3, p^2 = tr((a - q I)^2)/6), whose
+//     eigenvalues are 2 cos(phi + 2 pi k/3), phi = acos(det/2)/3: the largest (k = 0)
+//     when det >= 0, else the smallest; that one is at least sqrt(3) p from both others,
+//     so a - lam I has rank 2 with both nonzero singular values >= ~sqrt(3) p;
+//  2. its eigenvector v0: the largest cross product of two rows of a - lam I;
+//  3. an orthonormal basis U, W of the plane orthogonal to v0, and the 2x2 compression
+//     [U W]^T a [U W] diagonalised by one Jacobi rotation (exact for 2x2), which gives the
+//     other two columns.
+// Float rounding perturbs a by O(eps_f p); lam is then within O(eps_f p) of an
+// eigenvalue, and every column has a residual ||a v - (v^T a v) v|| = O(eps_f p): what
+// symeig_mixed's double refinement needs, in straight-line code instead of a
+// data-dependent loop of about three float Jacobi sweeps. Where p is below 16 eps_f
+// (only a = 0 as symeig_mixed calls it) every orthonormal basis has such residuals: V = I.
+template <typename T>
+PROBREG_HOST_DEVICE void symeig3_estimate(const T a[3][3], T V[3][3]) {
+  const T q = (a[0][0] + a[1][1] + a[2][2]) * T(1.0 / 3.0);
+  const T b00 = a[0][0] - q, b11 = a[1][1] - q, b22 = a[2][2] - q;
+  const T off2 = a[0][1] * a[0][1] + a[0][2] * a[0][2] + a[1][2] * a[1][2];
+  const T p = pr_sqrt((b00 * b00 + b11 * b11 + b22 * b22 + T(2) * off2) * T(1.0 / 6.0));
+  PROBREG_UNROLL
+  for (int i = 0; i < 3; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < 3; ++j) V[i][j] = T(i == j ? 1.0 : 0.0);
+  if (!(p > T(16) * Eps<T>::value)) return;
+  const T det = b00 * (b11 * b22 - a[1][2] * a[1][2]) - a[0][1] * (a[0][1] * b22 - a[1][2] * a[0][2]) +
+                a[0][2] * (a[0][1] * a[1][2] - b11 * a[0][2]);
+  const T r = pr_min(pr_max(det / (T(2) * p * p * p), T(-1)), T(1));
+  // 2 cos(acos(|r|)/3) is the largest eigenvalue of (a - q I)/p for det >= 0, and minus
+  // the smallest otherwise (the eigenvalues of -(a - q I)/p); acos(|r|)/3 <= pi/6.
+  const T lam = q + (r >= T(0) ? T(2) : T(-2)) * p * cos_sixth_pi(pr_acos(pr_abs(r)) * T(1.0 / 3.0));
+  // Rows of a - lam I and their pairwise cross products; the largest spans the null space.
+  const T m[3][3] = {{a[0][0] - lam, a[0][1], a[0][2]},
+                     {a[0][1], a[1][1] - lam, a[1][2]},
+                     {a[0][2], a[1][2], a[2][2] - lam}};
+  T v0[3] = {T(0), T(0), T(0)}, best = T(-1);  // the first product always wins (n >= 0)
+  PROBREG_UNROLL
+  for (int k = 0; k < 3; ++k) {
+    const T* x = m[k == 2 ? 1 : 0];
+    const T* y = m[k == 0 ? 1 : 2];
+    const T c[3] = {x[1] * y[2] - x[2] * y[1], x[2] * y[0] - x[0] * y[2], x[0] * y[1] - x[1] * y[0]};
+    const T n = c[0] * c[0] + c[1] * c[1] + c[2] * c[2];
+    const bool larger = n > best;
+    best = larger ? n : best;
+    PROBREG_UNROLL
+    for (int i = 0; i < 3; ++i) v0[i] = larger ? c[i] : v0[i];
+  }
+  const T inv_v0 = T(1) / pr_sqrt(best);
+  PROBREG_UNROLL
+  for (int i = 0; i < 3; ++i) v0[i] *= inv_v0;
+  // U: v0 crossed with the axis of a component of v0 that is no larger than another one
+  // (|U|^2 >= 1/2 before normalising); W = v0 x U.
+  T U[3];
+  if (pr_abs(v0[0]) > pr_abs(v0[1])) {
+    const T s = T(1) / pr_sqrt(v0[0] * v0[0] + v0[2] * v0[2]);
+    U[0] = -v0[2] * s;
+    U[1] = T(0);
+    U[2] = v0[0] * s;
+  } else {
+    const T s = T(1) / pr_sqrt(v0[1] * v0[1] + v0[2] * v0[2]);
+    U[0] = T(0);
+    U[1] = v0[2] * s;
+    U[2] = -v0[1] * s;
+  }
+  const T W[3] = {v0[1] * U[2] - v0[2] * U[1], v0[2] * U[0] - v0[0] * U[2], v0[0] * U[1] - v0[1] * U[0]};
+  T aU[3], aW[3];
+  PROBREG_UNROLL
+  for (int i = 0; i < 3; ++i) {
+    aU[i] = a[i][0] * U[0] + a[i][1] * U[1] + a[i][2] * U[2];
+    aW[i] = a[i][0] * W[0] + a[i][1] * W[1] + a[i][2] * W[2];
+  }
+  T c2[2][2], l2[2], V2[2][2];
+  c2[0][0] = U[0] * aU[0] + U[1] * aU[1] + U[2] * aU[2];
+  c2[1][1] = W[0] * aW[0] + W[1] * aW[1] + W[2] * aW[2];
+  c2[0][1] = c2[1][0] = U[0] * aW[0] + U[1] * aW[1] + U[2] * aW[2];
+  symeig_core<2, T>(c2, T(1), l2, V2);
+  PROBREG_UNROLL
+  for (int i = 0; i < 3; ++i) {
+    V[i][0] = v0[i];
+    V[i][1] = V2[0][0] * U[i] + V2[1][0] * W[i];
+    V[i][2] = V2[0][1] * U[i] + V2[1][1] * W[i];
+  }
+}
+
 // out = op(X) Y in double for D x D matrices of any element types, op(X) = X^T when
 // Transpose, else X.
 template <int D, bool Transpose, typename X, typename Y>
@@ -190,8 +289,9 @@ PROBREG_HOST_DEVICE void product_double(const X x[D][D], const Y y[D][D], double
 // Mixed-precision eigen-decomposition (the CUDA kernels' float32 path): B in double
 // (the exact float32 inputs), eigenvalues l in double, eigenvectors V in float, at a
 // fraction of the double cost for d = 3:
-//  1. cyclic Jacobi in float on B scaled by a power of two to max|B_ij| in [1/2, 1)
-//     (no float overflow or underflow for any float input);
+//  1. symeig3_estimate in float on (B - tr(B)/3 I) scaled by a power of two to an
+//     eigenvalue spread p near 1 (no float overflow or underflow for any float input):
+//     eigenvectors with residuals O(eps_f p) <= O(eps_f ||B||), non-iteratively;
 //  2. its eigenvectors re-orthonormalised in double by one Newton-Schulz step,
 //     Q = V (3I - V^T V)/2 (orthonormal to ~eps_f^2 from ~eps_f);
 //  3. C = Q^T B Q in double is diagonal up to ~eps_f ||B||; one double Jacobi sweep
@@ -207,16 +307,29 @@ PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V
   const double scale = max_abs_entry<D, double>(B);
   if (D <= 2 || !pr_isfinite(scale) || scale == 0.0) {
     symeig<D, double>(B, l, Q);
-  } else {
-    int exponent;
-    pr_frexp(scale, &exponent);
-    const double down = pr_ldexp(1.0, -exponent);
-    float a[D][D], lf[D], Vf[D][D];
+  } else if constexpr (D == 3) {
+    // The float stage sees B shifted to trace zero and scaled by a power of two near the
+    // eigenvalue spread p = sqrt(tr((B - q I)^2) / 6), in double: its rounding is
+    // then relative to p, not to ||B||, so clusters that are tight relative to ||B|| keep
+    // their internal structure in float. p = 0 only for B = q I (V = I is exact).
+    const double q = (B[0][0] + B[1][1] + B[2][2]) / 3.0;
+    double shifted[D][D], p2 = 0.0;
     PROBREG_UNROLL
     for (int i = 0; i < D; ++i)
       PROBREG_UNROLL
-      for (int j = 0; j < D; ++j) a[i][j] = float(B[i][j] * down);
-    symeig_core<D, float>(a, float(scale * down), lf, Vf);
+      for (int j = 0; j < D; ++j) {
+        shifted[i][j] = i == j ? B[i][j] - q : B[i][j];
+        p2 += shifted[i][j] * shifted[i][j];
+      }
+    int exponent = 0;
+    if (p2 > 0.0) pr_frexp(p2, &exponent);  // 6 p^2 = f 2^exponent, f in [1/2, 1)
+    const double down = pr_ldexp(1.0, -(exponent >> 1));  // p * down in [0.28, 0.58)
+    float a[D][D], Vf[D][D];
+    PROBREG_UNROLL
+    for (int i = 0; i < D; ++i)
+      PROBREG_UNROLL
+      for (int j = 0; j < D; ++j) a[i][j] = float(shifted[i][j] * down);
+    symeig3_estimate<float>(a, Vf);
     double G[D][D], H[D][D], BQ[D][D], C[D][D];
     product_double<D, true>(Vf, Vf, G);  // V^T V
     PROBREG_UNROLL
