@@ -21,7 +21,7 @@ bandwidth only while the per-item instruction count stays within the issue budge
 machine without a GPU can measure. cuobjdump comes from the CUDA toolkit, or from
 Triton's wheel (triton/backends/nvidia/bin), which --cuobjdump or PATH can point at.
 
-  python tools/sass_counts.py [--arch sm_90] [--policy mixed|double|both] [--json FILE]
+  python tools/sass_counts.py [--arch sm_90] [--policy mixed|double|both] [--json FILE] [--markdown FILE]
 """
 from __future__ import annotations
 
@@ -208,6 +208,7 @@ def main(argv=None) -> int:
     parser.add_argument("--nvcc-flags", default=os.environ.get("PROBREG_NVCC_FLAGS", ""),
                         help="extra nvcc flags (default: $PROBREG_NVCC_FLAGS, as setup.py)")
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--markdown", help="also write the table, with this command, as markdown here")
     args = parser.parse_args(argv)
     nvcc, cuobjdump = find_tool("nvcc", args.nvcc), find_tool("cuobjdump", args.cuobjdump)
     missing = [n for n, p in (("nvcc", nvcc), ("cuobjdump", cuobjdump)) if p is None]
@@ -218,7 +219,14 @@ def main(argv=None) -> int:
     policies = ["mixed", "double"] if args.policy == "both" else [args.policy]
     extra = shlex.split(args.nvcc_flags)
     rows = measure(args.arch, policies, nvcc, cuobjdump, extra)
-    print(markdown(rows, args.arch, extra))
+    table = markdown(rows, args.arch, extra)
+    print(table)
+    if args.markdown:
+        command = "python tools/sass_counts.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        with open(args.markdown, "w") as f:
+            f.write(f"# SASS instruction counts of the issue-5 target kernels\n\nCommand: `{command}`\n"
+                    f"(nvcc: {version})\n\n{table}\n")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"arch": args.arch, "nvcc_flags": NVCC_FLAGS + extra, "rows": rows}, f, indent=1)
