@@ -387,4 +387,4 @@ def test_empty_batch(device):
     pred = torch.randn(0, 5, device=device, requires_grad=True)
     loss = probreg.huber_nll(pred, torch.randn(0, 2, device=device), reduction="sum")
     loss.backward()
-    assert float(loss) == 0.0 and pred.grad.shape == (0, 5)
+    assert loss.item() == 0.0 and pred.grad.shape == (0, 5)

@@ -98,9 +98,10 @@ void test_symeig(std::mt19937_64& rng) {
   for (int k = 0; k < D; ++k) expect(std::isnan(l[k]), "NaN input gives NaN eigenvalues", l[k], 0);
 }
 
-// symeig_mixed<3> (the CUDA float32 path) on float inputs: eigenvalues within 4e-12 ||B||
+// symeig_mixed (the CUDA float32 path) on float inputs: eigenvalues within 4e-12 ||B||
 // of symeig<double>'s (clusters included: a float-only solver is off by ~eps_f ||B||
 // there), float eigenvectors with residuals and orthogonality within 2 eps_f.
+template <int D>
 void test_symeig_mixed(std::mt19937_64& rng) {
   std::uniform_real_distribution<double> uni(-1, 1);
   const double scales[] = {1e-30, 1e-5, 1.0, 1e5, 1e30};
@@ -109,38 +110,55 @@ void test_symeig_mixed(std::mt19937_64& rng) {
   for (double scale : scales)
     for (double gap : gaps)
       for (int rep = 0; rep < 200; ++rep) {
-        long double eig[3];
+        long double eig[D];
         eig[0] = uni(rng);
-        for (int k = 1; k < 3; ++k) eig[k] = (rep % 2) ? eig[0] * (1 + gap * k) : uni(rng);
-        if (rep % 4 == 1) eig[2] = uni(rng);  // a cluster of two beside a distant one
-        for (int k = 0; k < 3; ++k) eig[k] *= scale;
-        double B[3][3];
-        random_symmetric<3>(rng, eig, B);
+        for (int k = 1; k < D; ++k) eig[k] = (rep % 2) ? eig[0] * (1 + gap * k) : uni(rng);
+        if (D == 3 && rep % 4 == 1) eig[D - 1] = uni(rng);  // a cluster of two beside a distant one
+        for (int k = 0; k < D; ++k) eig[k] *= scale;
+        double B[D][D];
+        random_symmetric<D>(rng, eig, B);
         double norm = 0;
-        for (int i = 0; i < 3; ++i)
-          for (int j = 0; j < 3; ++j) {
+        for (int i = 0; i < D; ++i)
+          for (int j = 0; j < D; ++j) {
             B[i][j] = double(float(B[i][j]));  // float32 inputs, as the kernels see them
             norm = std::fmax(norm, std::fabs(B[i][j]));
           }
-        double l[3], l_ref[3], V_ref[3][3];
-        float V[3][3];
-        probreg::symeig_mixed<3>(B, l, V);
-        probreg::symeig<3, double>(B, l_ref, V_ref);
-        for (int k = 0; k < 3; ++k) {
+        double l[D], l_ref[D], V_ref[D][D];
+        float V[D][D];
+        probreg::symeig_mixed<D>(B, l, V);
+        probreg::symeig<D, double>(B, l_ref, V_ref);
+        for (int k = 0; k < D; ++k) {
           expect(std::fabs(l[k] - l_ref[k]) <= 4e-12 * norm, "symeig_mixed eigenvalue", std::fabs(l[k] - l_ref[k]) / norm, 4e-12);
           long double resid = 0;
-          for (int i = 0; i < 3; ++i) {
+          for (int i = 0; i < D; ++i) {
             long double r = -(long double)l[k] * V[i][k];
-            for (int j = 0; j < 3; ++j) r += (long double)B[i][j] * V[j][k];
+            for (int j = 0; j < D; ++j) r += (long double)B[i][j] * V[j][k];
             resid = std::fmax(resid, std::fabs(r));
             long double dot = 0;
-            for (int j = 0; j < 3; ++j) dot += (long double)V[j][i] * V[j][k];
+            for (int j = 0; j < D; ++j) dot += (long double)V[j][i] * V[j][k];
             expect(std::fabs(double(dot) - (i == k)) <= 2 * eps_f, "symeig_mixed orthogonality", double(dot), 2 * eps_f);
           }
           expect(resid <= 2 * eps_f * norm, "symeig_mixed residual", double(resid) / norm, 2 * eps_f);
         }
-        for (int k = 0; k + 1 < 3; ++k) expect(l[k] <= l[k + 1], "symeig_mixed ascending", l[k] - l[k + 1], 0);
+        for (int k = 0; k + 1 < D; ++k) expect(l[k] <= l[k + 1], "symeig_mixed ascending", l[k] - l[k + 1], 0);
       }
+  // Exact cases: diagonal B gives a signed permutation, c I the identity; NaN poisons all.
+  double diag[D][D] = {}, l[D];
+  float V[D][D];
+  for (int k = 0; k < D; ++k) diag[k][k] = double(D - k);  // descending diagonal
+  probreg::symeig_mixed<D>(diag, l, V);
+  for (int k = 0; k < D; ++k) {
+    expect(l[k] == double(k + 1), "symeig_mixed diagonal eigenvalue", l[k], double(k + 1));
+    expect(std::fabs(V[D - 1 - k][k]) == 1.0f, "symeig_mixed diagonal eigenvector", V[D - 1 - k][k], 1.0);
+  }
+  double scalar[D][D] = {};
+  for (int k = 0; k < D; ++k) scalar[k][k] = 2.5;
+  probreg::symeig_mixed<D>(scalar, l, V);
+  for (int i = 0; i < D; ++i)
+    for (int j = 0; j < D; ++j) expect(V[i][j] == (i == j ? 1.0f : 0.0f), "symeig_mixed c I gives V = I", V[i][j], i == j);
+  scalar[0][D - 1] = scalar[D - 1][0] = NAN;
+  probreg::symeig_mixed<D>(scalar, l, V);
+  for (int k = 0; k < D; ++k) expect(std::isnan(l[k]) && std::isnan(V[0][k]), "symeig_mixed NaN", l[k], 0);
 }
 
 // Divided differences against long double (well-separated) and g' (ties).
@@ -228,7 +246,8 @@ int main() {
   test_symeig<1>(rng);
   test_symeig<2>(rng);
   test_symeig<3>(rng);
-  test_symeig_mixed(rng);
+  test_symeig_mixed<2>(rng);
+  test_symeig_mixed<3>(rng);
   test_divided_difference();
 #if defined(PROBREG_HAVE_LANES)
   test_lanes_math();

@@ -286,6 +286,42 @@ PROBREG_HOST_DEVICE void product_double(const X x[D][D], const Y y[D][D], double
     }
 }
 
+// symeig_mixed for d = 2, in closed form: the eigenvalues m -+ r in double (m the mean
+// of the diagonal, h half its difference c - a, r = sqrt(h^2 + b^2): errors
+// O(eps_d ||B||)), the eigenvectors from the Jacobi rotation that zeroes b, whose tangent
+// is sgn(h) b / (|h| + r) (sgn(0) = +1; no cancellation), in double and rounded to
+// float. Conventions of symeig<2>: l ascending; b = 0 with
+// a <= c gives V = I (B = c I included), and with a > c the swapped identity; the
+// rotation is exact however small b is (symeig<2> drops b below eps_d/16 ||B||); NaN or
+// Inf anywhere makes every output NaN.
+PROBREG_HOST_DEVICE void symeig2_mixed(const double B[2][2], double l[2], float V[2][2]) {
+  const double a = B[0][0], b = B[0][1], c = B[1][1];
+  if (!(pr_isfinite(a) && pr_isfinite(b) && pr_isfinite(c))) {
+    const double nan = (a - a) + (b - b) + (c - c);  // NaN: one of them is NaN or +-Inf
+    l[0] = l[1] = nan;
+    V[0][0] = V[0][1] = V[1][0] = V[1][1] = float(nan);
+    return;
+  }
+  const double m = 0.5 * (a + c), h = 0.5 * (c - a);
+  const double r = pr_sqrt(h * h + b * b);
+  // cos = w / n, sin = sgn(h) b / n with w = |h| + r and n^2 = w^2 + b^2 = 2 r w; b != 0
+  // implies r >= |b| > 0 and w >= r, so 1/n is finite. Each rounds to float within an
+  // ulp.
+  const double w = pr_abs(h) + r;
+  const double inv_n = b == 0.0 ? 0.0 : 1.0 / pr_sqrt(2.0 * r * w);
+  const float cs = b == 0.0 ? 1.0f : float(w * inv_n);
+  const float sn = float((h < 0.0 ? -b : b) * inv_n);
+  // The rotation's first column (cs, -sn) has eigenvalue m - sgn(h) r, its second (sn, cs)
+  // m + sgn(h) r: for h < 0 the columns swap to keep l ascending.
+  const bool swap = h < 0.0;
+  l[0] = m - r;
+  l[1] = m + r;
+  V[0][0] = swap ? sn : cs;
+  V[1][0] = swap ? cs : -sn;
+  V[0][1] = swap ? cs : sn;
+  V[1][1] = swap ? -sn : cs;
+}
+
 // Mixed-precision eigen-decomposition (the CUDA kernels' float32 path): B in double
 // (the exact float32 inputs), eigenvalues l in double, eigenvectors V in float, at a
 // fraction of the double cost for d = 3:
@@ -300,12 +336,16 @@ PROBREG_HOST_DEVICE void product_double(const X x[D][D], const Y y[D][D], double
 // Eigenvalues are then accurate to ~eps_d ||B|| (what g's exponential needs at
 // l = -80 theta) and each eigenvector to ~eps_f: rounding V to float perturbs
 // A = V g V^T by O(eps_f ||A||), with no 1/gap or l/theta amplification.
-// d <= 2 (one rotation) runs symeig<D, double> directly. NaN/Inf or zero B: as symeig.
+// d = 2: symeig2_mixed (closed form); d = 1: symeig<1, double>. NaN/Inf or zero B: as symeig.
 template <int D>
 PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V[D][D]) {
+  if constexpr (D == 2) {
+    symeig2_mixed(B, l, V);
+    return;
+  }
   double Q[D][D];
   const double scale = max_abs_entry<D, double>(B);
-  if (D <= 2 || !pr_isfinite(scale) || scale == 0.0) {
+  if (D == 1 || !pr_isfinite(scale) || scale == 0.0) {
     symeig<D, double>(B, l, Q);
   } else if constexpr (D == 3) {
     // The float stage sees B shifted to trace zero and scaled by a power of two near the
