@@ -10,6 +10,10 @@
 // threshold and without cancellation (DESIGN.md section 1), so it is exact at repeated
 // eigenvalues and finite where g underflows.
 //
+// Every l / theta - 1 is formed as (l - theta) * (1 / theta): one reciprocal per launch
+// or item (loop-invariant, hoisted), no division per eigenvalue, and a relative (not
+// absolute) rounding error where l is near theta.
+//
 // Two value types: eigenvalues (and theta) are of type L, everything else of type T.
 // L = T everywhere except the CUDA kernels' float32 path, T = float with L = double
 // (symeig_mixed in symeig.h): the eigenvalues and their differences are then exact to
@@ -33,7 +37,7 @@ namespace probreg {
 // underflows float, so z_hi is always finite.
 template <typename T, typename L>
 PROBREG_HOST_DEVICE T remap_exp_factor(L l, L theta) {
-  const L z = pr_min(l / theta - L(1), L(0));
+  const L z = pr_min((l - theta) * (L(1) / theta), L(0));
   if constexpr (std::is_same_v<T, L>) {
     return pr_exp(z);
   } else {
@@ -66,7 +70,7 @@ PROBREG_HOST_DEVICE T remap_g_prime_from(L l, T e, L theta) {
 template <typename T>
 PROBREG_HOST_DEVICE T remap_log_g(T l, T theta, T log_theta) {
   const auto linear = l > theta;
-  return pr_where(linear, pr_log(pr_where(linear, l, T(1))), l / theta - T(1) + log_theta);
+  return pr_where(linear, pr_log(pr_where(linear, l, T(1))), (l - theta) * (T(1) / theta) + log_theta);
 }
 
 // sinh(x)/x for 0 <= x <= 1: its Taylor series sum x^2k/(2k+1)! to k = 9
@@ -127,7 +131,7 @@ PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T ei, T ej, L theta) 
   const auto mixed = (hi > theta) & (lo <= theta);
   // hi > theta >= lo: (hi - theta) + theta (1 - exp((lo - theta)/theta)), both terms
   // >= 0, over gap >= hi - theta > 0.
-  const T z_lo = T(pr_min(lo / theta - L(1), L(0)));
+  const T z_lo = T(pr_min((lo - theta) * (L(1) / theta), L(0)));
   // The mixed and far branches never apply to the same pair and both need gap > 0:
   // one reciprocal serves both.
   const T inv_gap = T(1) / pr_where(gap > T(0), gap, T(1));
@@ -136,7 +140,7 @@ PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T ei, T ej, L theta) 
   // K = exp(m/theta - 1) sinh(h/theta)/(h/theta), exp(m/theta - 1) = sqrt(e_hi e_lo)
   // (taken as a product of square roots so it cannot underflow early). For h/theta > 1
   // the plain quotient has no cancellation.
-  const T x = T(0.5) * gap / theta_t;
+  const T x = gap * T(L(0.5) / theta);
   const auto far = x > T(1);
   const T k_near = pr_sqrt(e_hi) * pr_sqrt(e_lo) * sinhc_unit(pr_min(x, T(1)));
   const T k_far = theta_t * (e_hi - e_lo) * inv_gap;

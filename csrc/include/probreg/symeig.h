@@ -352,7 +352,7 @@ PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V
     // eigenvalue spread p = sqrt(tr((B - q I)^2) / 6), in double: its rounding is
     // then relative to p, not to ||B||, so clusters that are tight relative to ||B|| keep
     // their internal structure in float. p = 0 only for B = q I (V = I is exact).
-    const double q = (B[0][0] + B[1][1] + B[2][2]) / 3.0;
+    const double q = (B[0][0] + B[1][1] + B[2][2]) * (1.0 / 3.0);  // any shift near the mean
     double shifted[D][D], p2 = 0.0;
     PROBREG_UNROLL
     for (int i = 0; i < D; ++i)
