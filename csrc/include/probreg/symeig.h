@@ -363,7 +363,8 @@ PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V
       }
     int exponent = 0;
     if (p2 > 0.0) pr_frexp(p2, &exponent);  // 6 p^2 = f 2^exponent, f in [1/2, 1)
-    const double down = pr_ldexp(1.0, -(exponent >> 1));  // p * down in [0.28, 0.58)
+    const int half = exponent / 2 - (exponent < 0 && exponent % 2 != 0);  // floor(exponent / 2)
+    const double down = pr_ldexp(1.0, -half);  // p * down in [0.28, 0.58)
     float a[D][D], Vf[D][D];
     PROBREG_UNROLL
     for (int i = 0; i < D; ++i)
