@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
 import os
 import re
@@ -171,11 +170,8 @@ def compile_and_dump(source: str, arch: str, nvcc: str, cuobjdump: str, extra: l
 def measure(arch: str, policies: list[str], nvcc: str, cuobjdump: str, extra: list[str]) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        dumps = {}
-        for source in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*_kernels.cu"))):
-            name = os.path.basename(source)
-            if name in ("spd_kernels.cu", "nll_kernels.cu"):
-                dumps[name] = compile_and_dump(source, arch, nvcc, cuobjdump, extra, workdir)
+        dumps = {name: compile_and_dump(os.path.join(ROOT, "csrc", "cuda", name), arch, nvcc, cuobjdump, extra, workdir)
+                 for name in ("spd_kernels.cu", "nll_kernels.cu")}
         for policy in policies:
             for source, label, pattern in target_kernels(policy):
                 functions, registers = dumps[source]

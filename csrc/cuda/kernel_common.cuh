@@ -27,10 +27,11 @@ namespace cuda {
 //  type:  the accurate type: double for float64 and float32, float for the half types.
 //         symeig and huber_fuse compute in it; it is also the eigenvalue type below.
 //  value: the type of matrices, vectors and gradients in spd_remap, spd_from_raw and
-//         huber_nll: float for float32 (the mixed policy of spectral.h: float eigenvector
-//         estimate (symeig.h symeig3_estimate) refined by one double sweep, eigenvalues and their differences in double,
-//         compensated exponentials; float-rate arithmetic for most of the work without
-//         the l/theta error amplification of a float-only path), else `type`.
+//         huber_nll: float for float32 (the mixed policy of spectral.h: a float
+//         eigenvector estimate (symeig.h symeig_mixed) refined by one double sweep,
+//         eigenvalues and their differences in double, compensated exponentials;
+//         float-rate arithmetic for most of the work without the l/theta error
+//         amplification of a float-only path), else `type`.
 // The CPU reproduces the float32 policy under PROBREG_CPU_EMULATE_CUDA_FLOAT32=1, which
 // tests/test_cuda_numerics_on_cpu.py uses to test its accuracy without a GPU.
 template <typename S>
@@ -180,7 +181,7 @@ __device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t fi
 // Launch bounds of the tiled kernels (launched with kThreads threads). With
 // PROBREG_CUDA_MIN_BLOCKS_PER_SM = N > 0 (e.g. PROBREG_NVCC_FLAGS=-DPROBREG_CUDA_MIN_BLOCKS_PER_SM=3
 // at build time) ptxas also caps registers so that N blocks fit on an SM, spilling if it
-// must: more warps to hide memory latency against spills (sm_90, float32 d = 3: 74-94
+// must: more warps to hide memory latency against spills (sm_90, float32 d = 3: 74-96
 // registers, tools/sass_counts.py: 2 blocks per SM without the cap, 3 for spd_from_raw's
 // forward; at N = 3 the backwards and huber_nll's forward spill 44-72 bytes). Default
 // 0: no cap; tools/gpu_session.sh occupancy measures both.

@@ -188,7 +188,7 @@ PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], T theta) {
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
     x[j] = pr_max(l[j], theta);
-    rest += pr_min((l[j] - theta) * (T(1) / theta), T(0)) + T(0) * l[j];
+    rest += remap_exponent(l[j], theta) + T(0) * l[j];
   }
   return -(sum_log_positive<D>(x) + rest);
 }

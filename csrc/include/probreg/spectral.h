@@ -10,10 +10,6 @@
 // threshold and without cancellation (DESIGN.md section 1), so it is exact at repeated
 // eigenvalues and finite where g underflows.
 //
-// Every l / theta - 1 is formed as (l - theta) * (1 / theta): one reciprocal per launch
-// or item (loop-invariant, hoisted), no division per eigenvalue, and a relative (not
-// absolute) rounding error where l is near theta.
-//
 // Two value types: eigenvalues (and theta) are of type L, everything else of type T.
 // L = T everywhere except the CUDA kernels' float32 path, T = float with L = double
 // (symeig_mixed in symeig.h): the eigenvalues and their differences are then exact to
@@ -28,6 +24,15 @@
 
 namespace probreg {
 
+// min(l/theta - 1, 0), the exponent of g's exponential branch, formed as
+// (l - theta) * (1/theta): one reciprocal per launch (loop-invariant, hoisted out of the
+// item loop), no division per eigenvalue, and a relative rather than absolute rounding
+// error where l is near theta. NaN l gives 0 (callers propagate NaN separately).
+template <typename L>
+PROBREG_HOST_DEVICE L remap_exponent(L l, L theta) {
+  return pr_min((l - theta) * (L(1) / theta), L(0));
+}
+
 // exp(min(l/theta - 1, 0)): the exponential factor of g on its exponential branch
 // (clamped so the unselected branch never overflows). Kernels compute it once per
 // eigenvalue and reuse it for g, g' and the divided differences.
@@ -37,7 +42,7 @@ namespace probreg {
 // underflows float, so z_hi is always finite.
 template <typename T, typename L>
 PROBREG_HOST_DEVICE T remap_exp_factor(L l, L theta) {
-  const L z = pr_min((l - theta) * (L(1) / theta), L(0));
+  const L z = remap_exponent(l, theta);
   if constexpr (std::is_same_v<T, L>) {
     return pr_exp(z);
   } else {
@@ -131,7 +136,7 @@ PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T ei, T ej, L theta) 
   const auto mixed = (hi > theta) & (lo <= theta);
   // hi > theta >= lo: (hi - theta) + theta (1 - exp((lo - theta)/theta)), both terms
   // >= 0, over gap >= hi - theta > 0.
-  const T z_lo = T(pr_min((lo - theta) * (L(1) / theta), L(0)));
+  const T z_lo = T(remap_exponent(lo, theta));
   // The mixed and far branches never apply to the same pair and both need gap > 0:
   // one reciprocal serves both.
   const T inv_gap = T(1) / pr_where(gap > T(0), gap, T(1));

@@ -185,13 +185,15 @@ PROBREG_HOST_DEVICE T cos_sixth_pi(T x) {
 }
 
 // Non-iterative float estimate of the eigenvectors of a finite symmetric 3x3 `a` with
-// entries of order 1 (symeig_mixed's first stage passes B - tr(B)/3 I scaled to an
-// eigenvalue spread p in [0.28, 0.58)); columns of V in any order:
-//  1. the isolated extreme eigenvalue lam, from the trigonometric solution for the
-//     shifted, scaled matrix (a - q I)/p (q = tr(a)/3, p^2 = tr((a - q I)^2)/6), whose
-//     eigenvalues are 2 cos(phi + 2 pi k/3), phi = acos(det/2)/3: the largest (k = 0)
-//     when det >= 0, else the smallest; that one is at least sqrt(3) p from both others,
-//     so a - lam I has rank 2 with both nonzero singular values >= ~sqrt(3) p;
+// trace zero up to rounding and entries of order 1 (symeig_mixed's first stage passes
+// B - tr(B)/3 I, shifted in double, scaled to an eigenvalue spread p in [0.28, 0.58));
+// columns of V in any order:
+//  1. the isolated extreme eigenvalue lam, from the trigonometric solution for a/p
+//     (p^2 = tr(a^2)/6), whose eigenvalues are 2 cos(phi + 2 pi k/3), phi = acos(det/2)/3:
+//     the largest (k = 0) when det >= 0, else the smallest; that one is at least sqrt(3) p
+//     from both others, so a - lam I has rank 2 with both nonzero singular values
+//     >= ~sqrt(3) p (a trace of rounding size moves lam by O(eps_f p), within the
+//     residual below);
 //  2. its eigenvector v0: the largest cross product of two rows of a - lam I;
 //  3. an orthonormal basis U, W of the plane orthogonal to v0, and the 2x2 compression
 //     [U W]^T a [U W] diagonalised by one Jacobi rotation (exact for 2x2), which gives the
@@ -203,21 +205,20 @@ PROBREG_HOST_DEVICE T cos_sixth_pi(T x) {
 // (only a = 0 as symeig_mixed calls it) every orthonormal basis has such residuals: V = I.
 template <typename T>
 PROBREG_HOST_DEVICE void symeig3_estimate(const T a[3][3], T V[3][3]) {
-  const T q = (a[0][0] + a[1][1] + a[2][2]) * T(1.0 / 3.0);
-  const T b00 = a[0][0] - q, b11 = a[1][1] - q, b22 = a[2][2] - q;
+  const T a00 = a[0][0], a11 = a[1][1], a22 = a[2][2];
   const T off2 = a[0][1] * a[0][1] + a[0][2] * a[0][2] + a[1][2] * a[1][2];
-  const T p = pr_sqrt((b00 * b00 + b11 * b11 + b22 * b22 + T(2) * off2) * T(1.0 / 6.0));
+  const T p = pr_sqrt((a00 * a00 + a11 * a11 + a22 * a22 + T(2) * off2) * T(1.0 / 6.0));
   PROBREG_UNROLL
   for (int i = 0; i < 3; ++i)
     PROBREG_UNROLL
     for (int j = 0; j < 3; ++j) V[i][j] = T(i == j ? 1.0 : 0.0);
   if (!(p > T(16) * Eps<T>::value)) return;
-  const T det = b00 * (b11 * b22 - a[1][2] * a[1][2]) - a[0][1] * (a[0][1] * b22 - a[1][2] * a[0][2]) +
-                a[0][2] * (a[0][1] * a[1][2] - b11 * a[0][2]);
+  const T det = a00 * (a11 * a22 - a[1][2] * a[1][2]) - a[0][1] * (a[0][1] * a22 - a[1][2] * a[0][2]) +
+                a[0][2] * (a[0][1] * a[1][2] - a11 * a[0][2]);
   const T r = pr_min(pr_max(det / (T(2) * p * p * p), T(-1)), T(1));
-  // 2 cos(acos(|r|)/3) is the largest eigenvalue of (a - q I)/p for det >= 0, and minus
-  // the smallest otherwise (the eigenvalues of -(a - q I)/p); acos(|r|)/3 <= pi/6.
-  const T lam = q + (r >= T(0) ? T(2) : T(-2)) * p * cos_sixth_pi(pr_acos(pr_abs(r)) * T(1.0 / 3.0));
+  // 2 cos(acos(|r|)/3) is the largest eigenvalue of a/p for det >= 0, and minus the
+  // smallest otherwise (the eigenvalues of -a/p); acos(|r|)/3 <= pi/6.
+  const T lam = (r >= T(0) ? T(2) : T(-2)) * p * cos_sixth_pi(pr_acos(pr_abs(r)) * T(1.0 / 3.0));
   // Rows of a - lam I and their pairwise cross products; the largest spans the null space.
   const T m[3][3] = {{a[0][0] - lam, a[0][1], a[0][2]},
                      {a[0][1], a[1][1] - lam, a[1][2]},
