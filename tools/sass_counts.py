@@ -136,7 +136,7 @@ def target_kernels(policy: str) -> list[tuple[str, str, str]]:
                          rf"spd_from_raw_{direction}_kernelILi{d}E{mangled}"))
     for d in (2, 3):
         for direction in ("forward", "backward"):
-            # huber family (0), full covariance (2): probreg/_ops.py FAMILIES, COVARIANCES
+            # huber family (0), full covariance (2): probreg/nll.py FAMILY_CODES, COVARIANCE_CODES
             rows.append(("nll_kernels.cu", f"huber_nll full {direction} d={d} ({policy})",
                          rf"huber_nll_{direction}_kernelILi{d}ELi0ELi2E{mangled}"))
     return rows
