@@ -92,10 +92,11 @@ route_wheel() {
   install_wheel "$(ls "$1"/dist/probreg-*.whl)" "$2/install-venv"
 }
 
-# install_wheel FILE VENV: a fresh venv (no build tools needed), pip install of the wheel
-# with no index (its dependencies, torch and numpy, come from the system site-packages).
+# install_wheel FILE VENV: a fresh venv, pip install of the wheel with no index: its
+# dependencies (torch, numpy) are those already installed. (fresh_venv's setuptools
+# upgrade is needed here too: torch 2.13 itself requires setuptools >= 77.0.3.)
 install_wheel() {
-  "$PYTHON" -m venv --system-site-packages "$2"
+  fresh_venv "$2"
   "$2/bin/python" -m pip install -q --no-index "$1"
   smoke "$2"
 }
