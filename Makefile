@@ -60,7 +60,9 @@ clean:
 .PHONY: wheel wheel-check install-check
 wheel: build
 	rm -f dist/probreg-*.whl
-	MAX_JOBS=$(JOBS) $(PIP) wheel -q --no-build-isolation --no-deps . -w dist
+	MAX_JOBS=$(JOBS) $(PIP) wheel -v --no-build-isolation --no-deps . -w dist >build/wheel.log 2>&1 || \
+		{ cat build/wheel.log; exit 1; }
+	@grep -E "ninja: no work to do|^ *\[[0-9]+/[0-9]+\]|Created wheel" build/wheel.log | cut -c1-150
 
 wheel-check: wheel
 	PYTHON=$(PYTHON) bash tools/install_check.sh --wheel dist/probreg-*.whl
