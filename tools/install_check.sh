@@ -6,7 +6,7 @@
 #   tools/install_check.sh [ROUTE...]     routes from a fresh clone of the committed tree (HEAD):
 #       install    pip install --no-build-isolation .
 #       editable   pip install --no-build-isolation -e .  (then an edit to a .py file is seen)
-#       sdist      sdist (the PEP 517 hook) installed with pip install --no-build-isolation
+#       sdist      python -m build --sdist --no-isolation, installed with pip install --no-build-isolation
 #       wheel      pip wheel --no-build-isolation --no-deps . installed with pip
 #     default: all four (make install-check)
 #   tools/install_check.sh --wheel FILE   install a built wheel into a fresh venv, smoke (CI)
@@ -74,11 +74,8 @@ route_editable() {
 
 route_sdist() {
   fresh_clone "$1/src" && fresh_venv "$2/venv"
-  # The sdist hook of the project's PEP 517 backend (what `python -m build --sdist
-  # --no-isolation` calls), in the venv.
-  (cd "$1/src" && "$2/venv/bin/python" -c \
-    'import sys; sys.path.insert(0, "tools"); import probreg_build_backend as b; print(b.build_sdist(sys.argv[1]))' \
-    "$1/dist" >/dev/null)
+  "$2/venv/bin/python" -m pip install -q build
+  (cd "$1/src" && "$2/venv/bin/python" -m build -q --sdist --no-isolation --outdir "$1/dist" . >/dev/null)
   local sdist
   sdist=$(ls "$1"/dist/probreg-*.tar.gz)
   say "sdist: $(basename "$sdist")"

@@ -16,14 +16,14 @@ MIN_SETUPTOOLS = (77, 0)
 
 NO_TORCH = """\
 probreg compiles its C++ extension against the torch that is already installed, and
-torch cannot be imported in this build environment: pip's build isolation hides it (or
-torch is not installed). Build without isolation, in the environment that has torch:
+torch cannot be imported in this build environment: build isolation hides it (or torch
+is not installed). Build without isolation, in the environment that has torch:
 
     pip install --no-build-isolation .        (editable: pip install --no-build-isolation -e .)
 
-that is, add --no-build-isolation to the pip command you ran (also for an sdist or
-`pip wheel`). Install torch first if it is missing (pip install torch), and
-setuptools >= 77 (pip install -U "setuptools>=77").
+that is, add --no-build-isolation to the pip command you ran (pip wheel, an sdist too;
+python -m build takes --no-isolation). First install torch if it is missing
+(pip install torch), and setuptools >= 77 (pip install -U "setuptools>=77").
 """
 
 OLD_SETUPTOOLS = """\
