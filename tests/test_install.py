@@ -81,3 +81,19 @@ def test_import_with_a_broken_extension_says_so(tmp_path):
     assert result.returncode != 0
     assert f"ImportError: probreg's C++ extension {broken} is built but does not load" in result.stderr, result.stderr
     assert "rebuild it" in result.stderr
+
+
+def test_build_backend_asks_for_setuptools_77(monkeypatch):
+    """With torch importable but an older setuptools (Python 3.11's venvs ship 65), the
+    in-tree backend stops before building, saying which setuptools to install."""
+    import setuptools
+    from setuptools import build_meta
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
+    import probreg_build_backend as backend
+
+    monkeypatch.setattr(setuptools, "__version__", "65.5.0")
+    with pytest.raises(SystemExit, match=r"setuptools >= 77 .* has setuptools 65\.5\.0"):
+        backend.build_wheel("unused")
+    monkeypatch.setattr(setuptools, "__version__", "77.0.3")
+    assert backend._setuptools_backend() is build_meta

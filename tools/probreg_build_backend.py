@@ -53,34 +53,18 @@ def _setuptools_backend():
     return build_meta
 
 
-# The PEP 517 / PEP 660 hooks, each handed to setuptools.build_meta.
-def get_requires_for_build_wheel(config_settings=None):
-    return _setuptools_backend().get_requires_for_build_wheel(config_settings)
+def _hook(name):
+    def hook(*args, **kwargs):
+        return getattr(_setuptools_backend(), name)(*args, **kwargs)
+
+    hook.__name__ = hook.__qualname__ = name
+    return hook
 
 
-def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
-    return _setuptools_backend().prepare_metadata_for_build_wheel(metadata_directory, config_settings)
-
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    return _setuptools_backend().build_wheel(wheel_directory, config_settings, metadata_directory)
-
-
-def get_requires_for_build_sdist(config_settings=None):
-    return _setuptools_backend().get_requires_for_build_sdist(config_settings)
-
-
-def build_sdist(sdist_directory, config_settings=None):
-    return _setuptools_backend().build_sdist(sdist_directory, config_settings)
-
-
-def get_requires_for_build_editable(config_settings=None):
-    return _setuptools_backend().get_requires_for_build_editable(config_settings)
-
-
-def prepare_metadata_for_build_editable(metadata_directory, config_settings=None):
-    return _setuptools_backend().prepare_metadata_for_build_editable(metadata_directory, config_settings)
-
-
-def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
-    return _setuptools_backend().build_editable(wheel_directory, config_settings, metadata_directory)
+# The PEP 517 / PEP 660 hooks, each handed to setuptools.build_meta's.
+HOOKS = (
+    "get_requires_for_build_wheel", "prepare_metadata_for_build_wheel", "build_wheel",
+    "get_requires_for_build_sdist", "build_sdist",
+    "get_requires_for_build_editable", "prepare_metadata_for_build_editable", "build_editable",
+)
+globals().update({name: _hook(name) for name in HOOKS})
