@@ -6,7 +6,8 @@ Overrides: PROBREG_FORCE_CPU=1 (never CUDA), PROBREG_FORCE_CUDA=1 (CUDA even wit
 visible GPU, e.g. in a container build; still needs a CUDA build of torch).
 
 Always build with `pip install --no-build-isolation ...` (or `make build`): build
-isolation would download a second, CPU-or-other torch to compile against.
+isolation would need a second torch to compile against, so the in-tree build backend
+(tools/probreg_build_backend.py) stops an isolated build at once, saying what to run.
 """
 import glob
 import os
