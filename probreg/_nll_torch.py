@@ -16,13 +16,14 @@ dr = dA z + A dz - dv, w = Hess(psi) dr, is
     dz: A w + dA t;   dv: -w;   dB: DK_g(sym(w z^T + t dz^T)) + d2F[dB, t z^T] - DK_h(dB)
 (mu: the location gets -(dz part); diagonal covariance: the same with V = I elementwise).
 
-Conventions where rho is not twice differentiable (one-sided, matching the first-order
-kernel's branch choice):
-- huber at s == delta: the inside piece (Hessian I), as rho' = min(s, delta) and the
-  kernel's `s <= delta` test; delta == 0: rho' = 0 everywhere, Hessian 0.
-- laplace at s == 0: the kernel's subgradient rho' = 0 is used there, and its Hessian is 0.
+Conventions where the loss is not twice differentiable:
+- huber at s == delta (rho'' jumps from 1 to 0, rho' is continuous): rho'' = 1/2, the mean
+  of the one-sided values (the limit of a central difference, so gradgradcheck holds there);
+  delta == 0: rho' = 0 everywhere, Hessian 0.
+- laplace at s == 0 (rho' itself jumps): the kernel's subgradient rho' = 0 there, Hessian 0.
 - charbonnier beyond s = 1e8: the kernel's asymptotic rho' = 1 (Hessian (1/s)(I - u u^T)).
-- g'' and h' at l == theta: the exponential branch's (left) values 1/theta and 0.
+- g'' and h' = (log g)'' at an eigenvalue exactly at theta: the means of the one-sided
+  values, 1/(2 theta) and -1/(2 theta^2) (probreg/_spectral.py).
 """
 from __future__ import annotations
 
@@ -89,7 +90,9 @@ def _rho_terms(s, positive, family, delta):
         inside = (s <= delta) & (delta > 0)
         rho = torch.where(s <= delta, 0.5 * s * s, delta * (s - 0.5 * delta))
         rho_prime = torch.clamp(s, max=delta)
-        return rho, rho_prime, torch.where(inside, one, zero), torch.where(inside, one, delta / s_safe)
+        # rho'' jumps from 1 to 0 at s == delta: the mean 1/2 there
+        a = torch.where(s == delta, torch.full_like(s, 0.5), torch.where(inside, one, zero))
+        return rho, rho_prime, (a if delta > 0 else zero), torch.where(inside, one, delta / s_safe)
     if family == GAUSS:
         return 0.5 * s * s, s, one, one
     if family == LAPLACE:

@@ -88,18 +88,17 @@ def _huber_nll_hvp(grad_loss, pred, target, dpred, dtarget, delta, theta, family
 
 # ---------------------------------------------------------------- symeig
 def symeig_backward_vjp(grad_l, grad_V, l, V, cotangent):
-    """The vjp of _symeig_backward(grad_l, grad_V, l, V) -> 4 gradients."""
-    args = compute_args(grad_l, grad_V, l, V)
-    _, vjp = torch.func.vjp(spectral.symeig_backward, *args)
-    return tuple(g.to(a.dtype) for g, a in zip(vjp(cotangent.to(args[0].dtype)), (grad_l, grad_V, l, V)))
+    """The vjp of _symeig_backward(grad_l, grad_V, l, V) -> 4 gradients (closed form)."""
+    primals = (grad_l, grad_V, l, V)
+    grads = spectral.symeig_backward_cotangent(*compute_args(*primals, cotangent))
+    return tuple(g.to(p.dtype) for g, p in zip(grads, primals))
 
 
 def symeig_backward_jvp(grad_l, grad_V, l, V, d_grad_l, d_grad_V, dl, dV):
-    """The jvp of _symeig_backward(grad_l, grad_V, l, V); None tangents are zero."""
+    """The jvp of _symeig_backward(grad_l, grad_V, l, V) (closed form); None tangents are zero."""
     primals = (grad_l, grad_V, l, V)
     tangents = [zeros_if_none(t, p) for t, p in zip((d_grad_l, d_grad_V, dl, dV), primals)]
-    out = torch.func.jvp(spectral.symeig_backward, tuple(compute_args(*primals)), tuple(compute_args(*tangents)))[1]
-    return out.to(V.dtype)
+    return spectral.symeig_backward_tangent(*compute_args(*primals, *tangents)).to(V.dtype)
 
 
 # ---------------------------------------------------------------- huber_fuse

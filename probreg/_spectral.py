@@ -81,6 +81,34 @@ def symeig_backward(grad_l: torch.Tensor, grad_V: torch.Tensor, l: torch.Tensor,
     return sym(from_eigenbasis(V, M))
 
 
+def symeig_backward_tangent(grad_l, grad_V, l, V, d_grad_l, d_grad_V, dl, dV) -> torch.Tensor:
+    """The jvp of symeig_backward: with W = V^T grad_V, M = diag(grad_l) + F o W,
+    dF_ij = F_ij^2 (dl_i - dl_j), dM = diag(d_grad_l) + dF o W + F o (dV^T grad_V + V^T d_grad_V):
+    d out = sym(dV (M + M^T) V^T) + sym(V dM V^T)."""
+    F = _inverse_gaps(l)
+    W = V.transpose(-1, -2) @ grad_V
+    M = torch.diag_embed(grad_l) + F * W
+    dF = F * F * (dl.unsqueeze(-1) - dl.unsqueeze(-2))
+    dW = dV.transpose(-1, -2) @ grad_V + V.transpose(-1, -2) @ d_grad_V
+    dM = torch.diag_embed(d_grad_l) + dF * W + F * dW
+    return sym(dV @ (M + M.transpose(-1, -2)) @ V.transpose(-1, -2)) + sym(from_eigenbasis(V, dM))
+
+
+def symeig_backward_cotangent(grad_l, grad_V, l, V, C):
+    """The vjp of symeig_backward with cotangent C -> gradients w.r.t. (grad_l, grad_V, l, V):
+    with C^ = V^T sym(C) V and P = C^ o W o F^2: diag(C^), V (F o C^), rowsum(P) - colsum(P),
+    sym(C) V (M + M^T) + grad_V (F o C^)^T (the adjoint of symeig_backward_tangent)."""
+    F = _inverse_gaps(l)
+    W = V.transpose(-1, -2) @ grad_V
+    M = torch.diag_embed(grad_l) + F * W
+    Cs = sym(C)
+    Ch = V.transpose(-1, -2) @ Cs @ V
+    FC = F * Ch
+    P = Ch * W * F * F
+    grad_V_out = Cs @ V @ (M + M.transpose(-1, -2)) + grad_V @ FC.transpose(-1, -2)
+    return torch.diagonal(Ch, dim1=-2, dim2=-1), V @ FC, P.sum(-1) - P.sum(-2), grad_V_out
+
+
 def symeig_tangent(l: torch.Tensor, V: torch.Tensor, dB: torch.Tensor):
     """Forward-mode tangents (dl, dV) of symeig in direction dB: with E = V^T sym(dB) V,
     dl = diag(E), dV = V (F o E), F as in symeig_backward (its adjoint)."""
