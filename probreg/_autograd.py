@@ -314,11 +314,15 @@ def _register_huber_fuse(forward_name: str, backward_name: str) -> None:
         ctx.save_for_forward(*tensors)
 
     def b_backward(ctx, c_v, c_A, c_weight):
-        grads = _second_order.fuse_backward_vjp(*ctx.saved_tensors, c_v, c_A, c_weight, ctx.delta, ctx.damping)
+        primals = ctx.saved_tensors
+        cotangents = (_second_order.zeros_if_none(c, p) for c, p in zip((c_v, c_A, c_weight), primals[2:]))
+        grads = ops._huber_fuse_backward_vjp(*primals, *cotangents, ctx.delta, ctx.damping)
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
 
     def b_jvp(ctx, *tangents):
-        return _second_order.fuse_backward_jvp(*ctx.saved_tensors, *tangents[:5], ctx.delta, ctx.damping)
+        primals = ctx.saved_tensors
+        tangents = (_second_order.zeros_if_none(t, p) for t, p in zip(tangents[:5], primals))
+        return ops._huber_fuse_backward_jvp(*primals, *tangents, ctx.delta, ctx.damping)
 
     _register(backward_name, _function(backward_name, backward_op, b_setup_context, b_backward, b_jvp))
 
@@ -331,9 +335,9 @@ _register_spd_from_raw()
 
 
 # ---------------------------------------------------------------- second-order rules
-# _spd_remap_second and _huber_nll_hvp are not differentiable: their Function's backward and
-# jvp raise, at every level (each functorch level dispatches the operator to this kernel).
-def _register_second_order(name: str, n_outputs: int) -> None:
+# The second-order operators are not differentiable: their Function's backward and jvp
+# raise, at every level (each functorch level dispatches the operator to this kernel).
+def _register_second_order(name: str, vmap_out_dims=None) -> None:
     def setup_context(ctx, inputs, output):
         pass
 
@@ -341,8 +345,10 @@ def _register_second_order(name: str, n_outputs: int) -> None:
         raise _second_order.third_order_error(name)
 
     _register(name, _function(name, getattr(ops, name), setup_context, raise_third_order, raise_third_order),
-              vmap_out_dims=None if n_outputs == 1 else (lambda *args: (0, 0 if args[-1] else None)))
+              vmap_out_dims=vmap_out_dims)
 
 
-_register_second_order("_spd_remap_second", 1)
-_register_second_order("_huber_nll_hvp", 2)
+_register_second_order("_spd_remap_second")
+_register_second_order("_huber_nll_hvp", vmap_out_dims=lambda *args: (0, 0 if args[-1] else None))
+_register_second_order("_huber_fuse_backward_vjp")
+_register_second_order("_huber_fuse_backward_jvp")
