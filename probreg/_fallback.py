@@ -124,7 +124,7 @@ def _symeig_fallback(B):
     check_square(B, "_symeig_fallback")
     (Bc,) = _compute(B)
     l, V = torch.linalg.eigh(spectral.sym(Bc))
-    return l.to(B.dtype), V.to(B.dtype)
+    return l.to(B.dtype).contiguous(), V.to(B.dtype).contiguous()  # eigh's V is column-major
 
 
 @torch.library.impl("probreg::_symeig_fallback_backward", "CompositeExplicitAutograd")

@@ -31,7 +31,10 @@ def dim_from_packed_size(P: int) -> int:
 
 @lru_cache(maxsize=None)
 def _layout(d: int):
-    rows, cols = torch.triu_indices(d, d).tolist()
+    # Plain Python index tables (constants under torch.compile; a tensor's .tolist() would
+    # break the graph).
+    rows = [i for i in range(d) for _ in range(i, d)]
+    cols = [j for i in range(d) for j in range(i, d)]
     index = [[0] * d for _ in range(d)]
     for k, (i, j) in enumerate(zip(rows, cols)):
         index[i][j] = index[j][i] = k
@@ -56,7 +59,7 @@ def pack_sym(B: torch.Tensor) -> torch.Tensor:
     """B (..., d, d) -> raw (..., P) of the symmetric part (B + B^T)/2; inverse of unpack_sym."""
     if B.dim() < 2 or B.shape[-1] != B.shape[-2]:
         raise ValueError(f"pack_sym: B must have shape (..., d, d), got {tuple(B.shape)}")
-    d = B.shape[-1]
+    d = int(B.shape[-1])  # a constant under torch.compile(dynamic=True) (guarded)
     rows, cols, _, _, pack_scale = _layout(d)
     sym = 0.5 * (B + B.transpose(-1, -2))
     scale = torch.tensor(pack_scale, dtype=B.dtype, device=B.device)
