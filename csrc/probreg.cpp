@@ -89,13 +89,4 @@ TORCH_LIBRARY(probreg, m) {
   m.def(
       "_huber_nll_hvp(Tensor grad_loss, Tensor pred, Tensor target, Tensor dpred, Tensor dtarget, float delta, "
       "float theta, int family, int covariance, bool mu_parameterization, bool need_grad_target) -> (Tensor, Tensor)");
-  // The vjp and jvp of _huber_fuse_backward (and _huber_fuse_fallback_backward), any d:
-  // vjp -> gradients w.r.t. (grad_y, y, v, A, weight) for cotangents of (grad_v, grad_A, grad_weight);
-  // jvp -> tangents of (grad_v, grad_A, grad_weight).
-  m.def(
-      "_huber_fuse_backward_vjp(Tensor grad_y, Tensor y, Tensor v, Tensor A, Tensor weight, Tensor c_v, "
-      "Tensor c_A, Tensor c_weight, float delta, float damping) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "_huber_fuse_backward_jvp(Tensor grad_y, Tensor y, Tensor v, Tensor A, Tensor weight, Tensor d_grad_y, "
-      "Tensor dy, Tensor dv, Tensor dA, Tensor d_weight, float delta, float damping) -> (Tensor, Tensor, Tensor)");
 }

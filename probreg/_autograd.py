@@ -308,23 +308,32 @@ def _register_huber_fuse(forward_name: str, backward_name: str) -> None:
 
     _register(forward_name, _function(forward_name, forward_op, setup_context, backward, jvp))
 
-    def b_setup_context(ctx, inputs, output):
-        *tensors, ctx.delta, ctx.damping = inputs
-        ctx.save_for_backward(*tensors)
-        ctx.save_for_forward(*tensors)
+    _register_differentiated_as_composite(backward_name, _fuse_backward_composite)
 
-    def b_backward(ctx, c_v, c_A, c_weight):
-        primals = ctx.saved_tensors
-        cotangents = (_second_order.zeros_if_none(c, p) for c, p in zip((c_v, c_A, c_weight), primals[2:]))
-        grads = ops._huber_fuse_backward_vjp(*primals, *cotangents, ctx.delta, ctx.damping)
-        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None)
 
-    def b_jvp(ctx, *tangents):
-        primals = ctx.saved_tensors
-        tangents = (_second_order.zeros_if_none(t, p) for t, p in zip(tangents[:5], primals))
-        return ops._huber_fuse_backward_jvp(*primals, *tangents, ctx.delta, ctx.damping)
+def _fuse_backward_composite(grad_y, y, v, A, weight, delta, damping):
+    """_huber_fuse_backward as differentiable torch ops (probreg/_fuse_torch.py), in the
+    kernels' compute dtype."""
+    args = _second_order.compute_args(v, grad_y, y, A, weight)
+    grads = _fuse_torch.fuse_backward(args[1], args[2], args[0], args[3], args[4], delta, damping)
+    return tuple(g.to(v.dtype) for g in grads)
 
-    _register(backward_name, _function(backward_name, backward_op, b_setup_context, b_backward, b_jvp))
+
+def _register_differentiated_as_composite(name: str, composite) -> None:
+    """An Autograd kernel that runs the fused kernel when nothing is to be recorded, and the
+    differentiable torch composite otherwise (when the operator itself is differentiated:
+    double backward, torch.func), which autograd and functorch then differentiate like
+    any torch code (to any order)."""
+    op = getattr(ops, name).default
+
+    def autograd_kernel(keyset, *args):
+        if _single_level.needs_autograd(args):
+            return composite(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    torch.library.register_vmap(f"probreg::{name}", _vmap_rule(op), lib=_LIB)
 
 
 for _register_rules, _name in ((_register_symeig, "symeig"), (_register_spd_remap, "spd_remap"),
@@ -350,5 +359,3 @@ def _register_second_order(name: str, vmap_out_dims=None) -> None:
 
 _register_second_order("_spd_remap_second")
 _register_second_order("_huber_nll_hvp", vmap_out_dims=lambda *args: (0, 0 if args[-1] else None))
-_register_second_order("_huber_fuse_backward_vjp")
-_register_second_order("_huber_fuse_backward_jvp")

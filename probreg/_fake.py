@@ -199,19 +199,3 @@ def _huber_nll_hvp_fake(grad_loss, pred, target, dpred, dtarget, delta, theta, f
     return _huber_nll_backward_fake(grad_loss, pred, target, delta, theta, family, covariance, mu_parameterization,
                                     need_grad_target)
 
-
-@torch.library.register_fake("probreg::_huber_fuse_backward_vjp")
-def _huber_fuse_backward_vjp_fake(grad_y, y, v, A, weight, c_v, c_A, c_weight, delta, damping):
-    second_order.check_fuse_backward_derivative(
-        grad_y, y, v, A, weight, (("c_v", c_v, v), ("c_A", c_A, A), ("c_weight", c_weight, weight)),
-        "_huber_fuse_backward_vjp")
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (grad_y, y, v, A, weight))
-
-
-@torch.library.register_fake("probreg::_huber_fuse_backward_jvp")
-def _huber_fuse_backward_jvp_fake(grad_y, y, v, A, weight, d_grad_y, dy, dv, dA, d_weight, delta, damping):
-    primals = (grad_y, y, v, A, weight)
-    tangents = (d_grad_y, dy, dv, dA, d_weight)
-    second_order.check_fuse_backward_derivative(
-        *primals, tuple(zip(("d_grad_y", "dy", "dv", "dA", "d_weight"), tangents, primals)), "_huber_fuse_backward_jvp")
-    return _huber_fuse_backward_fake(grad_y, y, v, A, weight, delta, damping)

@@ -202,7 +202,9 @@ class _Terms:
         self.A = torch.where(keep[..., None, None], A, torch.zeros_like(A))
         v = torch.where(keep[..., None], v, torch.zeros_like(v))
         self.y = torch.where(self.undefined[..., None], torch.zeros_like(y), y)
-        self.w = torch.where(self.active, weight, torch.zeros_like(weight))
+        # A zero weight contributes nothing but keeps its derivative (how adding the estimate
+        # would move y*); only non-finite padding is cut off.
+        self.w = torch.where(keep, weight, torch.zeros_like(weight))
         self.e = (self.A @ self.y[..., None, :, None]).squeeze(-1) - v
         with torch.no_grad():
             r = torch.linalg.vector_norm(self.e, dim=-1)

@@ -15,18 +15,19 @@ They run in plain torch ops, slower than the fused first-order kernels:
 - symeig: torch.func through the composite of its backward formula (_spectral.py); exact
   away from ties (symeig's backward is not gauge invariant at a tie, by nature, so neither
   is this). Differentiable again by autograd, under the same caveat.
-- huber_fuse: torch.func through the differentiable composite of its implicit-gradient
-  formula with y an input (_fuse_torch.py); the dependence through y = y*(theta) is
-  autograd's chain rule through huber_fuse's own rules. Operators
-  `probreg::_huber_fuse_backward_vjp` / `_jvp` (torch.func runs inside their kernels, on
-  plain tensors, not inside another transform's rule); not differentiable again.
+- huber_fuse: when its backward operator is differentiated, its Autograd kernel runs the
+  differentiable torch composite of the implicit-gradient formula with y an input
+  (_fuse_torch.fuse_backward, probreg/_autograd.py) instead of the fused kernel, so
+  autograd and torch.func differentiate that formula directly; the dependence through
+  y = y*(theta) is the chain rule through huber_fuse's own rules. Differentiable again
+  (exact wherever no residual sits exactly at delta).
 """
 from __future__ import annotations
 
 import torch
 
 from . import _fallback as checks
-from . import _fuse_torch, _nll_torch
+from . import _nll_torch
 from . import _spectral as spectral
 
 
@@ -100,51 +101,3 @@ def symeig_backward_jvp(grad_l, grad_V, l, V, d_grad_l, d_grad_V, dl, dV):
     primals = (grad_l, grad_V, l, V)
     tangents = [zeros_if_none(t, p) for t, p in zip((d_grad_l, d_grad_V, dl, dV), primals)]
     return spectral.symeig_backward_tangent(*compute_args(*primals, *tangents)).to(V.dtype)
-
-
-# ---------------------------------------------------------------- huber_fuse
-def check_fuse_backward_derivative(grad_y, y, v, A, weight, others, op: str) -> None:
-    """Argument checks of _huber_fuse_backward_vjp / _jvp: the backward's own, and each
-    extra tensor (cotangent or tangent) shaped like its primal."""
-    checks.check_fuse_backward(grad_y, y, v, A, weight, op)
-    for name, t, like in others:
-        checks.check_floating(t, op, name)
-        checks.check_same_shape(t, like, op, name, "its primal")
-        checks.check_same_device(t, like, op, name, "v")
-
-
-def _fuse_backward_of(delta, damping):
-    return lambda *args: _fuse_torch.fuse_backward(*args, delta, damping)
-
-
-@torch.library.impl("probreg::_huber_fuse_backward_vjp", "CompositeExplicitAutograd")
-def _huber_fuse_backward_vjp(grad_y, y, v, A, weight, c_v, c_A, c_weight, delta, damping):
-    check_fuse_backward_derivative(grad_y, y, v, A, weight, (("c_v", c_v, v), ("c_A", c_A, A), ("c_weight", c_weight, weight)),
-                                   "_huber_fuse_backward_vjp")
-    primals = (grad_y, y, v, A, weight)
-    _, vjp = torch.func.vjp(_fuse_backward_of(delta, damping), *compute_args(*primals))
-    grads = vjp(tuple(compute_args(c_v, c_A, c_weight)))
-    return tuple(g.to(p.dtype) for g, p in zip(grads, primals))
-
-
-@torch.library.impl("probreg::_huber_fuse_backward_jvp", "CompositeExplicitAutograd")
-def _huber_fuse_backward_jvp(grad_y, y, v, A, weight, d_grad_y, dy, dv, dA, d_weight, delta, damping):
-    primals = (grad_y, y, v, A, weight)
-    tangents = (d_grad_y, dy, dv, dA, d_weight)
-    check_fuse_backward_derivative(*primals, tuple(zip(("d_grad_y", "dy", "dv", "dA", "d_weight"), tangents, primals)),
-                                   "_huber_fuse_backward_jvp")
-    out = _jvp_by_double_vjp(_fuse_backward_of(delta, damping), compute_args(*primals), compute_args(*tangents))
-    return tuple(t.to(v.dtype) for t in out)
-
-
-def _jvp_by_double_vjp(fn, primals, tangents):
-    """J tangents for fn at primals, as the vjp of the (linear) map u -> J^T u: torch.func.jvp
-    cannot run while a forward-mode dual level (torch.autograd.forward_ad) is open, as it is
-    when this rule serves forward-over-reverse."""
-    outputs = fn(*primals)
-
-    def transpose_jvp(*cotangents):
-        return torch.func.vjp(fn, *primals)[1](cotangents)
-
-    _, vjp = torch.func.vjp(transpose_jvp, *(torch.zeros_like(o) for o in outputs))
-    return vjp(tuple(tangents))

@@ -184,26 +184,16 @@ def huber_nll(
     if pred.dtype != target.dtype:
         common = torch.promote_types(pred.dtype, target.dtype)
         pred, target = pred.to(common), target.to(common)
-    if d <= _FUSED_MAX_DIM:
-        loss = ops.huber_nll(
-            pred,
-            target,
-            float(delta),
-            float(theta),
-            FAMILY_CODES[family],
-            COVARIANCE_CODES[covariance],
-            parameterization == "mu",
-        )
-    else:
-        loss = ops._huber_nll_fallback(
-            pred,
-            target,
-            float(delta),
-            float(theta),
-            FAMILY_CODES[family],
-            COVARIANCE_CODES[covariance],
-            parameterization == "mu",
-        )
+    op = ops.huber_nll if d <= _FUSED_MAX_DIM else ops._huber_nll_fallback
+    loss = op(
+        pred,
+        target,
+        float(delta),
+        float(theta),
+        FAMILY_CODES[family],
+        COVARIANCE_CODES[covariance],
+        parameterization == "mu",
+    )
     constant = _normalizer_constant(d, family, float(delta)) if normalized else None
     if isinstance(constant, torch.Tensor):  # as eager's Python float: in the loss dtype
         constant = constant.to(loss.dtype)

@@ -29,8 +29,13 @@ def dim_from_packed_size(P: int) -> int:
     return d
 
 
-@lru_cache(maxsize=None)
 def _layout(d: int):
+    """(rows, cols, flat_index, unpack_scale, pack_scale) of the packed layout; cached in
+    eager mode, traced directly under torch.compile (dynamo warns about lru_cache)."""
+    return _layout_tables(d) if torch.compiler.is_compiling() else _cached_layout_tables(d)
+
+
+def _layout_tables(d: int):
     # Plain Python index tables (constants under torch.compile; a tensor's .tolist() would
     # break the graph).
     rows = [i for i in range(d) for _ in range(i, d)]
@@ -42,6 +47,9 @@ def _layout(d: int):
     unpack_scale = [1.0 if i == j else 1.0 / math.sqrt(2.0) for i in range(d) for j in range(d)]
     pack_scale = [1.0 if i == j else math.sqrt(2.0) for i, j in zip(rows, cols)]
     return rows, cols, flat_index, unpack_scale, pack_scale
+
+
+_cached_layout_tables = lru_cache(maxsize=None)(_layout_tables)
 
 
 def unpack_sym(raw: torch.Tensor) -> torch.Tensor:

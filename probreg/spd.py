@@ -21,10 +21,11 @@ __all__ = ["symeig", "spd_remap", "spd_from_raw"]
 _FUSED_MAX_DIM = 3
 
 
-def _check_theta(theta: float, name: str) -> None:
+def _check_theta(theta: float, name: str) -> float:
     # Comparisons rather than math.isfinite: they also work on torch.compile's symbolic floats.
     if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not (0 < theta < math.inf):
         raise ValueError(f"{name}: theta must be a finite positive number, got {theta!r}")
+    return theta if isinstance(theta, float) else float(theta)
 
 
 def _check_square(B: torch.Tensor, name: str) -> int:
@@ -66,11 +67,11 @@ def spd_remap(B: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
         g(l) underflows the dtype, e.g. l < -87*theta in float32-rounded output).
     Backward: exact Daleckii-Krein divided differences, finite at repeated eigenvalues.
     """
-    _check_theta(theta, "probreg.spd_remap")
+    theta = _check_theta(theta, "probreg.spd_remap")
     d = _check_square(B, "probreg.spd_remap")
     if d > _FUSED_MAX_DIM:
-        return ops._spd_remap_fallback(B, float(theta))
-    return ops.spd_remap(B, float(theta))
+        return ops._spd_remap_fallback(B, theta)
+    return ops.spd_remap(B, theta)
 
 
 def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
@@ -83,7 +84,7 @@ def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
     Returns:
         A (..., d, d).
     """
-    _check_theta(theta, "probreg.spd_from_raw")
+    theta = _check_theta(theta, "probreg.spd_from_raw")
     if not isinstance(raw, torch.Tensor) or raw.dim() < 1:
         raise ValueError("probreg.spd_from_raw: raw must be a tensor of shape (..., P)")
     P = raw.shape[-1]
@@ -91,5 +92,5 @@ def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
         dim_from_packed_size(P)  # raises a clear error if P is not d(d+1)/2
         if not raw.is_floating_point():
             raise TypeError(f"probreg.spd_from_raw: raw must be a floating-point tensor, got {raw.dtype}")
-        return ops._spd_remap_fallback(unpack_sym(raw), float(theta))
-    return ops.spd_from_raw(raw, float(theta))
+        return ops._spd_remap_fallback(unpack_sym(raw), theta)
+    return ops.spd_from_raw(raw, theta)
