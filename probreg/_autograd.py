@@ -83,6 +83,12 @@ def _register(name: str, function, vmap_out_dims=None) -> None:
     torch.library.register_vmap(f"probreg::{name}", _vmap_rule(op, vmap_out_dims), lib=_LIB)
 
 
+def _save(ctx, *tensors) -> None:
+    """Save tensors for the backward and the jvp rule."""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
+
+
 def _none(n: int):
     return (None,) * n
 
@@ -97,8 +103,7 @@ def _register_symeig(forward_name: str, backward_name: str) -> None:
     backward_op = getattr(ops, backward_name)
 
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*output)
-        ctx.save_for_forward(*output)
+        _save(ctx, *output)
 
     def backward(ctx, grad_l, grad_V):
         l, V = ctx.saved_tensors
@@ -111,8 +116,7 @@ def _register_symeig(forward_name: str, backward_name: str) -> None:
     _register(forward_name, _function(forward_name, forward_op, setup_context, backward, jvp))
 
     def b_setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
+        _save(ctx, *inputs)
 
     def b_backward(ctx, cotangent):
         return _second_order.symeig_backward_vjp(*ctx.saved_tensors, cotangent)
@@ -130,8 +134,7 @@ def _register_spd_remap(forward_name: str, backward_name: str) -> None:
 
     def setup_context(ctx, inputs, output):
         B, ctx.theta = inputs
-        ctx.save_for_backward(B)
-        ctx.save_for_forward(B)
+        _save(ctx, B)
 
     def backward(ctx, grad_A):
         (B,) = ctx.saved_tensors
@@ -147,8 +150,7 @@ def _register_spd_remap(forward_name: str, backward_name: str) -> None:
     # d/dB in direction E is d2F_B[G, E], symmetric in (G, E).
     def b_setup_context(ctx, inputs, output):
         G, B, ctx.theta = inputs
-        ctx.save_for_backward(G, B)
-        ctx.save_for_forward(G, B)
+        _save(ctx, G, B)
 
     def b_backward(ctx, cotangent):
         G, B = ctx.saved_tensors
@@ -175,8 +177,7 @@ def _spd_from_raw_second(raw, G, e, theta):
 def _register_spd_from_raw() -> None:
     def setup_context(ctx, inputs, output):
         raw, ctx.theta = inputs
-        ctx.save_for_backward(raw)
-        ctx.save_for_forward(raw)
+        _save(ctx, raw)
 
     def backward(ctx, grad_A):
         (raw,) = ctx.saved_tensors
@@ -190,8 +191,7 @@ def _register_spd_from_raw() -> None:
 
     def b_setup_context(ctx, inputs, output):
         G, raw, ctx.theta = inputs
-        ctx.save_for_backward(G, raw)
-        ctx.save_for_forward(G, raw)
+        _save(ctx, G, raw)
 
     def b_backward(ctx, cotangent):
         G, raw = ctx.saved_tensors
@@ -219,8 +219,7 @@ def _register_huber_nll(forward_name: str, backward_name: str) -> None:
 
     def setup_context(ctx, inputs, output):
         pred, target, *ctx.options = inputs
-        ctx.save_for_backward(pred, target)
-        ctx.save_for_forward(pred, target)
+        _save(ctx, pred, target)
         ctx.loss_dtype = output.dtype
 
     def backward(ctx, grad_loss):
@@ -244,8 +243,7 @@ def _register_huber_nll(forward_name: str, backward_name: str) -> None:
     # Hessian-vector product serves the vjp and the jvp).
     def b_setup_context(ctx, inputs, output):
         grad_loss, pred, target, *ctx.options, ctx.need_grad_target = inputs
-        ctx.save_for_backward(grad_loss, pred, target)
-        ctx.save_for_forward(grad_loss, pred, target)
+        _save(ctx, grad_loss, pred, target)
 
     def b_backward(ctx, c_pred, c_target):
         grad_loss, pred, target = ctx.saved_tensors
@@ -292,8 +290,7 @@ def _register_huber_fuse(forward_name: str, backward_name: str) -> None:
         v, A, weight, _init, ctx.delta, _max_iter, _tol, ctx.damping = inputs
         y, hessian, iterations, converged = output
         ctx.mark_non_differentiable(hessian, iterations, converged)
-        ctx.save_for_backward(y, v, A, weight)
-        ctx.save_for_forward(y, v, A, weight)
+        _save(ctx, y, v, A, weight)
 
     def backward(ctx, grad_y, _grad_hessian, _grad_iterations, _grad_converged):
         y, v, A, weight = ctx.saved_tensors

@@ -89,6 +89,16 @@ def _log_normalizer_fake(d, family, delta):
 
 
 # ---------------------------------------------------------------- huber_fuse
+def _fuse_results(v, batch, d):
+    """(y (..., d), hessian (..., d, d), iterations int32 (...), converged bool (...))."""
+    return (
+        v.new_empty((*batch, d)),
+        v.new_empty((*batch, d, d)),
+        v.new_empty(batch, dtype=torch.int32),
+        v.new_empty(batch, dtype=torch.bool),
+    )
+
+
 @torch.library.register_fake("probreg::huber_fuse")
 def _huber_fuse_fake(v, A, weight, init, delta, max_iter, tol, damping):
     torch._check(v.dim() >= 2, lambda: f"probreg.huber_fuse: v must have shape (..., n, d), got {tuple(v.shape)}")
@@ -98,12 +108,7 @@ def _huber_fuse_fake(v, A, weight, init, delta, max_iter, tol, damping):
     torch._check(weight.shape == (*batch, n), lambda: f"probreg.huber_fuse: weight must have shape (..., n), got {tuple(weight.shape)}")
     if init is not None:
         torch._check(init.shape == (*batch, d), lambda: f"probreg.huber_fuse: init must have shape (..., d), got {tuple(init.shape)}")
-    return (
-        v.new_empty((*batch, d)),
-        v.new_empty((*batch, d, d)),
-        v.new_empty(batch, dtype=torch.int32),
-        v.new_empty(batch, dtype=torch.bool),
-    )
+    return _fuse_results(v, batch, d)
 
 
 @torch.library.register_fake("probreg::_huber_fuse_backward")
@@ -168,12 +173,7 @@ def _huber_nll_fallback_backward_fake(grad_loss, pred, target, delta, theta, fam
 def _huber_fuse_fallback_fake(v, A, weight, init, delta, max_iter, tol, damping):
     batch, n, d = fallback.check_fuse(v, A, weight, init, "_huber_fuse_fallback")
     fallback.check_fuse_scalars(delta, max_iter, tol, damping, "_huber_fuse_fallback")
-    return (
-        v.new_empty((*batch, d)),
-        v.new_empty((*batch, d, d)),
-        v.new_empty(batch, dtype=torch.int32),
-        v.new_empty(batch, dtype=torch.bool),
-    )
+    return _fuse_results(v, batch, d)
 
 
 @torch.library.register_fake("probreg::_huber_fuse_fallback_backward")
