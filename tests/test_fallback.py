@@ -60,12 +60,12 @@ def test_symeig_fallback_against_mpmath(d):
 
 
 @pytest.mark.parametrize("d", [2, 3])
-def test_spectral_fallbacks_match_fused_kernels(d):
+def test_spectral_fallbacks_match_fused_kernels(device, d):
     """Two independent implementations (torch eigh + probreg/_spectral.py divided
     differences, C++ Jacobi + csrc/include/probreg/spectral.h) of the same ops and backwards."""
     g = torch.Generator().manual_seed(20 + d)
     B = torch.randn(50, d, d, generator=g, dtype=F64)
-    B = torch.cat([B + B.mT, 0.5 * torch.eye(d, dtype=F64).expand(2, d, d)])
+    B = torch.cat([B + B.mT, 0.5 * torch.eye(d, dtype=F64).expand(2, d, d)]).to(device)
     G = torch.randn_like(B)
     for theta in (0.5, 2.0):
         assert (ops._spd_remap_fallback(B, theta) - ops.spd_remap(B, theta)).abs().max() <= 1e-12
@@ -129,15 +129,15 @@ def test_huber_nll_fallback_against_eigh_formula_and_finite_differences(covarian
 
 
 @pytest.mark.parametrize("d", [2, 3])
-def test_huber_nll_fallback_matches_fused_kernel(d):
+def test_huber_nll_fallback_matches_fused_kernel(device, d):
     g = torch.Generator().manual_seed(30 + d)
     for family, covariance, mu in itertools.product(FAMILIES, COVARIANCES, (False, True)):
         width = {"full": d * (d + 1) // 2, "diagonal": d, "identity": 0}[covariance]
-        pred = torch.randn(20, d + width, generator=g, dtype=F64)
-        target = torch.randn(20, d, generator=g, dtype=F64)
+        pred = torch.randn(20, d + width, generator=g, dtype=F64).to(device)
+        target = torch.randn(20, d, generator=g, dtype=F64).to(device)
         options = (0.7, 0.5, FAMILIES[family], COVARIANCES[covariance], mu)
         assert (ops._huber_nll_fallback(pred, target, *options) - ops.huber_nll(pred, target, *options)).abs().max() <= 1e-12
-        go = torch.rand(20, generator=g, dtype=F64)
+        go = torch.rand(20, generator=g, dtype=F64).to(device)
         go[0] = 0.0
         for a, b in zip(ops._huber_nll_fallback_backward(go, pred, target, *options, True),
                         ops._huber_nll_backward(go, pred, target, *options, True)):
@@ -162,9 +162,9 @@ def test_huber_fuse_fallback_against_scipy_minimiser():
                      check_forward_ad=True)
 
 
-def test_huber_fuse_fallback_matches_fused_kernel():
+def test_huber_fuse_fallback_matches_fused_kernel(device):
     problems = random_problems(20, 3, 2, seed=6)
-    v, A, w = problems["v"], problems["A"], problems["weight"]
+    v, A, w = (problems[k].to(device) for k in ("v", "A", "weight"))
     y, H, _, _ = ops._huber_fuse_fallback(v, A, w, None, 1.0, 100, 1e-12, 0.0)
     y_ref, H_ref, _, _ = ops.huber_fuse(v, A, w, None, 1.0, 100, 1e-12, 0.0)
     assert scaled_error(y, y_ref).max() <= 1e-10

@@ -33,8 +33,8 @@ FAMILIES = {"huber": 0, "gauss": 1, "laplace": 2, "charbonnier": 3}
 COVARIANCES = {"identity": 0, "diagonal": 1, "full": 2}
 
 
-def _second_order_checks(fn, inputs, fwd_over_rev=True):
-    inputs = tuple(x.detach().clone().requires_grad_(True) for x in inputs)
+def _second_order_checks(fn, inputs, fwd_over_rev=True, device="cpu"):
+    inputs = tuple(x.detach().to(device).requires_grad_(True) for x in inputs)
     assert gradcheck(fn, inputs, check_forward_ad=True)
     assert gradgradcheck(fn, inputs)
     if fwd_over_rev:
@@ -148,13 +148,13 @@ def _degenerate_matrices(d):
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 4])
-def test_spd_remap_double_backward_exact(d):
+def test_spd_remap_double_backward_exact(device, d):
     """Reverse-over-reverse and forward-over-reverse at random and degenerate B; d = 4 is
     the fallback operator."""
     op = ops.spd_remap if d <= 3 else ops._spd_remap_fallback
     B = torch.randn(3, d, d, dtype=F64)
     for batch in (B + B.mT, _degenerate_matrices(d)):
-        _second_order_checks(lambda X: op(X, THETA), (batch,))
+        _second_order_checks(lambda X: op(X, THETA), (batch,), device=device)
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
@@ -229,11 +229,11 @@ def test_huber_nll_double_backward_exact_d2(family, covariance, mu):
 @pytest.mark.parametrize("d", [1, 3, 4])
 @pytest.mark.parametrize("family,covariance,mu", [("huber", "full", False), ("charbonnier", "full", True),
                                                   ("gauss", "diagonal", True), ("laplace", "identity", False)])
-def test_huber_nll_double_backward_exact_other_dims(d, family, covariance, mu):
+def test_huber_nll_double_backward_exact_other_dims(device, d, family, covariance, mu):
     """d = 1, 3 (fused) and d = 4 (fallback operator)."""
     pred, target = _nll_rows(d, covariance, seed=d)
     options = (DELTA, THETA, FAMILIES[family], COVARIANCES[covariance], mu)
-    _second_order_checks(lambda p, t: _nll_op(d)(p, t, *options), (pred, target), fwd_over_rev=(d != 3))
+    _second_order_checks(lambda p, t: _nll_op(d)(p, t, *options), (pred, target), fwd_over_rev=(d != 3), device=device)
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -293,15 +293,17 @@ def _fuse_problems(d, seed, problems=2, n=3):
 
 
 @pytest.mark.parametrize("d", [2, 4])
-def test_huber_fuse_double_backward_exact(d):
+def test_huber_fuse_double_backward_exact(device, d):
     """y*(v, A, w) with the exact implicit gradient (damping 0): first and second
     derivatives against finite differences of the converged solver (tol 1e-14). Most
     estimates of these problems lie outside delta, the others inside."""
     v, A, w = _fuse_problems(d, seed=d, problems=2 if d <= 3 else 1, n=3 if d <= 3 else 2)
     if d <= 3:
-        _second_order_checks(lambda *t: ops.huber_fuse(*t, None, 1.0, 200, 1e-14, 0.0)[0], (v, A, w))
+        _second_order_checks(lambda *t: ops.huber_fuse(*t, None, 1.0, 200, 1e-14, 0.0)[0], (v, A, w), device=device)
     else:  # the fallback solver is slow under finite differences: (v, weight) only
-        _second_order_checks(lambda v_, w_: ops._huber_fuse_fallback(v_, A, w_, None, 1.0, 200, 1e-14, 0.0)[0], (v, w))
+        A = A.to(device)
+        _second_order_checks(lambda v_, w_: ops._huber_fuse_fallback(v_, A, w_, None, 1.0, 200, 1e-14, 0.0)[0], (v, w),
+                             device=device)
 
 
 @pytest.mark.parametrize("damping", [0.0, 0.3])
