@@ -27,6 +27,7 @@ over positive denominators: no cancellation at any gap.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -220,36 +221,42 @@ def remap_first_dd(l: torch.Tensor, theta: float) -> torch.Tensor:
     return torch.where(lo > 0, one, torch.where(hi <= 0, exp_branch, mixed))
 
 
+@functools.lru_cache(maxsize=None)
+def _index_triples(d: int):
+    """The index triples i <= k <= j of a d-vector (as a list) and, for each of the d^3
+    ordered triples (i, k, j), the position of its sorted triple in that list: a symmetric
+    function of three eigenvalues is evaluated once per multiset of indices."""
+    triples = [(i, k, j) for i in range(d) for k in range(i, d) for j in range(k, d)]
+    position = {t: n for n, t in enumerate(triples)}
+    return triples, [position[tuple(sorted((i, k, j)))] for i in range(d) for k in range(d) for j in range(d)]
+
+
 def remap_second_dd(l: torch.Tensor, theta: float) -> torch.Tensor:
     """K3 (..., d, d, d), K3[i, k, j] = g[l_i, l_k, l_j] (symmetric in i, k, j)."""
     u = remap_u(l, theta)
     d = u.shape[-1]
-    shape = (*u.shape, d, d)
-    triple = torch.stack(
-        [u[..., :, None, None].expand(shape), u[..., None, :, None].expand(shape), u[..., None, None, :].expand(shape)],
-        dim=-1,
-    )
-    x, y, z = torch.sort(triple, dim=-1).values.unbind(-1)
+    triples, gather = _index_triples(d)
+    x, y, z = torch.sort(u[..., torch.tensor(triples, device=u.device)], dim=-1).values.unbind(-1)
     one = torch.ones_like(x)
     # Clamped copies keep the branches not taken finite (they equal x, y, z where taken).
     xc, yc, zc = torch.clamp(x, max=0.0), torch.clamp(y, max=0.0), torch.clamp(z, max=0.0)
     zx = torch.where(z > x, z - x, one)
     zy = torch.where(z > y, z - y, one)
     yx = torch.where(y > x, y - x, one)
+    left = (yc - xc) * _exp_times_phi2(yc, xc - yc)  # the Peano term of [x, y], >= 0
     # z <= 0 (every point on the exponential branch): two non-negative Peano terms
     all_exp = torch.where(
         z > x,
-        ((yc - xc) * _exp_times_phi2(yc, xc - yc) + (zc - yc) * _exp_times_phi2(yc, zc - yc)) / zx,
+        (left + (zc - yc) * _exp_times_phi2(yc, zc - yc)) / zx,
         torch.where(y == 0, torch.full_like(y, 0.25), 0.5 * torch.exp(yc)),  # at theta: mean of G''(0-) = 1, G''(0+) = 0
     )
     # x <= y <= 0 < z
-    two_exp = (yc - xc) * _exp_times_phi2(yc, xc - yc) / zx + (
-        -z * torch.expm1(yc) + _one_minus_exp_plus_x_exp(yc)
-    ) / (zx * zy)
+    two_exp = left / zx + (-z * torch.expm1(yc) + _one_minus_exp_plus_x_exp(yc)) / (zx * zy)
     # x <= 0 < y <= z
     one_exp = _expm1_minus_x(xc) / (zx * yx)
     out = torch.where(x > 0, torch.zeros_like(x), torch.where(z <= 0, all_exp, torch.where(y <= 0, two_exp, one_exp)))
-    return out * (1.0 / theta)
+    out = out * (1.0 / theta)
+    return out[..., torch.tensor(gather, device=u.device)].unflatten(-1, (d, d, d))
 
 
 def log_g_prime_first_dd(l: torch.Tensor, theta: float) -> torch.Tensor:
