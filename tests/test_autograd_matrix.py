@@ -35,7 +35,9 @@ from probreg._ops import ops
 
 from helpers import ROOT
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# No operator may reach torch's "autograd kernel was not registered" fallback (a silent zero).
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("error:.*autograd kernel was not registered:UserWarning")]
 
 F64 = torch.float64
 MODES = ("backward", "double_backward", "jvp", "func", "hessian", "vmap", "compile_static", "compile_dynamic")
