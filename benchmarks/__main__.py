@@ -21,7 +21,7 @@ from . import common
 from .common import add_speedups, copy_bandwidth_gbps, device_label, environment, markdown_table, write_json
 from .plot import plot_throughput
 
-SUITES = ["spd", "nll", "fuse"]
+SUITES = ["spd", "nll", "fuse", "second_order"]
 
 
 def main(argv=None) -> int:
