@@ -26,7 +26,7 @@ def needs_autograd(args) -> bool:
         return True
     if forward_ad._current_level >= 0 and torch._C._is_fwd_grad_enabled():
         return True
-    return torch.is_grad_enabled() and torch._C._any_requires_grad(*(a for a in args if isinstance(a, torch.Tensor)))
+    return torch.is_grad_enabled() and any(a.requires_grad for a in args if isinstance(a, torch.Tensor))
 
 
 _modes = threading.local()
