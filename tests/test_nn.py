@@ -168,3 +168,78 @@ def test_bad_forward_inputs_name_the_argument():
         PredictionHead.from_targets(4, torch.randn(10, 2))
     with pytest.raises(ValueError, match="init_precision"):
         PredictionHead.from_targets(4, torch.randn(10, 2, 2), init_precision=2.0)
+
+
+# ------------------------------------------------------------------ OutlierMixtureNLLLoss
+@pytest.mark.parametrize("family", ["huber", "gauss", "laplace", "charbonnier"])
+def test_outlier_mixture_value(family):
+    """-log((1 - eps) p(y) + eps u) from the family's log-density, in float64."""
+    from probreg.nn import OutlierMixtureNLLLoss
+
+    pred = torch.randn(6, 5, dtype=F64)
+    y = torch.randn(6, 2, dtype=F64) * 3
+    loss = OutlierMixtureNLLLoss(0.2, -math.log(16.0), 0.7, 0.5, family=family, reduction="none")
+    log_p = -probreg.huber_nll(pred, y, 0.7, 0.5, family=family, reduction="none")
+    expected = -torch.log(0.8 * log_p.exp() + 0.2 / 16.0)
+    torch.testing.assert_close(loss(pred, y), expected, rtol=1e-12, atol=1e-12)
+    posterior = 0.8 * log_p.exp() / (0.8 * log_p.exp() + 0.2 / 16.0)
+    torch.testing.assert_close(loss.inlier_probability(pred, y), posterior, rtol=1e-12, atol=1e-12)
+    weight = torch.tensor([1.0, 0.0, 2.0, 1.0, 1.0, 0.5], dtype=F64)
+    mean = OutlierMixtureNLLLoss(0.2, -math.log(16.0), 0.7, 0.5, family=family)(pred, y, weight)
+    torch.testing.assert_close(mean, (weight * expected).sum() / weight.sum(), rtol=1e-12, atol=1e-12)
+
+
+def test_outlier_mixture_recovers_the_inlier_scale():
+    """1-D labels: 85% N(0, 0.1^2) and 15% uniform on [-4, 4]. The maximum-likelihood A of the
+    plain Huber NLL is inflated by the outliers; with the uniform component it matches the
+    ML fit of the inliers alone (the true inlier scale up to sampling error)."""
+    from probreg.nn import OutlierMixtureNLLLoss
+
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    inlier = torch.rand(n, generator=g) > 0.15
+    y = torch.where(inlier, 0.1 * torch.randn(n, generator=g, dtype=F64),
+                    8 * torch.rand(n, generator=g, dtype=F64) - 4).unsqueeze(-1)
+
+    def fitted_precision(loss, labels):
+        raw = torch.tensor([5.0], dtype=F64, requires_grad=True)  # mu = 0, A = g(raw) (linear branch)
+        opt = torch.optim.LBFGS([raw], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            pred = torch.cat([torch.zeros(1, dtype=F64), raw]).expand(labels.shape[0], 2)
+            value = loss(pred, labels)
+            value.backward()
+            return value
+
+        opt.step(closure)
+        return float(raw.detach())
+
+    plain = fitted_precision(probreg.HuberNLLLoss(1.0, 0.1, parameterization="mu"), y)
+    clean = fitted_precision(probreg.HuberNLLLoss(1.0, 0.1, parameterization="mu"), y[inlier])
+    mixture = fitted_precision(OutlierMixtureNLLLoss(0.15, -math.log(8.0), 1.0, 0.1, parameterization="mu"), y)
+    assert plain < 0.5 * clean
+    assert mixture == pytest.approx(clean, rel=0.03)
+
+
+def test_outlier_mixture_from_the_head_and_errors():
+    from probreg.nn import OutlierMixtureNLLLoss
+
+    head = PredictionHead(4, 3, 2, delta=0.8, theta=0.3)
+    loss = head.loss(outlier_fraction=0.1, outlier_log_density=-2.0)
+    assert isinstance(loss, OutlierMixtureNLLLoss)
+    assert (loss.nll.delta, loss.nll.theta) == (0.8, 0.3)
+    pred = head(torch.randn(7, 4, requires_grad=True))
+    value = loss(pred, torch.randn(7, 3, 2) * 100)
+    value.backward()
+    assert torch.isfinite(head.linear.weight.grad).all()
+    for kwargs, name in [(dict(outlier_fraction=0.0, outlier_log_density=0.0), "outlier_fraction"),
+                         (dict(outlier_fraction=1.0, outlier_log_density=0.0), "outlier_fraction"),
+                         (dict(outlier_fraction=0.1, outlier_log_density=math.inf), "outlier_log_density"),
+                         (dict(outlier_fraction=0.1, outlier_log_density=None), "outlier_log_density")]:
+        with pytest.raises(ValueError, match=name):
+            OutlierMixtureNLLLoss(**kwargs)
+    with pytest.raises(ValueError, match="reduction"):
+        OutlierMixtureNLLLoss(0.1, 0.0, reduction="max")
+    with pytest.raises(ValueError, match="family"):
+        OutlierMixtureNLLLoss(0.1, 0.0, family="cauchy")
