@@ -44,6 +44,19 @@ def _rotation(angle: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
 
 
+def _noisy_labels(clean, R, stds, outlier_fraction: float, half_width: float, gen):
+    """Labels of keypoints clean (N, K, 2): Gaussian noise R diag(stds) z (R (N, K, 2, 2)
+    rotations, stds broadcastable to (N, K, 2)), then with probability outlier_fraction a
+    uniform point of [-half_width, half_width]^2 instead. Returns (noisy labels, labels,
+    is_outlier (N, K), noise covariance R diag(stds^2) R^T)."""
+    noise_cov = (R * stds.unsqueeze(-2) ** 2) @ R.transpose(-1, -2)
+    noise = (R @ (stds * torch.randn(clean.shape, generator=gen)).unsqueeze(-1)).squeeze(-1)
+    noisy = clean + noise
+    is_outlier = torch.rand(clean.shape[:-1], generator=gen) < outlier_fraction
+    wrong = 2 * half_width * torch.rand(clean.shape, generator=gen) - half_width
+    return noisy, torch.where(is_outlier.unsqueeze(-1), wrong, noisy), is_outlier, noise_cov
+
+
 def make_keypoint_data(
     num_samples: int,
     num_keypoints: int = 8,
@@ -79,12 +92,7 @@ def make_keypoint_data(
     sigma = noise_scale * (0.25 + difficulty)  # (N,)
     R = _rotation(angle.view(-1, 1) + kp_angle)  # (N, K, 2, 2)
     diag = torch.stack([sigma, sigma / anisotropy], -1).unsqueeze(1).expand(-1, num_keypoints, -1)
-    noise_cov = (R * diag.unsqueeze(-2) ** 2) @ R.transpose(-1, -2)
-    noise = (R @ (diag * torch.randn(num_samples, num_keypoints, 2, generator=gen)).unsqueeze(-1)).squeeze(-1)
-    labels = clean + noise
-    is_outlier = torch.rand(num_samples, num_keypoints, generator=gen) < outlier_fraction
-    wrong = 4 * torch.rand(num_samples, num_keypoints, 2, generator=gen) - 2
-    labels = torch.where(is_outlier.unsqueeze(-1), wrong, labels)
+    _, labels, is_outlier, noise_cov = _noisy_labels(clean, R, diag, outlier_fraction, 2.0, gen)
 
     flag = torch.zeros(num_samples)
     if mirror:
@@ -157,10 +165,5 @@ def make_keypoint_images(num_samples: int, outlier_fraction: float = 0.1, seed: 
     sigma = 0.01 + 0.04 * difficulty
     R = _rotation(angle.view(-1, 1) + torch.arange(K) * (math.pi / K))  # (N, K, 2, 2)
     stds = torch.stack([sigma, 0.5 * sigma], dim=-1).unsqueeze(1)  # (N, 1, 2)
-    noise_cov = (R * stds.unsqueeze(-2) ** 2) @ R.transpose(-1, -2)
-    noise = (R @ (stds * torch.randn(num_samples, K, 2, generator=g)).unsqueeze(-1)).squeeze(-1)
-    clean_labels = true + noise
-    is_outlier = torch.rand(num_samples, K, generator=g) < outlier_fraction
-    wrong = 2 * torch.rand(num_samples, K, 2, generator=g) - 1
-    labels = torch.where(is_outlier.unsqueeze(-1), wrong, clean_labels)
+    clean_labels, labels, is_outlier, noise_cov = _noisy_labels(true, R, stds, outlier_fraction, 1.0, g)
     return KeypointImages(images, labels, clean_labels, true, is_outlier, noise_cov)
