@@ -18,9 +18,10 @@ def parser(doc: str, fast_help: str = "short run (seconds; what the tests run)")
     """An ArgumentParser with the options every example takes."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--fast", action="store_true", help=fast_help)
-    p.add_argument("--out", default=DEFAULT_OUT, help="directory for the files the example writes (default %(default)s)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="directory for the files the example writes (default %(default)s)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: these models are small, and one thread behaves best on a shared machine)")
+                   help="torch threads (default 1: the models are small; one thread behaves best on a shared machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

@@ -24,8 +24,9 @@ contaminated data and is scored against the clean f on a clean test set:
 Run:  python examples/robust_training.py            (full, a few minutes on 2 CPU cores)
       python examples/robust_training.py --fast     (seconds; used by the tests)
 Options: --methods l2,huber,huber+outliers,deepgum,ebm  --dims 1,2  --outlier-fraction 0.3
-         --delta 1  --seed 0  --out DIR (robust_training.json, and robust_training.png with
-         the 1-D fits)  --threads 1 (torch threads while running; restored afterwards)
+         --delta 1  --lr-schedule cosine|constant  --seed 0  --out DIR (robust_training.json,
+         and robust_training.png with the 1-D fits)  --threads 1 (torch threads while
+         running; restored afterwards)
 
 ``main(argv)`` prints the table and returns its rows as a list of dicts with keys
 ``dim, method, rmse, median, outlier_precision, outlier_recall, seconds``
@@ -120,16 +121,24 @@ def minibatches(n: int, batch_size: int, g: torch.Generator):
 
 
 def fit_minibatches(model: nn.Module, data, cfg: Config, seed: int, batch_loss, desc: str = "") -> None:
-    """Adam on batch_loss(x_batch, y_batch, generator) over cfg.epochs of shuffled
-    minibatches of the training set (the generator, seeded with `seed`, draws both)."""
+    """Adam on batch_loss(x_batch, y_batch, generator) over cfg.epochs of shuffled minibatches
+    of the training set (the generator, seeded with `seed`, draws both), the learning rate
+    decaying to 0 on a cosine (data["lr_schedule"] == "cosine", the default) or constant.
+    The decay matters for the NLL arms (README, Examples)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(seed)
     x, y = data["x_train"], data["y_train"]
+    steps = cfg.epochs * -(-len(x) // cfg.batch_size)
+    if data.get("lr_schedule", "cosine") == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    g = torch.Generator().manual_seed(seed)
     for _ in example_utils.progress(range(cfg.epochs), f"{desc} epochs", data.get("progress", False)):
         for idx in minibatches(len(x), cfg.batch_size, g):
             opt.zero_grad(set_to_none=True)
             batch_loss(x[idx], y[idx], g).backward()
             opt.step()
+            sched.step()
 
 
 def train_l2(data, dim, cfg: Config, seed: int):
@@ -252,7 +261,7 @@ def _warm_up() -> None:
 
 
 def run(dims: Sequence[int], methods: Sequence[str], cfg: Config, outlier_fraction: float, seed: int,
-        delta: float = 1.0, show_progress: bool = False) -> tuple[list[dict], dict]:
+        delta: float = 1.0, show_progress: bool = False, lr_schedule: str = "cosine") -> tuple[list[dict], dict]:
     """Trains every method on every dim; returns the table rows and, for the 1-D case, the
     data and each method's predictions on a grid of x (for the figure)."""
     _warm_up()
@@ -270,7 +279,7 @@ def run(dims: Sequence[int], methods: Sequence[str], cfg: Config, outlier_fracti
                       "outlier_train": lab_tr.tolist(), "grid": grid[:, 0].tolist()}
         n_test = cfg.n_test
         data = dict(x_train=x_tr, y_train=y_tr, labels_train=lab_tr, x_val=x_va, y_val=y_va, x_test=x_te,
-                    delta=delta, outlier_fraction=outlier_fraction, progress=show_progress)
+                    delta=delta, outlier_fraction=outlier_fraction, progress=show_progress, lr_schedule=lr_schedule)
         for method in methods:
             start = time.perf_counter()
             pred, pr = ARMS[method](data, dim, cfg, seed)
@@ -323,6 +332,8 @@ def parse_args(argv: Optional[Sequence[str]]):
     parser.add_argument("--dims", default="1,2", help="comma-separated target dimensions (1 and/or 2)")
     parser.add_argument("--outlier-fraction", type=float, default=0.3)
     parser.add_argument("--delta", type=float, default=1.0, help="Huber threshold of the huber arms")
+    parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                        help="learning rate of the l2, huber and ebm arms: cosine decay to 0, or constant")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -351,12 +362,14 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     cfg = FAST if args.fast else FULL
     with example_utils.torch_threads(args.threads):
         rows, curves = run(args.dims, args.methods, cfg, args.outlier_fraction, args.seed, args.delta,
-                           show_progress=not args.no_progress)
+                           show_progress=not args.no_progress, lr_schedule=args.lr_schedule)
     print(f"robust regression, {args.outlier_fraction:.0%} outliers in U{list(OUTLIER_BOX)}^d, "
-          f"inlier noise {NOISE_STD}, {'fast' if args.fast else 'full'} mode, delta {args.delta:g}; "
+          f"inlier noise {NOISE_STD}, {'fast' if args.fast else 'full'} mode, delta {args.delta:g}, "
+          f"{args.lr_schedule} learning rate; "
           "error = ||pred - f(x)|| on clean test x")
     print(format_table(rows))
     files = [example_utils.save_json({"rows": rows, "delta": args.delta, "outlier_fraction": args.outlier_fraction,
+                                      "lr_schedule": args.lr_schedule,
                                       "seed": args.seed, "mode": "fast" if args.fast else "full"},
                                      args.out, "robust_training.json")]
     if 1 in args.dims:

@@ -203,7 +203,8 @@ def main(argv=None):
     results["RBF fusion, initial parameters"] = metrics(fuse(initial, test_data, 0.1), test_data["truth"])
     histories, models = {}, {}
     for label, damping in (("RBF fusion, undamped (Samuel & Tappen)", 0.0), ("RBF fusion, damped (Wibergian)", 0.1)):
-        model, history = train(train_data, steps, batch, lr, damping, args.seed, show_progress=not args.no_progress)
+        model, history = train(train_data, steps, batch, lr, damping, args.seed,
+                               show_progress=not args.no_progress)
         models[label], histories[label] = model, history
         results[label] = metrics(fuse(model, test_data, damping), test_data["truth"])
         results[label]["nonfinite_steps"] = history["nonfinite_steps"]
