@@ -21,6 +21,8 @@ import torch
 
 from . import reference
 from ._ops import ops
+from .distributions import HuberL2
+from .normalizer import huber_variance_factor
 from .spd import spd_from_raw
 
 __all__ = ["FuseResult", "huber_fuse", "fuse_predictions"]
@@ -58,8 +60,6 @@ class FuseResult(NamedTuple):
         Use it for calibrated regions (region_radius) and covariance_matrix; a singular
         hessian (estimates far apart in 1-D) has no such distribution (inf/NaN entries).
         """
-        from .distributions import HuberL2  # noqa: PLC0415  (distributions imports the NLL stack)
-
         _check_total_weight(total_weight)
         w, V = torch.linalg.eigh(0.5 * (self.hessian + self.hessian.transpose(-1, -2)))
         sqrt_h = (V * w.clamp_min(0).sqrt().unsqueeze(-2)) @ V.transpose(-1, -2)
@@ -69,8 +69,6 @@ class FuseResult(NamedTuple):
         """kappa_d(delta sqrt(W)) hessian^-1 (..., d, d): the covariance of distribution(),
         in the convention of HuberL2.covariance_matrix. hessian^-1 alone is the Laplace
         (Gaussian) approximation, kappa times smaller (kappa_2 = 3.08 at delta = 1, W = 1)."""
-        from .normalizer import huber_variance_factor  # noqa: PLC0415
-
         _check_total_weight(total_weight)
         d = self.y.shape[-1]
         return huber_variance_factor(d, float(delta) * math.sqrt(total_weight)) * torch.linalg.inv(self.hessian)
