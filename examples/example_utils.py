@@ -48,6 +48,24 @@ def progress(iterable, desc: str, enabled: bool = True, total=None):
     return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=0.5, file=sys.stderr)
 
 
+@contextlib.contextmanager
+def optimizer_progress(optimizer, desc: str, enabled: bool = True):
+    """A progress bar counting optimizer steps, for training loops that are not ours (a
+    step post-hook; removed on exit)."""
+    if not enabled:
+        yield
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=" steps", leave=False, mininterval=0.5, file=sys.stderr)
+    handle = optimizer.register_step_post_hook(lambda *args: bar.update(1))
+    try:
+        yield
+    finally:
+        handle.remove()
+        bar.close()
+
+
 def out_path(out_dir: str, name: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     return os.path.join(out_dir, name)

@@ -191,7 +191,8 @@ def train_deepgum(data, dim, cfg: Config, seed: int):
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     trainer = gum.GUMTrainer(model, opt, granularity="sample", batch_size=cfg.batch_size, max_epochs=cfg.epochs,
                              patience=cfg.deepgum_patience, max_rounds=cfg.deepgum_rounds, seed=seed)
-    trainer.fit(data["x_train"], data["y_train"], data["x_val"], data["y_val"])
+    with example_utils.optimizer_progress(opt, "deepgum (EM rounds + SGD)", data.get("progress", False)):
+        trainer.fit(data["x_train"], data["y_train"], data["x_val"], data["y_val"])
     pr = _precision_recall(trainer.fit_result.responsibilities < 0.5, data["labels_train"])
     with torch.no_grad():
         return model(data["x_test"]), pr

@@ -80,9 +80,11 @@ class PredictionHead(nn.Module):
         init_location: mu at step 0 when forward gets no location: a float, or a tensor
             broadcastable to (K, d) (e.g. the mean of the training targets). Default 0.
         theta: > 0, the remap threshold of the SPD map (the smallest reasonable
-            precision, in inverse target units). Default init_precision / 4 (a standard
-            deviation of twice the target spread, the widest distribution worth
-            representing); pass the same value to the loss (head.loss() does).
+            precision, in inverse target units). Default init_precision / 4: a
+            distribution four times as wide as the targets' spread, wider than any worth
+            representing (results do not depend on theta below the precisions training
+            reaches: README, training recipe); pass the same value to the loss (head.loss()
+            does).
         delta: > 0, the Huber threshold used by loss(), covariance_matrix() and
             distribution() (the head's output does not depend on it).
         device, dtype: of the linear layer's parameters.
