@@ -10,7 +10,6 @@ model is written to ddp.json.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import socket

@@ -32,8 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import example_utils  # noqa: E402
-import probreg  # noqa: E402
-from probreg.nn import OutlierMixtureNLLLoss, PredictionHead  # noqa: E402
+from probreg.nn import PredictionHead  # noqa: E402
 from synthetic_keypoints import INPUT_DIM, make_keypoint_data  # noqa: E402
 
 FAMILIES = ["huber", "gauss", "laplace", "charbonnier"]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .distributions import HuberL2
-from .nll import COVARIANCE_CODES, HuberNLLLoss, _weighted_reduce, huber_nll, pred_width
+from .nll import COVARIANCE_CODES, HuberNLLLoss, _weighted_reduce, pred_width
 from .spd import spd_from_raw
 
 __all__ = ["PredictionHead", "OutlierMixtureNLLLoss", "raw_for_precision"]
