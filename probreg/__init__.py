@@ -26,8 +26,7 @@ from .distributions import HuberL2
 from .fusion import FuseResult, fuse_predictions, huber_fuse
 from . import nn
 from .nn import PredictionHead
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "symeig",

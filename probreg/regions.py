@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from .normalizer import _LOG2, _log_huber_moment, _log_lower_gamma, _log_upper_gamma
+from .normalizer import _LOG2, _constant_under_compile, _log_huber_moment, _log_lower_gamma, _log_upper_gamma
 
 __all__ = ["huber_radius_cdf", "huber_region_radius"]
 
@@ -68,6 +68,7 @@ def _log_density(d: int, delta: float, s: float) -> float:
     return (d - 1) * math.log(s) - h - _log_huber_moment(d - 1, delta)
 
 
+@_constant_under_compile
 def huber_radius_cdf(d: int, delta: float, s: float) -> float:
     """P(||A (y - mu)|| <= s) under the L2 Huber distribution in R^d (float64)."""
     d, delta = _check(d, delta, "huber_radius_cdf")
@@ -81,6 +82,7 @@ def huber_radius_cdf(d: int, delta: float, s: float) -> float:
     return math.exp(log_in) if log_in < math.log(0.5) else -math.expm1(log_out)
 
 
+@_constant_under_compile
 def huber_region_radius(d: int, delta: float, p: float) -> float:
     """The radius s_p of the p-probability region: P(||A (y - mu)|| <= s_p) = p.
 
