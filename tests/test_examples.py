@@ -32,6 +32,19 @@ def assert_png(path, min_side=100):
     assert image.std() > 0.01  # not a blank canvas
 
 
+def test_readme_lists_exactly_the_tested_examples():
+    """Every example the README lists has a --fast run in the tests (ALL_EXAMPLES), and
+    every example script is listed."""
+    import re
+
+    from helpers import ROOT
+
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    listed = set(re.findall(r"^python examples/(\w+)\.py", readme, re.M))
+    scripts = {f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py")} - {"example_utils", "synthetic_keypoints"}
+    assert listed == set(ALL_EXAMPLES) == scripts, (listed, scripts)
+
+
 @pytest.mark.parametrize("name", ALL_EXAMPLES)
 def test_every_example_takes_the_common_options(name, capsys):
     """--fast, --out DIR, --threads and --no-progress, with one meaning everywhere."""

@@ -46,10 +46,10 @@ def test_raw_for_precision_inverts_the_remap():
             assert g == pytest.approx(a, rel=1e-14)
 
 
+@pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize("covariance", COVARIANCES)
 @pytest.mark.parametrize("parameterization", ["v", "mu"])
-def test_layout_is_what_huber_nll_and_huberl2_read(covariance, parameterization):
-    d = 2
+def test_layout_is_what_huber_nll_and_huberl2_read(d, covariance, parameterization):
     head = make_head(d, covariance, parameterization, delta=0.7, theta=0.4)
     with torch.no_grad():
         head.linear.weight.normal_(0, 0.1)  # A stays well conditioned (eigenvalues ~ 3 +- 1)
