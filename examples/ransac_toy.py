@@ -230,7 +230,7 @@ def main(argv=None):
     records = train(steps, lr, args.sigma0, args.seed, show_progress=not args.no_progress)
     stats = {name: run_stats(record, args.sigma0) for name, record in records.items()}
 
-    test_samples, test_mean = sample_problems(torch.Generator().manual_seed(args.seed + 1000), 500 if args.fast else 2000)
+    test_samples, test_mean = sample_problems(torch.Generator().manual_seed(args.seed + 1000), 200 if args.fast else 2000)
     evaluation = {
         "initial": evaluate(args.sigma0, test_samples, test_mean),
         "damped": evaluate(stats["damped"]["final_sigma"], test_samples, test_mean),
