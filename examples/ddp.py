@@ -1,14 +1,15 @@
 """The keypoint training run under torch.distributed (gloo, 2 processes on this machine).
 
-Each rank trains on its own shard with DistributedDataParallel; the probreg loss and SPD
-map are ordinary autograd ops, so DDP averages their gradients like any built-in op.
+Each rank trains on its own shard with DistributedDataParallel; the probreg loss, the SPD
+map and the probreg.nn.PredictionHead are ordinary autograd ops, so DDP averages their
+gradients like any built-in op. Rank 0 shows the progress; the test NLL of the trained
+model is written to ddp.json.
 
-    python examples/ddp.py --steps 200          # train with 2 processes
+    python examples/ddp.py [--fast] [--out DIR]  # train with 2 processes (200 steps; --fast: 30)
     python examples/ddp.py --check-step         # one DDP step vs a single process on the concatenated batch
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import socket
@@ -25,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import probreg  # noqa: E402
-from keypoints import DELTA, THETA, KeypointNet  # noqa: E402
+import example_utils  # noqa: E402
+from keypoints import KeypointNet  # noqa: E402
 from synthetic_keypoints import make_keypoint_data  # noqa: E402
 
 WORLD_SIZE = 2
@@ -39,15 +40,16 @@ def free_port() -> int:
 
 
 def make_model(seed: int = 0) -> KeypointNet:
+    """The same model on every rank (A = 2 I, mu = 0 at step 0: unit-scale keypoints)."""
     torch.manual_seed(seed)
-    return KeypointNet(8, "full").double()
+    return KeypointNet(8, "full", init_precision=2.0).double()
 
 
 def loss_fn():
-    return probreg.HuberNLLLoss(delta=DELTA, theta=THETA, family="huber", covariance="full")
+    return make_model().head.loss()
 
 
-def _worker(rank, port, mode, steps, inputs, labels, out_dir):
+def _worker(rank, port, mode, steps, inputs, labels, out_dir, show_progress=False):
     """One rank. It ends with os._exit after a barrier: letting Python tear down the DDP
     reducer can deadlock (its gloo destructor joins a worker thread that waits for the GIL
     the tearing-down thread holds), and everything the parent needs is on disk by then."""
@@ -58,7 +60,7 @@ def _worker(rank, port, mode, steps, inputs, labels, out_dir):
     )
     status, model = 1, None
     try:
-        model = _run_rank(rank, mode, steps, inputs, labels, out_dir)  # kept alive until _exit
+        model = _run_rank(rank, mode, steps, inputs, labels, out_dir, show_progress)  # kept alive until _exit
         dist.barrier()
         status = 0
     except Exception:
@@ -69,7 +71,7 @@ def _worker(rank, port, mode, steps, inputs, labels, out_dir):
         os._exit(status)
 
 
-def _run_rank(rank, mode, steps, inputs, labels, out_dir) -> DistributedDataParallel:
+def _run_rank(rank, mode, steps, inputs, labels, out_dir, show_progress=False) -> DistributedDataParallel:
     """Train (or take one step on) this rank's shard; returns the DDP model."""
     model = DistributedDataParallel(make_model())
     shard = slice(rank * inputs.shape[0] // WORLD_SIZE, (rank + 1) * inputs.shape[0] // WORLD_SIZE)
@@ -81,14 +83,14 @@ def _run_rank(rank, mode, steps, inputs, labels, out_dir) -> DistributedDataPara
         torch.save(grads, os.path.join(out_dir, f"grads_rank{rank}.pt"))
         return model
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for step in range(steps):
+    for step in example_utils.progress(range(steps), "DDP training (rank 0)", show_progress and rank == 0):
         idx = torch.randint(0, x.shape[0], (128,))
         loss = criterion(model(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if rank == 0 and (step % max(1, steps // 5) == 0 or step == steps - 1):
-            print(f"rank 0 step {step:4d} loss {loss.item():.4f}", flush=True)
+    if rank == 0:
+        print(f"rank 0: final training loss {loss.item():.4f}", flush=True)
     if rank == 0:
         torch.save(model.module.state_dict(), os.path.join(out_dir, "model.pt"))
     return model
@@ -108,7 +110,7 @@ def _spawn_and_wait(args, timeout_s: float = 300.0) -> None:
 def ddp_step_gradients(inputs, labels):
     """Gradients of one DDP step (2 gloo processes, one shard each), as rank 0 sees them."""
     with tempfile.TemporaryDirectory() as out_dir:
-        _spawn_and_wait((free_port(), "check", 1, inputs, labels, out_dir))
+        _spawn_and_wait((free_port(), "check", 1, inputs, labels, out_dir, False))
         g0 = torch.load(os.path.join(out_dir, "grads_rank0.pt"))
         g1 = torch.load(os.path.join(out_dir, "grads_rank1.pt"))
     return g0, g1
@@ -121,11 +123,13 @@ def single_process_gradients(inputs, labels):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--check-step", action="store_true")
+    parser = example_utils.parser(__doc__, fast_help="30 steps on 1024 samples (seconds)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 200, --fast: 30)")
+    parser.add_argument("--check-step", action="store_true", help="compare one DDP step with a single process")
     args = parser.parse_args(argv)
-    data = make_keypoint_data(4096 if not args.check_step else 64, seed=3)
+    steps = args.steps or (30 if args.fast else 200)
+    started = time.perf_counter()
+    data = make_keypoint_data(64 if args.check_step else (1024 if args.fast else 4096), seed=3)
     inputs, labels = data.inputs.double(), data.labels.double()
     if args.check_step:
         g_ddp, g_ddp_rank1 = ddp_step_gradients(inputs, labels)
@@ -134,17 +138,22 @@ def main(argv=None):
         same_on_ranks = all(torch.equal(a, b) for a, b in zip(g_ddp, g_ddp_rank1))
         print(f"DDP (2 x gloo) vs single process on the concatenated batch: max relative gradient difference "
               f"{worst:.2e}; ranks identical: {same_on_ranks}")
-        return {"max_rel_diff": worst, "ranks_identical": same_on_ranks}
-    with tempfile.TemporaryDirectory() as out_dir:
-        _spawn_and_wait((free_port(), "train", args.steps, inputs, labels, out_dir), timeout_s=1800.0)
-        state = torch.load(os.path.join(out_dir, "model.pt"))
-    model = make_model()
-    model.load_state_dict(state)
-    test = make_keypoint_data(1000, seed=4)
-    with torch.no_grad():
-        nll = loss_fn()(model(test.inputs.double()), test.labels.double()).item()
-    print(f"trained with {WORLD_SIZE} processes for {args.steps} steps; test NLL {nll:.3f}")
-    return {"test_nll": nll}
+        result = {"max_rel_diff": worst, "ranks_identical": same_on_ranks}
+    else:
+        with tempfile.TemporaryDirectory() as out_dir:
+            _spawn_and_wait((free_port(), "train", steps, inputs, labels, out_dir, not args.no_progress),
+                            timeout_s=1800.0)
+            state = torch.load(os.path.join(out_dir, "model.pt"))
+        model = make_model()
+        model.load_state_dict(state)
+        test = make_keypoint_data(1000, seed=4)
+        with torch.no_grad():
+            nll = loss_fn()(model(test.inputs.double()), test.labels.double()).item()
+        print(f"trained with {WORLD_SIZE} processes for {steps} steps; test NLL {nll:.3f}")
+        result = {"test_nll": nll, "steps": steps}
+    result["json"] = example_utils.save_json(result, args.out, "ddp.json")
+    print(f"wrote {result['json']} ({time.perf_counter() - started:.0f} s)")
+    return result
 
 
 if __name__ == "__main__":

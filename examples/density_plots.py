@@ -4,22 +4,24 @@ Row 1 (figure 4): a Gaussian with covariance Sigma, then Huber distributions wit
 delta in {0.5, 1, 2} and the SAME second moment: Cov = kappa_d(delta) Lambda^{-1} = Sigma,
 i.e. Lambda = kappa Sigma^{-1}. Row 2 (figure 5): the same Lambda = Sigma^{-1} and
 different delta. Contours enclose the probability masses .005, .05, .2, .35, .5, .65, .8,
-.95, .99; shading is the log density.
+.95, .99 (the p-regions {y : ||A y|| <= s_p}, s_p = probreg.huber_region_radius); shading is
+the log density.
 
-    python examples/density_plots.py --out out/huber_density.png
+    python examples/density_plots.py [--fast] [--out DIR]     # DIR/huber_density.png
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
+import time
 
 import numpy as np
-import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import example_utils  # noqa: E402
 import probreg  # noqa: E402
 
 MASSES = [0.005, 0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95, 0.99]
@@ -34,12 +36,9 @@ def radial_profile(delta):
 
 
 def mass_radii(delta, d=2):
-    """Radii rho_m with P(||A (y - mu)|| <= rho_m) = m for each mass m (numerical CDF)."""
-    r = np.linspace(0.0, 60.0, 600001)
-    dens = r ** (d - 1) * np.exp(-radial_profile(delta)(r))
-    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(r))])
-    cdf /= cdf[-1]
-    return np.interp(MASSES, cdf, r)
+    """Radii rho_m with P(||A (y - mu)|| <= rho_m) = m for each mass m (exact; delta = inf is
+    the Gaussian)."""
+    return np.array([probreg.huber_region_radius(d, delta, m) for m in MASSES])
 
 
 def log_density(points, A, delta):
@@ -57,8 +56,8 @@ def sqrtm_inv(S):
     return (Q / np.sqrt(w)) @ Q.T
 
 
-def panel(ax, A, delta, title, extent):
-    xs = np.linspace(-extent, extent, 301)
+def panel(ax, A, delta, title, extent, resolution=301):
+    xs = np.linspace(-extent, extent, resolution)
     X, Y = np.meshgrid(xs, xs)
     pts = np.stack([X, Y], -1)
     logp = log_density(pts, A, delta)
@@ -74,26 +73,23 @@ def panel(ax, A, delta, title, extent):
     ax.contour(X, Y, logp, levels=levels, colors="k", linewidths=0.6, linestyles="solid")
     ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_xlabel("y1", fontsize=8)
+    ax.set_ylabel("y2", fontsize=8)
+    ax.tick_params(labelsize=7)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="examples/output/huber_density.png")
+    parser = example_utils.parser(__doc__, fast_help="coarser grid (what the tests run)")
     args = parser.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    started = time.perf_counter()
+    plt = example_utils.pyplot()
+    resolution = 151 if args.fast else 301
     deltas = [0.5, 1.0, 2.0]
     fig, axes = plt.subplots(2, 4, figsize=(12, 7.2))
     extent = 16.0
     gauss_A = sqrtm_inv(SIGMA)
-    rows = []
     for row in range(2):
-        panel(axes[row, 0], gauss_A, math.inf, "Gaussian\ncovariance Sigma", extent)
+        panel(axes[row, 0], gauss_A, math.inf, "Gaussian\ncovariance Sigma", extent, resolution)
         for col, delta in enumerate(deltas, start=1):
             kappa = probreg.huber_variance_factor(2, delta)
             if row == 0:  # same second moment: Lambda = kappa Sigma^{-1}, A = sqrt(kappa) Sigma^{-1/2}
@@ -102,15 +98,14 @@ def main(argv=None):
             else:  # same Lambda = Sigma^{-1}
                 A = gauss_A
                 title = f"Huber delta={delta:g}\nsame Lambda"
-            panel(axes[row, col], A, delta, title, extent)
-            rows.append((row, delta, kappa))
+            panel(axes[row, col], A, delta, title, extent, resolution)
     fig.suptitle("L2 multivariate Huber iso-probability contours (masses .005 ... .99)", fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
-    print(f"wrote {args.out}; kappa_2(delta): " + ", ".join(f"{d:g}: {probreg.huber_variance_factor(2, d):.4f}" for d in deltas))
-    return {"path": args.out, "kappa": {d: probreg.huber_variance_factor(2, d) for d in deltas}}
+    path = example_utils.save_figure(fig, args.out, "huber_density.png", dpi=100)
+    kappas = {d: probreg.huber_variance_factor(2, d) for d in deltas}
+    print(f"wrote {path} ({time.perf_counter() - started:.0f} s); kappa_2(delta): "
+          + ", ".join(f"{d:g}: {k:.4f}" for d, k in kappas.items()))
+    return {"path": path, "kappa": kappas}
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Run:  python examples/ransac_toy.py [--fast] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -33,11 +32,13 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     from probreg import wiberg
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from probreg import wiberg
+import example_utils  # noqa: E402
 
 DTYPE = torch.float64
 NUM_INLIERS = 10
@@ -82,7 +83,7 @@ def estimate(samples, sigma, damping):
 RUNS = (("damped", TRUST_REGION_DAMPING), ("undamped", 0.0))
 
 
-def train(steps, lr, sigma0, seed, batch=1):
+def train(steps, lr, sigma0, seed, batch=1, show_progress=False):
     """SGD (momentum 0.999) on sigma, damped (lambda = 0.1) and undamped (lambda = 0) runs
     in lockstep on the same problems: one argmin call solves both runs' problems, with a
     per-problem damping tensor. Returns {run: dict of per-step float64 tensors}: sigma
@@ -95,7 +96,7 @@ def train(steps, lr, sigma0, seed, batch=1):
     records = {name: {key: torch.full((steps,), math.nan, dtype=DTYPE) for key in keys} for name, _ in RUNS}
     for name, _ in RUNS:
         records[name]["diverged_at"] = -1
-    for step in range(steps):
+    for step in example_utils.progress(range(steps), "SGD on sigma (damped and undamped)", show_progress):
         samples, inlier_mean = sample_problems(generator, batch)
         samples_all = samples.repeat(len(RUNS), 1)  # rows: run-major
         sigma_all = torch.stack(sigmas).repeat_interleave(batch).unsqueeze(-1)  # (R*batch, 1)
@@ -193,6 +194,7 @@ def plot(path, samples, inlier_mean, sigmas, labels, records):
         ax.plot([t_star], [e_star], "x", color="green", ms=12, mew=3, label="minimum found")
         ax.set_title(label)
         ax.set_xlabel("t")
+        ax.set_ylabel("energy E(t; sigma)")
         ax.legend(fontsize=7)
     for name, record in records.items():
         axes[1, 0].plot(record["sigma"].abs(), label=name)
@@ -202,24 +204,22 @@ def plot(path, samples, inlier_mean, sigmas, labels, records):
     axes[1, 1].axhline(EXPLODING_FACTOR, color="r", lw=1, ls="--", label="exploding threshold")
     axes[1, 0].set_title("sigma during SGD (momentum 0.999)")
     axes[1, 0].set_xlabel("step")
+    axes[1, 0].set_ylabel("|sigma|")
     axes[1, 0].legend()
     axes[1, 1].set_title("|dL/dsigma| / trust-region bound G_k, per step")
     axes[1, 1].set_xlabel("step")
+    axes[1, 1].set_ylabel("|dL/dsigma| / G_k")
     axes[1, 1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    example_utils.save_figure(fig, os.path.dirname(path), os.path.basename(path), dpi=90)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fast", action="store_true", help="short run (seconds)")
-    parser.add_argument("--out", default=os.path.join("examples", "output"), help="directory for the PNG")
+    parser = example_utils.parser(__doc__)
     parser.add_argument("--steps", type=int, default=None, help="SGD steps per run")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--sigma0", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the problems are tiny: 1 is fastest)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = args.steps or (600 if args.fast else 3000)
@@ -227,10 +227,10 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     start = time.time()
-    records = train(steps, lr, args.sigma0, args.seed)
+    records = train(steps, lr, args.sigma0, args.seed, show_progress=not args.no_progress)
     stats = {name: run_stats(record, args.sigma0) for name, record in records.items()}
 
-    test_samples, test_mean = sample_problems(torch.Generator().manual_seed(args.seed + 1000), 500 if args.fast else 2000)
+    test_samples, test_mean = sample_problems(torch.Generator().manual_seed(args.seed + 1000), 200 if args.fast else 2000)
     evaluation = {
         "initial": evaluate(args.sigma0, test_samples, test_mean),
         "damped": evaluate(stats["damped"]["final_sigma"], test_samples, test_mean),

@@ -9,9 +9,13 @@ so they bias a least-squares fit). Every method trains the same small MLP trunk 
 contaminated data and is scored against the clean f on a clean test set:
 
 - ``l2``:      plain mean squared error.
-- ``huber``:   probreg.huber_nll (L2 multivariate Huber NLL, v-parameterisation, full
-               covariance, delta = theta = 1); predicted location A^{-1} v. Needs the
-               compiled probreg core; without it, leave this arm out via --methods.
+- ``huber``:   the L2 multivariate Huber NLL (paper eq. 6; v-parameterisation, full
+               covariance, delta = --delta, default 1) on a probreg.nn.PredictionHead
+               initialised from the training labels; predicted location A^{-1} v.
+- ``huber+outliers``: the same head and Huber density mixed with a uniform outlier density
+               over the outlier box (probreg.nn.OutlierMixtureNLLLoss, outlier fraction
+               = --outlier-fraction): the Huber counterpart of DeepGUM's Gaussian-uniform
+               mixture.
 - ``deepgum``: probreg.gum.GUMTrainer (EM + responsibility-weighted L2, DeepGUM Alg. 1).
 - ``ebm``:     score network f(x, y) trained with probreg.ebm.nll on proposals from
                probreg.ebm.sample_proposal; prediction = best of the top grid candidates
@@ -19,16 +23,18 @@ contaminated data and is scored against the clean f on a clean test set:
 
 Run:  python examples/robust_training.py            (full, a few minutes on 2 CPU cores)
       python examples/robust_training.py --fast     (seconds; used by the tests)
-Options: --methods l2,huber,deepgum,ebm  --dims 1,2  --outlier-fraction 0.3  --seed 0
-         --threads 1 (torch threads while running; restored afterwards)
+Options: --methods l2,huber,huber+outliers,deepgum,ebm  --dims 1,2  --outlier-fraction 0.3
+         --delta 1  --lr-schedule cosine|constant  --seed 0  --out DIR (robust_training.json,
+         and robust_training.png with the 1-D fits)  --threads 1 (torch threads while
+         running; restored afterwards)
 
 ``main(argv)`` prints the table and returns its rows as a list of dicts with keys
 ``dim, method, rmse, median, outlier_precision, outlier_recall, seconds``
 (rmse / median of the Euclidean error to f(x) on the test set; outlier precision/recall
-of the training-set outlier flags, DeepGUM only, else None).
+of the training-set outlier flags, DeepGUM and huber+outliers (inlier probability < 1/2),
+else None).
 """
 
-import argparse
 import math
 import sys
 import time
@@ -39,14 +45,17 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
     import probreg
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import probreg
-from probreg import ebm, gum
+import example_utils  # noqa: E402
+from probreg import ebm, gum  # noqa: E402
+from probreg.nn import PredictionHead  # noqa: E402
 
-METHODS = ("l2", "huber", "deepgum", "ebm")
+METHODS = ("l2", "huber", "huber+outliers", "deepgum", "ebm")
 OUTLIER_BOX = (-2.0, 6.0)
 NOISE_STD = 0.1
 
@@ -111,62 +120,69 @@ def minibatches(n: int, batch_size: int, g: torch.Generator):
 # --------------------------------------------------------------------------- arms
 
 
-def fit_minibatches(model: nn.Module, data, cfg: Config, seed: int, batch_loss) -> None:
-    """Adam on batch_loss(x_batch, y_batch, generator) over cfg.epochs of shuffled
-    minibatches of the training set (the generator, seeded with `seed`, draws both)."""
+def fit_minibatches(model: nn.Module, data, cfg: Config, seed: int, batch_loss, desc: str = "") -> None:
+    """Adam on batch_loss(x_batch, y_batch, generator) over cfg.epochs of shuffled minibatches
+    of the training set (the generator, seeded with `seed`, draws both), the learning rate
+    decaying to 0 on a cosine (data["lr_schedule"] == "cosine", the default) or constant.
+    The decay matters for the NLL arms (README, Examples)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    g = torch.Generator().manual_seed(seed)
     x, y = data["x_train"], data["y_train"]
-    for _ in range(cfg.epochs):
+    steps = cfg.epochs * -(-len(x) // cfg.batch_size)
+    if data.get("lr_schedule", "cosine") == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    g = torch.Generator().manual_seed(seed)
+    for _ in example_utils.progress(range(cfg.epochs), f"{desc} epochs", data.get("progress", False)):
         for idx in minibatches(len(x), cfg.batch_size, g):
             opt.zero_grad(set_to_none=True)
             batch_loss(x[idx], y[idx], g).backward()
             opt.step()
+            sched.step()
 
 
 def train_l2(data, dim, cfg: Config, seed: int):
     torch.manual_seed(seed)
     model = mlp(1, dim, cfg.hidden)
-    fit_minibatches(model, data, cfg, seed, lambda xb, yb, g: nn.functional.mse_loss(model(xb), yb))
+    fit_minibatches(model, data, cfg, seed, lambda xb, yb, g: nn.functional.mse_loss(model(xb), yb), "l2")
     with torch.no_grad():
         return model(data["x_test"]), None
 
 
-def unpack_symmetric(raw: Tensor, dim: int) -> Tensor:
-    """Packed (..., d(d+1)/2) upper triangle, row-major, off-diagonals stored as sqrt2*B_ij
-    (probreg's layout) -> symmetric (..., d, d)."""
-    rows = []
-    index = {}
-    k = 0
-    for i in range(dim):
-        for j in range(i, dim):
-            index[(i, j)] = index[(j, i)] = k
-            k += 1
-    for i in range(dim):
-        rows.append(torch.stack([raw[..., index[(i, j)]] / (1.0 if i == j else math.sqrt(2.0)) for j in range(dim)], -1))
-    return torch.stack(rows, -2)
+def outlier_log_density(dim: int) -> float:
+    """log of the uniform density of an outlier label over the box [-2, 6]^d."""
+    return -dim * math.log(OUTLIER_BOX[1] - OUTLIER_BOX[0])
 
 
-def huber_location(pred: Tensor, dim: int, theta: float) -> Tensor:
-    """Predicted location A^{-1} v of a v-parameterised Huber head (pred (..., d + d(d+1)/2))."""
-    v, raw = pred[..., :dim], pred[..., dim:]
-    eigenvalues, vectors = torch.linalg.eigh(unpack_symmetric(raw, dim))
-    g = torch.where(eigenvalues > theta, eigenvalues, theta * torch.exp(eigenvalues.clamp_max(theta) / theta - 1))
-    # A^{-1} v = V diag(1/g) V^T v
-    return (vectors @ ((vectors.transpose(-1, -2) @ v.unsqueeze(-1)) / g.unsqueeze(-1))).squeeze(-1)
-
-
-def train_huber(data, dim, cfg: Config, seed: int, delta: float = 1.0, theta: float = 1.0):
-    if not hasattr(probreg, "huber_nll"):
-        raise RuntimeError("the 'huber' arm needs probreg.huber_nll (the compiled probreg core); "
-                           "run with --methods l2,deepgum,ebm without it")
+def train_huber(data, dim, cfg: Config, seed: int, outlier_fraction: float = 0.0):
+    """Huber NLL on an MLP trunk + probreg.nn.PredictionHead (v, full covariance), the head
+    initialised from the training labels (PredictionHead.from_targets). outlier_fraction >
+    0 trains the Huber + uniform outlier mixture (OutlierMixtureNLLLoss) instead."""
     torch.manual_seed(seed)
-    model = mlp(1, dim + dim * (dim + 1) // 2, cfg.hidden)
-    fit_minibatches(model, data, cfg, seed, lambda xb, yb, g: probreg.huber_nll(
-        model(xb), yb, delta=delta, theta=theta, parameterization="v", family="huber", covariance="full",
-        reduction="mean"))
+    trunk = mlp(1, cfg.hidden, cfg.hidden)
+    head = PredictionHead.from_targets(cfg.hidden, data["y_train"].unsqueeze(1), delta=data["delta"])
+    model = nn.Sequential(trunk, nn.SiLU(), head)  # (N, 1) -> (N, 1, d + d(d+1)/2)
+    if outlier_fraction:
+        loss_fn = head.loss(outlier_fraction=outlier_fraction, outlier_log_density=outlier_log_density(dim))
+    else:
+        loss_fn = head.loss()
+    fit_minibatches(model, data, cfg, seed, lambda xb, yb, g: loss_fn(model(xb), yb.unsqueeze(1)),
+                    "huber+outliers" if outlier_fraction else "huber")
+    flags = None
     with torch.no_grad():
-        return huber_location(model(data["x_test"]), dim, theta), None
+        if outlier_fraction:
+            inlier = loss_fn.inlier_probability(model(data["x_train"]), data["y_train"].unsqueeze(1))[:, 0]
+            flags = _precision_recall(inlier < 0.5, data["labels_train"])
+        return head.location(model(data["x_test"]))[:, 0], flags
+
+
+def train_huber_outliers(data, dim, cfg: Config, seed: int):
+    return train_huber(data, dim, cfg, seed, outlier_fraction=data["outlier_fraction"])
+
+
+def _precision_recall(flagged: Tensor, truth: Tensor):
+    tp = (flagged & truth).sum().item()
+    return tp / max(flagged.sum().item(), 1), tp / max(truth.sum().item(), 1)
 
 
 def train_deepgum(data, dim, cfg: Config, seed: int):
@@ -175,11 +191,9 @@ def train_deepgum(data, dim, cfg: Config, seed: int):
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     trainer = gum.GUMTrainer(model, opt, granularity="sample", batch_size=cfg.batch_size, max_epochs=cfg.epochs,
                              patience=cfg.deepgum_patience, max_rounds=cfg.deepgum_rounds, seed=seed)
-    trainer.fit(data["x_train"], data["y_train"], data["x_val"], data["y_val"])
-    flagged = trainer.fit_result.responsibilities < 0.5
-    truth = data["labels_train"]
-    tp = (flagged & truth).sum().item()
-    pr = (tp / max(flagged.sum().item(), 1), tp / max(truth.sum().item(), 1))
+    with example_utils.optimizer_progress(opt, "deepgum (EM rounds + SGD)", data.get("progress", False)):
+        trainer.fit(data["x_train"], data["y_train"], data["x_val"], data["y_val"])
+    pr = _precision_recall(trainer.fit_result.responsibilities < 0.5, data["labels_train"])
     with torch.no_grad():
         return model(data["x_test"]), pr
 
@@ -215,7 +229,7 @@ def train_ebm(data, dim, cfg: Config, seed: int):
         feats = net.features(xb)
         return ebm.nll(net(feats, yb), net(feats, samples), log_q)
 
-    fit_minibatches(net, data, cfg, seed, batch_loss)
+    fit_minibatches(net, data, cfg, seed, batch_loss, "ebm")
     # Prediction: score a grid over the target box, refine the best candidates, keep the best.
     with torch.no_grad():
         feats = net.features(data["x_test"])
@@ -231,7 +245,8 @@ def train_ebm(data, dim, cfg: Config, seed: int):
     return out.y[torch.arange(len(best)), best], None
 
 
-ARMS = {"l2": train_l2, "huber": train_huber, "deepgum": train_deepgum, "ebm": train_ebm}
+ARMS = {"l2": train_l2, "huber": train_huber, "huber+outliers": train_huber_outliers, "deepgum": train_deepgum,
+        "ebm": train_ebm}
 
 
 # --------------------------------------------------------------------------- driver
@@ -246,47 +261,81 @@ def _warm_up() -> None:
     opt.step()
 
 
-def run(dims: Sequence[int], methods: Sequence[str], cfg: Config, outlier_fraction: float, seed: int) -> list[dict]:
+def run(dims: Sequence[int], methods: Sequence[str], cfg: Config, outlier_fraction: float, seed: int,
+        delta: float = 1.0, show_progress: bool = False, lr_schedule: str = "cosine") -> tuple[list[dict], dict]:
+    """Trains every method on every dim; returns the table rows and, for the 1-D case, the
+    data and each method's predictions on a grid of x (for the figure)."""
     _warm_up()
-    rows = []
+    rows, curves = [], {}
     for dim in dims:
         g = torch.Generator().manual_seed(seed + 1000 * dim)
         x_tr, y_tr, _, lab_tr = make_split(cfg.n_train, dim, outlier_fraction, g)
         x_va, y_va, _, _ = make_split(cfg.n_val, dim, outlier_fraction, g)
         x_te, _, clean_te, _ = make_split(cfg.n_test, dim, 0.0, g)
-        data = dict(x_train=x_tr, y_train=y_tr, labels_train=lab_tr, x_val=x_va, y_val=y_va, x_test=x_te)
+        if dim == 1:  # predictions on a sorted grid for the figure, evaluated with the test set
+            grid = torch.linspace(-3, 3, 200).unsqueeze(-1)
+            x_te = torch.cat([x_te, grid])
+            clean_te = torch.cat([clean_te, true_function(grid, 1)])
+            curves = {"x_train": x_tr[:, 0].tolist(), "y_train": y_tr[:, 0].tolist(),
+                      "outlier_train": lab_tr.tolist(), "grid": grid[:, 0].tolist()}
+        n_test = cfg.n_test
+        data = dict(x_train=x_tr, y_train=y_tr, labels_train=lab_tr, x_val=x_va, y_val=y_va, x_test=x_te,
+                    delta=delta, outlier_fraction=outlier_fraction, progress=show_progress, lr_schedule=lr_schedule)
         for method in methods:
             start = time.perf_counter()
             pred, pr = ARMS[method](data, dim, cfg, seed)
             seconds = time.perf_counter() - start
-            err = torch.linalg.vector_norm(pred - clean_te, dim=-1)
+            err = torch.linalg.vector_norm(pred[:n_test] - clean_te[:n_test], dim=-1)
             rows.append(dict(dim=dim, method=method, rmse=err.square().mean().sqrt().item(),
                              median=err.median().item(), outlier_precision=pr[0] if pr else None,
                              outlier_recall=pr[1] if pr else None, seconds=seconds))
-    return rows
+            if dim == 1:
+                curves[method] = pred[n_test:, 0].tolist()
+    return rows, curves
+
+
+def plot_fits(curves: dict, out_dir: str, outlier_fraction: float) -> str:
+    """The 1-D data (inliers, outliers), f(x) and every method's fit."""
+    plt = example_utils.pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    x, y = torch.tensor(curves["x_train"]), torch.tensor(curves["y_train"])
+    outlier = torch.tensor(curves["outlier_train"])
+    ax.scatter(x[~outlier], y[~outlier], s=3, color="0.6", label="training labels (inliers)")
+    ax.scatter(x[outlier], y[outlier], s=3, color="tab:red", alpha=0.4, label="training labels (outliers)")
+    grid = torch.tensor(curves["grid"])
+    ax.plot(grid, true_function(grid.unsqueeze(-1), 1)[:, 0], "k--", lw=1.5, label="f(x)")
+    for method in METHODS:
+        if method in curves:
+            ax.plot(grid, curves[method], lw=1.2, label=method)
+    ax.set_ylim(-2.5, 6.5)
+    ax.set_xlabel("input x")
+    ax.set_ylabel("target y")
+    ax.set_title(f"1-D fits under {outlier_fraction:.0%} outlier labels", fontsize=10)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.tight_layout()
+    return example_utils.save_figure(fig, out_dir, "robust_training.png")
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'dim':>3}  {'method':<8} {'RMSE':>7} {'median':>7} {'outl.P':>7} {'outl.R':>7} {'time s':>7}"
+    header = f"{'dim':>3}  {'method':<14} {'RMSE':>7} {'median':>7} {'outl.P':>7} {'outl.R':>7} {'time s':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:
         p = "-" if r["outlier_precision"] is None else f"{r['outlier_precision']:.3f}"
         rc = "-" if r["outlier_recall"] is None else f"{r['outlier_recall']:.3f}"
-        lines.append(f"{r['dim']:>3}  {r['method']:<8} {r['rmse']:>7.4f} {r['median']:>7.4f} {p:>7} {rc:>7} "
+        lines.append(f"{r['dim']:>3}  {r['method']:<14} {r['rmse']:>7.4f} {r['median']:>7.4f} {p:>7} {rc:>7} "
                      f"{r['seconds']:>7.1f}")
     return "\n".join(lines)
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fast", action="store_true", help="tiny data and epoch budget (seconds)")
+def parse_args(argv: Optional[Sequence[str]]):
+    parser = example_utils.parser(__doc__.split("\n")[0], fast_help="tiny data and epoch budget (seconds)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--dims", default="1,2", help="comma-separated target dimensions (1 and/or 2)")
     parser.add_argument("--outlier-fraction", type=float, default=0.3)
+    parser.add_argument("--delta", type=float, default=1.0, help="Huber threshold of the huber arms")
+    parser.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                        help="learning rate of the l2, huber and ebm arms: cosine decay to 0, or constant")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads while running (default 1: these MLPs are too small to gain "
-                             "from more, and one thread behaves best on a shared machine)")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -298,28 +347,35 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error("--dims must be comma-separated integers in {1, 2}")
     if not args.dims or any(d not in (1, 2) for d in args.dims):
         parser.error("--dims must be comma-separated integers in {1, 2}")
-    if "huber" in args.methods and not hasattr(probreg, "huber_nll"):
-        parser.error("the 'huber' arm needs probreg.huber_nll (the compiled probreg core); "
-                     "build it or pass --methods l2,deepgum,ebm")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     if not 0.0 <= args.outlier_fraction < 1.0:
         parser.error("--outlier-fraction must be in [0, 1)")
+    if "huber+outliers" in args.methods and args.outlier_fraction == 0.0:
+        parser.error("the huber+outliers arm needs --outlier-fraction > 0")
+    if not args.delta > 0:
+        parser.error("--delta must be > 0")
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     args = parse_args(argv)
     cfg = FAST if args.fast else FULL
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        rows = run(args.dims, args.methods, cfg, args.outlier_fraction, args.seed)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with example_utils.torch_threads(args.threads):
+        rows, curves = run(args.dims, args.methods, cfg, args.outlier_fraction, args.seed, args.delta,
+                           show_progress=not args.no_progress, lr_schedule=args.lr_schedule)
     print(f"robust regression, {args.outlier_fraction:.0%} outliers in U{list(OUTLIER_BOX)}^d, "
-          f"inlier noise {NOISE_STD}, {'fast' if args.fast else 'full'} mode; error = ||pred - f(x)|| on clean test x")
+          f"inlier noise {NOISE_STD}, {'fast' if args.fast else 'full'} mode, delta {args.delta:g}, "
+          f"{args.lr_schedule} learning rate; "
+          "error = ||pred - f(x)|| on clean test x")
     print(format_table(rows))
+    files = [example_utils.save_json({"rows": rows, "delta": args.delta, "outlier_fraction": args.outlier_fraction,
+                                      "lr_schedule": args.lr_schedule,
+                                      "seed": args.seed, "mode": "fast" if args.fast else "full"},
+                                     args.out, "robust_training.json")]
+    if 1 in args.dims:
+        files.append(plot_fits(curves, args.out, args.outlier_fraction))
+    print("wrote " + " and ".join(files))
     return rows
 
 

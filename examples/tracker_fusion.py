@@ -19,7 +19,6 @@ Run:  python examples/tracker_fusion.py [--fast] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,11 +27,13 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     from probreg import wiberg
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from probreg import wiberg
+import example_utils  # noqa: E402
 
 DTYPE = torch.float64
 KINDS = ("good", "drifting", "scaled", "noisy")
@@ -133,7 +134,7 @@ def fuse(model, data, damping, chunk=1024):
     return torch.cat(parts)
 
 
-def train(train_data, steps, batch, lr, damping, seed):
+def train(train_data, steps, batch, lr, damping, seed, show_progress=False):
     """Adam on the l1 loss of the fused corners. Returns (model, history) where history
     lists per-step losses and the number of steps with a non-finite gradient (those
     steps are skipped)."""
@@ -143,7 +144,7 @@ def train(train_data, steps, batch, lr, damping, seed):
     gen = torch.Generator().manual_seed(seed)
     n = len(train_data["time"])
     losses, nonfinite = [], 0
-    for _ in range(steps):
+    for _ in example_utils.progress(range(steps), f"training (damping {damping:g})", show_progress):
         index = torch.randint(n, (batch,), generator=gen)
         fused = model(train_data["boxes"][index], train_data["ref_boxes"][index], train_data["time"][index], damping=damping)
         loss = (fused - train_data["truth"][index]).abs().mean()
@@ -175,12 +176,9 @@ def group_summary(model):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fast", action="store_true", help="small data, few steps (seconds)")
-    parser.add_argument("--out", default=os.path.join("examples", "output"), help="directory for results.json")
+    parser = example_utils.parser(__doc__, fast_help="small data, few steps (seconds)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the problems are tiny: 1 is fastest)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     num_sequences, num_frames = (12, 40) if args.fast else (36, 100)
@@ -205,7 +203,8 @@ def main(argv=None):
     results["RBF fusion, initial parameters"] = metrics(fuse(initial, test_data, 0.1), test_data["truth"])
     histories, models = {}, {}
     for label, damping in (("RBF fusion, undamped (Samuel & Tappen)", 0.0), ("RBF fusion, damped (Wibergian)", 0.1)):
-        model, history = train(train_data, steps, batch, lr, damping, args.seed)
+        model, history = train(train_data, steps, batch, lr, damping, args.seed,
+                               show_progress=not args.no_progress)
         models[label], histories[label] = model, history
         results[label] = metrics(fuse(model, test_data, damping), test_data["truth"])
         results[label]["nonfinite_steps"] = history["nonfinite_steps"]

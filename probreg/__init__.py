@@ -9,7 +9,10 @@ Fused C++/CUDA operators (registered as torch.ops.probreg.*) under a Python API:
     HuberL2                           the distribution (torch.distributions API)
     probreg.wiberg                    damped implicit gradients through an argmin
     probreg.ebm, probreg.gum          energy-based densities, DeepGUM (Gaussian-uniform mixture)
+    huber_region_radius,              the radius of the p-probability region of HuberL2 (and its CDF)
+    huber_radius_cdf
     huber_fuse, fuse_predictions      ML fusion of several Huber estimates (paper app. E)
+    probreg.nn, PredictionHead        a prediction head (features -> predictions) and its helpers
 Pure-PyTorch references of every operator live in probreg.reference.
 """
 from . import _ops  # noqa: F401  (registers operators, fake kernels and autograd)
@@ -18,8 +21,11 @@ from .packing import pack_sym, unpack_sym
 from .spd import spd_from_raw, spd_remap, symeig
 from .nll import HuberNLLLoss, huber_nll
 from .normalizer import huber_log_normalizer, huber_variance_factor
+from .regions import huber_radius_cdf, huber_region_radius
 from .distributions import HuberL2
 from .fusion import FuseResult, fuse_predictions, huber_fuse
+from . import nn
+from .nn import PredictionHead
 from ._version import __version__
 
 __all__ = [
@@ -40,4 +46,8 @@ __all__ = [
     "huber_fuse",
     "fuse_predictions",
     "FuseResult",
+    "huber_region_radius",
+    "huber_radius_cdf",
+    "nn",
+    "PredictionHead",
 ]

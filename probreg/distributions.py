@@ -28,6 +28,7 @@ from .normalizer import (
     huber_variance_factor,
 )
 from .packing import dim_from_packed_size, pack_sym
+from .regions import huber_region_radius
 from .spd import spd_from_raw
 
 __all__ = ["HuberL2", "sample_huber_radius"]
@@ -287,6 +288,41 @@ class HuberL2(Distribution):
     @property
     def variance(self) -> torch.Tensor:
         return torch.diagonal(self.covariance_matrix, dim1=-2, dim2=-1)
+
+    # ------------------------------------------------------------------ probability regions
+    def region_radius(self, p) -> torch.Tensor:
+        """The radius s_p of the p-probability region {y : ||A (y - mu)|| <= s_p}, an
+        ellipsoid with semi-axes s_p / sigma_i(A): P(||A (y - mu)|| <= s_p) = p, exact
+        (probreg.huber_region_radius) for every d and delta.
+
+        Args:
+            p: a probability in [0, 1], or a tensor of them (torch.compile(fullgraph=True)
+                takes a Python number only: a tensor p is read on the host).
+        Returns:
+            A tensor of p's shape (0-d for a number) in loc's dtype and device; the same for
+            every batch element (s_p depends on d, delta and p only). Not differentiable.
+        For drawing: the boundary is mu + s_p A^-1 u over unit vectors u; in covariance
+        terms, the set (y - mu)^T Sigma^-1 (y - mu) <= s_p^2 / kappa with
+        Sigma = covariance_matrix and kappa = huber_variance_factor(d, delta).
+        """
+        loc = self.loc
+        if isinstance(p, bool) or (isinstance(p, torch.Tensor) and p.dtype == torch.bool):
+            raise ValueError(f"HuberL2.region_radius: p must be probabilities in [0, 1], got {p!r}")
+        if isinstance(p, numbers.Real):  # one radius, a graph constant under torch.compile
+            return torch.full((), huber_region_radius(self._d, self.delta, p), dtype=loc.dtype, device=loc.device)
+        values = torch.as_tensor(p).detach().to(device="cpu", dtype=torch.float64)
+        if not bool(((values >= 0) & (values <= 1)).all()):
+            raise ValueError(f"HuberL2.region_radius: p must be probabilities in [0, 1], got {p!r}")
+        radii = [huber_region_radius(self._d, self.delta, float(q)) for q in values.reshape(-1).tolist()]
+        return torch.tensor(radii, dtype=loc.dtype, device=loc.device).reshape(values.shape)
+
+    def radius(self, value: torch.Tensor) -> torch.Tensor:
+        """The standardised radius ||A (value - mu)|| (shape broadcast(value.shape[:-1],
+        batch_shape)): value lies in the p-probability region iff radius <= region_radius(p)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        diff = (value - self.loc).unsqueeze(-1)
+        return torch.linalg.vector_norm(self.precision_sqrt @ diff, dim=(-2, -1))
 
     def _log_det_precision_sqrt(self) -> torch.Tensor:
         """log|A| (...): slogdet of an explicit matrix; for the raw parameterisations the fused

@@ -22,6 +22,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from ._ops import ops
+from .distributions import HuberL2
+from .normalizer import huber_variance_factor
 from .spd import spd_from_raw
 
 __all__ = ["FuseResult", "huber_fuse", "fuse_predictions"]
@@ -34,7 +36,9 @@ class FuseResult(NamedTuple):
 
     y: (..., d) the fused estimate y* (input dtype). Differentiable (implicit gradient).
     hessian: (..., d, d) the true Hessian of E at y, i.e. the precision matrix of the
-        Laplace approximation of the fused density (not differentiable).
+        Laplace approximation of the fused density (not differentiable). Its inverse is
+        not in the HuberL2.covariance_matrix convention (kappa (A^T A)^-1): use
+        covariance_matrix(delta, total_weight) / distribution(...) for that.
     iterations: (...) int32, accepted solver steps.
     converged: (...) bool, whether the convergence test passed within max_iter.
     """
@@ -43,6 +47,37 @@ class FuseResult(NamedTuple):
     hessian: torch.Tensor
     iterations: torch.Tensor
     converged: torch.Tensor
+
+    def distribution(self, delta: float = 1.0, total_weight: float = 1.0):
+        """The fused estimate as a HuberL2: loc y, A = hessian^(1/2), threshold
+        delta * sqrt(total_weight).
+
+        Exact when the fused estimates agree (same A and v: sum_i w_i h_delta(||A y - v||)
+        = h_{delta sqrt(W)}(||sqrt(W) A y - sqrt(W) v||) with W = sum_i w_i, so the product
+        of the densities is that Huber density, and its Hessian at y* is W A^T A = hessian);
+        otherwise the Huber density with the fused mode, curvature and tail. For one
+        estimate (W = 1) it is the estimate's own HuberL2. Pass delta as given to the fusion
+        and total_weight = W (2 for two unweighted test-time augmentations).
+        Use it for calibrated regions (region_radius) and covariance_matrix; a singular
+        hessian (estimates far apart in 1-D) has no such distribution (inf/NaN entries).
+        """
+        _check_total_weight(total_weight)
+        w, V = torch.linalg.eigh(0.5 * (self.hessian + self.hessian.transpose(-1, -2)))
+        sqrt_h = (V * w.clamp_min(0).sqrt().unsqueeze(-2)) @ V.transpose(-1, -2)
+        return HuberL2(self.y.detach(), sqrt_h, delta=float(delta) * math.sqrt(total_weight))
+
+    def covariance_matrix(self, delta: float = 1.0, total_weight: float = 1.0) -> torch.Tensor:
+        """kappa_d(delta sqrt(W)) hessian^-1 (..., d, d): the covariance of distribution(),
+        in the convention of HuberL2.covariance_matrix. hessian^-1 alone is the Laplace
+        (Gaussian) approximation, kappa times smaller (kappa_2 = 3.08 at delta = 1, W = 1)."""
+        _check_total_weight(total_weight)
+        d = self.y.shape[-1]
+        return huber_variance_factor(d, float(delta) * math.sqrt(total_weight)) * torch.linalg.inv(self.hessian)
+
+
+def _check_total_weight(total_weight) -> None:
+    if isinstance(total_weight, bool) or not isinstance(total_weight, (int, float)) or not 0 < total_weight < math.inf:
+        raise ValueError(f"FuseResult: total_weight must be a finite number > 0, got {total_weight!r}")
 
 
 def _check_tensor(x, name: str, min_dim: int, shape_text: str) -> None:

@@ -100,6 +100,22 @@ def _member(name):
     return lambda loc, raw: getattr(_huber_l2(loc, raw), name)
 
 
+REGION_CONSTANT = "no tensor input it depends on: s_p is a number of (d, delta, p)"
+
+
+def _head(d, covariance, parameterization):
+    """A float64 PredictionHead (4 features, 2 targets) with seeded random weights."""
+    head = probreg.PredictionHead(4, 2, d, covariance=covariance, parameterization=parameterization,
+                                  init_precision=2.0, delta=0.6).double()
+    with torch.no_grad():
+        head.linear.weight.copy_(0.3 * torch.randn(head.linear.weight.shape, generator=_gen(23), dtype=F64))
+    return head
+
+
+_HEAD_FULL_V, _HEAD_DIAGONAL_MU = _head(2, "full", "v"), _head(3, "diagonal", "mu")
+_OUTLIER_MIXTURE = probreg.nn.OutlierMixtureNLLLoss(0.1, -1.4, 0.6, 0.5, reduction="none")
+
+
 def _rsample(loc, raw):
     torch.manual_seed(0)  # the same draw on every call (gradcheck evaluates repeatedly)
     return _huber_l2(loc, raw).rsample((2,))
@@ -152,6 +168,24 @@ PUBLIC = {
        for name in ("precision_sqrt", "raw", "precision_sqrt_inverse", "loc", "mean", "mode", "covariance_matrix", "variance")},
     **{name: Case(None, lambda: (), not_applicable={m: "a submodule of plain-PyTorch functions (its own tests)" for m in MODES})
        for name in ("reference", "wiberg", "ebm", "gum")},
+    # probability regions: functions of Python numbers, and the members of HuberL2
+    "huber_region_radius": Case(lambda de: torch.tensor(probreg.huber_region_radius(2, de, 0.9)), lambda: (),
+                                ((0.5,), (0.8,)), not_applicable={m: NO_TENSORS for m in MODES[:6]}),
+    "huber_radius_cdf": Case(lambda de: torch.tensor(probreg.huber_radius_cdf(3, de, 1.3)), lambda: (),
+                             ((0.5,), (0.8,)), not_applicable={m: NO_TENSORS for m in MODES[:6]}),
+    "HuberL2.region_radius": Case(lambda loc, raw, p: _huber_l2(loc, raw).region_radius(p), _distribution_tensors,
+                                  ((0.5,), (0.9,)), not_applicable={m: REGION_CONSTANT for m in MODES[:6]}),
+    "HuberL2.radius": Case(lambda loc, raw, y: _huber_l2(loc, raw).radius(y),
+                           lambda: (*_distribution_tensors(), _randn(3, 2, seed=8))),
+    # probreg.nn: the prediction head (random weights: at its zero initialisation the
+    # derivatives w.r.t. the features vanish) and the outlier-mixture loss
+    "nn": Case(None, lambda: (), not_applicable={m: "a submodule: its callables have rows of their own" for m in MODES}),
+    "PredictionHead": Case(lambda f, loc: _HEAD_FULL_V(f, loc), lambda: (_randn(3, 4, seed=20), _randn(3, 2, 2, seed=21))),
+    "PredictionHead[d=3, diagonal, mu]": Case(lambda f: _HEAD_DIAGONAL_MU(f), lambda: (_randn(3, 4, seed=22),)),
+    "nn.OutlierMixtureNLLLoss": Case(lambda p, t: _OUTLIER_MIXTURE(p, t),
+                                     lambda: (_randn(3, 5, seed=3), _randn(3, 2, seed=4))),
+    "nn.raw_for_precision": Case(lambda a: torch.tensor(probreg.nn.raw_for_precision(a, 0.5)), lambda: (), ((0.3,), (2.0,)),
+                                 not_applicable={m: NO_TENSORS for m in MODES[:6]}),
 }
 HUBER_L2_ATTRIBUTES = {"arg_constraints", "support", "has_rsample"}  # class attributes, not callables
 # Compiling is the slow part (seconds per graph): the members that are plain torch on top of
@@ -404,8 +438,9 @@ def test_opcheck(name):
 def test_tables_cover_every_public_callable():
     members = {f"HuberL2.{k}" for k in vars(probreg.HuberL2) if not k.startswith("_")} - {
         f"HuberL2.{k}" for k in HUBER_L2_ATTRIBUTES}
+    submodule = {f"nn.{k}" for k in probreg.nn.__all__} - {"nn.PredictionHead"}  # exported at the top level
     names = {n.split("[")[0] for n in PUBLIC}
-    assert set(probreg.__all__) | members == names, (set(probreg.__all__) | members) ^ names
+    assert set(probreg.__all__) | members | submodule == names, (set(probreg.__all__) | members | submodule) ^ names
 
 
 def test_tables_cover_every_operator():
