@@ -92,7 +92,7 @@ struct CpuFuseGradSink {
 void check_nonnegative_weights(const at::Tensor& weight, const char* op) {
   // Host-side check (free on CPU); NaN weights are not caught here: they make only their
   // own problem NaN (fuse.h).
-  TORCH_CHECK(weight.numel() == 0 || !(weight < 0).any().item<bool>(), op,
+  TORCH_CHECK_VALUE(weight.numel() == 0 || !(weight < 0).any().item<bool>(), op,
               ": weight must be >= 0 (0 removes an estimate), got a negative weight");
 }
 
