@@ -146,7 +146,9 @@ def huber_fuse(
         weight = check.nonnegative_weight(weight, "weight", _FUSE)  # the kernels' rule (CPU error, else NaN)
         out = reference.huber_fuse(v.to(compute), A.to(compute), weight.to(compute), delta, max_iter, tol, damping,
                                    None if init is None else init.to(compute))
-        return FuseResult(out[0].to(dtype), out[1].to(dtype), out[2], out[3])
+        y = out[0].to(dtype)
+        # converged only where y fits the output dtype, as in the kernels
+        return FuseResult(y, out[1].to(dtype), out[2], out[3] & torch.isfinite(y).all(-1))
     return FuseResult(*ops.huber_fuse(v, A, weight, init, delta, max_iter, tol, damping))
 
 
