@@ -458,6 +458,7 @@ def _huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
     converged = torch.zeros(batch, dtype=torch.bool, device=dev)
     running = valid.clone()
     stale = torch.zeros(batch, dtype=torch.bool, device=dev)
+    stalled = torch.zeros(batch, dtype=torch.bool, device=dev)  # the last accepted step did not lower E
     for _ in range(max_iter):
         running = running & (iterations < max_iter)
         if not bool(running.any()):
@@ -466,7 +467,8 @@ def _huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
         p, mu_used, ok_newton = _propose(ev, mu, floor)
         bound = tol * (1.0 + torch.linalg.vector_norm(y, dim=-1))
         decrease_bound = 8.0 * eps * ev["energy_round"]  # fuse.h kFuseRoundingDecrease
-        small = running & ((torch.linalg.vector_norm(p, dim=-1) <= bound) | (-(ev["grad"] * p).sum(-1) <= decrease_bound))
+        at_rounding = (-(ev["grad"] * p).sum(-1) <= decrease_bound) & ((mu_used == 0) | stalled)
+        small = running & ((torch.linalg.vector_norm(p, dim=-1) <= bound) | at_rounding)
         p_newton, _ = _blended_step(ev, torch.zeros_like(mu), floor)
         newton_small = (torch.linalg.vector_norm(p_newton, dim=-1) <= 4 * bound) | (
             -(ev["grad"] * p_newton).sum(-1) <= 4 * decrease_bound)
@@ -490,6 +492,7 @@ def _huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
             slope = (ev["grad"] * p).sum(-1)
             accept = pending & ((mu_used >= 1) | (trial["energy"] <= ev["energy"] * (1 + 4 * eps) + 1e-4 * slope))
             y = torch.where(accept.unsqueeze(-1), cand, y)
+            stalled = torch.where(accept, ~(trial["energy"] < ev["energy"]), stalled)
             ev = _select(accept, trial, ev)
             mu = torch.where(accept, 0.25 * mu_used, mu)
             iterations = iterations + accept.to(torch.int32)

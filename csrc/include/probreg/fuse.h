@@ -51,10 +51,9 @@ constexpr double kFuseMuReject = 1.0 / 64.0;  // smallest mu after a rejection
 // 1/64 blend, reject Newton, ...) where y* lies just inside an estimate's delta.
 constexpr double kFuseMuNewton = 1e-6;
 constexpr double kFuseMuSingular = 1e-12;     // smallest mu that regularises a singular H
-// Machine-precision convergence: a proposed step p whose predicted decrease -grad.p is
-// <= kFuseRoundingDecrease * eps * energy_round (FuseEval) cannot lower E by more than
-// E's own rounding error, which is a few eps * energy_round; there the iterate is optimal
-// to machine precision whatever tol is (and tol = 0 terminates).
+// Machine-precision convergence (fuse_solve, test (b)): the proposed step's predicted
+// decrease -grad.p is <= kFuseRoundingDecrease * eps * energy_round (FuseEval), a bound
+// on E's own rounding error.
 constexpr double kFuseRoundingDecrease = 8.0;
 
 // ---- masks: bool for a scalar T, LaneMask for the CPU SIMD Lanes (lanes.h) ----
@@ -453,10 +452,17 @@ struct FuseOutput {
 // Convergence, judged on the step p proposed at y:
 //  (a) p is small, ||p|| <= tol (1 + ||y||), or
 //  (b) E is optimal to machine precision: p's predicted decrease -grad.p is at most
-//      kFuseRoundingDecrease * eps * energy_round, below the rounding error of E itself.
-//      This holds where (a) cannot: along a near-null direction of H the step is
-//      rounding noise amplified by 1/lambda_min(H) (large) while its effect on E is nil;
-//      and it makes tol = 0 mean "to machine precision" and terminate.
+//      kFuseRoundingDecrease * eps * energy_round, a bound on the rounding error of E
+//      itself, and either p is the Newton step (whose predicted decrease is E - E* to
+//      second order) or the last accepted step did not lower E (stalled: progress is
+//      below what E can resolve). energy_round is a worst-case bound, 10-100x the actual
+//      rounding noise where |A||y| cancels in A y (y far out along a near-null direction
+//      of A), so a non-Newton step needs the stall as well: an MM-like crawl along a
+//      flat valley keeps lowering E by less than the bound yet far more than the noise,
+//      and stopping it there would leave E 1e-8 above its minimum. (b) holds where (a)
+//      cannot: along a near-null direction of H the Newton step is rounding noise
+//      amplified by 1/lambda_min(H) while its effect on E is nil; and it makes tol = 0
+//      mean "to machine precision" and terminate.
 //  Either way p is applied (when p is not a Newton step and the Newton step passes the
 //  same test with 4x the bounds, the Newton step is applied instead, so the returned y
 //  is typically accurate to O(tol^2));
@@ -491,6 +497,7 @@ PROBREG_UNROLL
   M running = valid;
   M converged = fuse_false<T>();
   M stale = fuse_false<T>();  // y moved after ev was evaluated (the final small step)
+  M stalled = fuse_false<T>();  // the last accepted step did not lower E
   T iterations(0), mu(0);
   for (;;) {
     running = running & (iterations < T(max_iter));
@@ -501,7 +508,8 @@ PROBREG_UNROLL
     T mu_used = fuse_propose<D>(ev, mu, floor, p, newton_ok);
     const T step_bound = tol * (T(1) + fuse_norm<D>(y));
     const T decrease_bound = T(kFuseRoundingDecrease) * eps * ev.energy_round;
-    const M small = running & ((fuse_norm<D>(p) <= step_bound) | (-fuse_dot<D>(ev.grad, p) <= decrease_bound));
+    const M at_rounding = (-fuse_dot<D>(ev.grad, p) <= decrease_bound) & ((mu_used == T(0)) | stalled);
+    const M small = running & ((fuse_norm<D>(p) <= step_bound) | at_rounding);
     if (pr_any(small)) {
       T p_newton[D];
       fuse_blended_step<D>(ev, T(0), floor, p_newton);
@@ -539,6 +547,7 @@ PROBREG_UNROLL
           pending & ((mu_used >= T(1)) | (trial.energy <= ev.energy * (T(1) + T(4) * eps) + T(kFuseArmijo) * slope));
 PROBREG_UNROLL
       for (int a = 0; a < D; ++a) y[a] = pr_where(accept, cand[a], y[a]);
+      stalled = fuse_select_mask(accept, fuse_not(trial.energy < ev.energy), stalled);
       fuse_select_eval<D>(accept, trial, ev);
       mu = pr_where(accept, mu_used * T(kFuseMuDown), mu);
       iterations += pr_where(accept, T(1), T(0));
