@@ -109,7 +109,7 @@ inline void check_matrix_grad_shape(const at::Tensor& gA, const at::Tensor& raw,
                                     const char* op) {
   const std::vector<int64_t> expected = packed_matrix_shape(raw, d);
   TORCH_CHECK(gA.sizes() == at::IntArrayRef(expected), op, ": grad_A must have shape (..., d, d) = ",
-              at::IntArrayRef(expected), ", got ", gA.sizes());
+              at::IntArrayRef(expected), " to match raw ", raw.sizes(), ", got ", gA.sizes());
 }
 
 // Calls f(std::integral_constant<int, D>) for the runtime dimension d in {1, 2, 3}.

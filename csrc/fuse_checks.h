@@ -49,7 +49,7 @@ inline FuseShape check_fuse_inputs(const at::Tensor& v, const at::Tensor& A, con
     std::vector<int64_t> y_shape = s.batch;
     y_shape.push_back(s.d);
     TORCH_CHECK(init->sizes() == at::IntArrayRef(y_shape), op, ": init must have shape (..., d) = ",
-                at::IntArrayRef(y_shape), ", got ", init->sizes());
+                at::IntArrayRef(y_shape), " to match v ", v.sizes(), ", got ", init->sizes());
     check_companion(*init, v, op, "init", "v");
   }
   s.problems = 1;
@@ -96,9 +96,9 @@ inline void check_fuse_backward_inputs(const at::Tensor& grad_y, const at::Tenso
                                        const FuseShape& s, const char* op) {
   const std::vector<int64_t> y_shape = fuse_shape_with(s, {s.d});
   TORCH_CHECK(y.sizes() == at::IntArrayRef(y_shape), op, ": y must have shape (..., d) = ",
-              at::IntArrayRef(y_shape), ", got ", y.sizes());
+              at::IntArrayRef(y_shape), " to match v ", v.sizes(), ", got ", y.sizes());
   TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(y_shape), op, ": grad_y must have shape (..., d) = ",
-              at::IntArrayRef(y_shape), ", got ", grad_y.sizes());
+              at::IntArrayRef(y_shape), " to match v ", v.sizes(), ", got ", grad_y.sizes());
   check_companion(y, v, op, "y", "v");
   check_companion(grad_y, v, op, "grad_y", "v");
 }

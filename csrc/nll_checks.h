@@ -61,16 +61,16 @@ inline int64_t check_nll_inputs(const at::Tensor& pred, const at::Tensor& target
                                                 target.sizes().slice(0, target.dim() - 1),
               op, ": pred (..., W) and target (..., d) must have the same batch shape, got pred ",
               pred.sizes(), " and target ", target.sizes());
-  TORCH_CHECK(pred.size(-1) == width, op, ": pred must have width ", width, " for d = ", d,
-              " and covariance='", nll_covariance_name(covariance), "', got pred ", pred.sizes());
+  TORCH_CHECK(pred.size(-1) == width, op, ": pred must have width ", width, " for d = ", d, " (target ",
+              target.sizes(), ") and covariance='", nll_covariance_name(covariance), "', got pred ", pred.sizes());
   return d;
 }
 
 // grad_loss must have the batch shape of target (..., d).
 inline void check_nll_grad_shape(const at::Tensor& grad_loss, const at::Tensor& target, const char* op) {
   const auto batch = target.sizes().slice(0, target.dim() - 1);
-  TORCH_CHECK(grad_loss.sizes() == batch, op, ": grad_loss must have the batch shape ", batch, ", got ",
-              grad_loss.sizes());
+  TORCH_CHECK(grad_loss.sizes() == batch, op, ": grad_loss must have the batch shape ", batch, " of target ",
+              target.sizes(), ", got ", grad_loss.sizes());
 }
 
 // The upstream gradient as the kernels read it: n values (stride 1), or a single value

@@ -36,10 +36,12 @@ def _check_companion(t, ref, op, name, ref_name):
     )
 
 
-def _check_shape(t, expected, op, name, text):
+def _check_shape(t, expected, op, name, text, ref, ref_name):
+    """t.shape == expected, which follows from ref's shape (named in the message)."""
     torch._check(
         sym_eq(tuple(t.shape), tuple(expected)),
-        lambda: f"{op}: {name} must have shape {text} = {tuple(expected)}, got {tuple(t.shape)}",
+        lambda: f"{op}: {name} must have shape {text} = {tuple(expected)} to match {ref_name} {tuple(ref.shape)}, "
+        f"got {tuple(t.shape)}",
     )
 
 
@@ -96,9 +98,10 @@ def _symeig_backward_fake(grad_eigenvalues, grad_eigenvectors, eigenvalues, eige
     for name, t in (("eigenvalues", eigenvalues), ("grad_eigenvalues", grad_eigenvalues),
                     ("grad_eigenvectors", grad_eigenvectors)):
         _check_companion(t, eigenvectors, op, name, "eigenvectors")
-    _check_shape(eigenvalues, eigenvectors.shape[:-1], op, "eigenvalues", "(..., d)")
-    _check_shape(grad_eigenvalues, eigenvectors.shape[:-1], op, "grad_eigenvalues", "(..., d)")
-    _check_shape(grad_eigenvectors, eigenvectors.shape, op, "grad_eigenvectors", "(..., d, d)")
+    V = eigenvectors
+    _check_shape(eigenvalues, V.shape[:-1], op, "eigenvalues", "(..., d)", V, "eigenvectors")
+    _check_shape(grad_eigenvalues, V.shape[:-1], op, "grad_eigenvalues", "(..., d)", V, "eigenvectors")
+    _check_shape(grad_eigenvectors, V.shape, op, "grad_eigenvectors", "(..., d, d)", V, "eigenvectors")
     return _empty_like(eigenvectors)
 
 
@@ -115,7 +118,7 @@ def _spd_remap_backward_fake(grad_A, B, theta):
     op = "probreg._spd_remap_backward"
     _check_square(B, op, "B")
     _check_companion(grad_A, B, op, "grad_A", "B")
-    _check_shape(grad_A, B.shape, op, "grad_A", "(..., d, d)")
+    _check_shape(grad_A, B.shape, op, "grad_A", "(..., d, d)", B, "B")
     _check_theta(theta, op)
     return _empty_like(B)
 
@@ -134,7 +137,7 @@ def _spd_from_raw_backward_fake(grad_A, raw, theta):
     d = _check_packed(raw, op, "raw")
     _check_theta(theta, op)
     _check_companion(grad_A, raw, op, "grad_A", "raw")
-    _check_shape(grad_A, (*raw.shape[:-1], d, d), op, "grad_A", "(..., d, d)")
+    _check_shape(grad_A, (*raw.shape[:-1], d, d), op, "grad_A", "(..., d, d)", raw, "raw")
     return _empty_like(raw)
 
 
@@ -167,7 +170,8 @@ def _check_nll(pred, target, delta, theta, family, covariance, op):
         f"{tuple(pred.shape)} and target {tuple(target.shape)}",
     )
     torch._check(pred.shape[-1] == width,
-                 lambda: f"{op}: pred must have width {width} for d = {d} and covariance {covariance}, got pred {tuple(pred.shape)}")
+                 lambda: f"{op}: pred must have width {width} for d = {d} (target {tuple(target.shape)}) and covariance "
+                 f"{covariance}, got pred {tuple(pred.shape)}")
     return d
 
 
@@ -190,7 +194,7 @@ def _huber_nll_backward_fake(grad_loss, pred, target, delta, theta, family, cova
         grad_loss.device == pred.device,
         lambda: f"{op}: grad_loss is on {grad_loss.device} but pred is on {pred.device}; they must be on the same device",
     )
-    _check_shape(grad_loss, target.shape[:-1], op, "grad_loss", "the batch shape")
+    _check_shape(grad_loss, target.shape[:-1], op, "grad_loss", "(...)", target, "target")
     grad_target = _empty_like(target) if need_grad_target else target.new_empty(0)
     return _empty_like(pred), grad_target
 
@@ -220,12 +224,12 @@ def _check_fuse(v, A, weight, init, delta, damping, op):
         (d >= 1) & (d <= 3),
         lambda: f"{op}: v must have shape (..., n, d) with d in {{1, 2, 3}} for the fused kernel, got {tuple(v.shape)}",
     )
-    _check_shape(A, (*batch, n, d, d), op, "A", "(..., n, d, d)")
-    _check_shape(weight, (*batch, n), op, "weight", "(..., n)")
+    _check_shape(A, (*batch, n, d, d), op, "A", "(..., n, d, d)", v, "v")
+    _check_shape(weight, (*batch, n), op, "weight", "(..., n)", v, "v")
     _check_companion(A, v, op, "A", "v")
     _check_companion(weight, v, op, "weight", "v")
     if init is not None:
-        _check_shape(init, (*batch, d), op, "init", "(..., d)")
+        _check_shape(init, (*batch, d), op, "init", "(..., d)", v, "v")
         _check_companion(init, v, op, "init", "v")
     torch._check(delta > 0, lambda: f"{op}: delta must be > 0 (h_delta is identically zero at delta = 0), got {delta}")
     torch._check(_in_range(damping, 0, math.inf, False, True), lambda: f"{op}: damping must be a finite number >= 0, got {damping}")
@@ -250,8 +254,8 @@ def _huber_fuse_fake(v, A, weight, init, delta, max_iter, tol, damping):
 def _huber_fuse_backward_fake(grad_y, y, v, A, weight, delta, damping):
     op = "probreg._huber_fuse_backward"
     batch, n, d = _check_fuse(v, A, weight, None, delta, damping, op)
-    _check_shape(y, (*batch, d), op, "y", "(..., d)")
-    _check_shape(grad_y, (*batch, d), op, "grad_y", "(..., d)")
+    _check_shape(y, (*batch, d), op, "y", "(..., d)", v, "v")
+    _check_shape(grad_y, (*batch, d), op, "grad_y", "(..., d)", v, "v")
     _check_companion(y, v, op, "y", "v")
     _check_companion(grad_y, v, op, "grad_y", "v")
     return _empty_like(v), _empty_like(A), _empty_like(weight)
