@@ -617,6 +617,35 @@ def huber_fusion_energy(y: Tensor, v: Tensor, A: Tensor, w: Tensor, delta) -> Te
     return (w * huber).sum(-1)
 
 
+def _check_rbf_args(*tensors) -> None:
+    """rbf_fusion_energy's arguments: floating tensors whose shapes broadcast as documented
+    (a clear error naming them instead of a broadcasting error inside the formula)."""
+    op = "probreg.wiberg.rbf_fusion_energy"
+    names = ("y", "centers", "sizes", "ref_sizes", "time", "sigma_pos", "sigma_size", "weight_scale", "temporal_a",
+             "temporal_b")
+    for name, t in zip(names, tensors):
+        check.tensor(t, name, op)
+    y, centers, sizes, ref_sizes, time, sigma_pos, sigma_size, weight_scale, temporal_a, temporal_b = tensors
+    groups = (  # (what, last dim or None, members)
+        ("(..., T, 2) corner terms", 2, (("y[..., None, :]", y.unsqueeze(-2)), ("centers", centers),
+                                         ("sigma_pos", sigma_pos))),
+        ("(..., T, 2) size terms", 2, (("sizes", sizes), ("ref_sizes", ref_sizes), ("sigma_size", sigma_size))),
+        ("(..., T) tracker terms", None, (("time[..., None]", time.unsqueeze(-1)), ("weight_scale", weight_scale),
+                                          ("temporal_a", temporal_a), ("temporal_b", temporal_b),
+                                          ("centers[..., 0]", centers[..., 0]), ("sizes[..., 0]", sizes[..., 0]))),
+    )
+    for what, last, group in groups:
+        ok = last is None or all(t.shape[-1:] == (last,) for _, t in group)
+        if ok:
+            try:
+                torch.broadcast_shapes(*(t.shape for _, t in group))
+            except RuntimeError:
+                ok = False
+        if not ok:
+            shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in group)
+            raise ValueError(f"{op}: the {what} must broadcast{'' if last is None else ' with a last dim of 2'}: {shapes}")
+
+
 def rbf_fusion_energy(
     y: Tensor,
     centers: Tensor,
@@ -651,6 +680,7 @@ def rbf_fusion_energy(
     Returns:
         E: (...,) energy, dtype of y.
     """
+    _check_rbf_args(y, centers, sizes, ref_sizes, time, sigma_pos, sigma_size, weight_scale, temporal_a, temporal_b)
     position_term = (((y.unsqueeze(-2) - centers) / sigma_pos) ** 2).sum(-1)
     size_term = (((sizes - ref_sizes) / sigma_size) ** 2).sum(-1)
     f = time.unsqueeze(-1)
@@ -757,8 +787,8 @@ class RBFFusion(nn.Module):
         ref_boxes (B, T, 4): each tracker's box in the sequence's first frame.
         time (B,): normalised frame time in [0, 1].
         """
+        problem = self.corner_problems(boxes, ref_boxes, time)  # validates the arguments
         B = boxes.shape[0]
-        problem = self.corner_problems(boxes, ref_boxes, time)
         with torch.no_grad():
             centres = problem[0]
             broadcast = [p.unsqueeze(1) for p in problem]  # candidates along dim 1
