@@ -64,7 +64,7 @@ sanitize: deps
 	cmake --build $(SANITIZE_DIR)/cmake -j $(JOBS)
 	$(SANITIZE_ENV) ctest --test-dir $(SANITIZE_DIR)/cmake --output-on-failure
 	CXX=$(CXX_FOR_SANITIZE) CFLAGS="$(SANITIZE_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
-		PROBREG_FORCE_CPU=1 MAX_JOBS=$(JOBS) $(PYTHON) setup.py -q build_ext --build-lib $(SANITIZE_DIR)/lib \
+		PROBREG_EXTRA_CXX_FLAGS=-O1 PROBREG_FORCE_CPU=1 MAX_JOBS=$(JOBS) $(PYTHON) setup.py -q build_ext --build-lib $(SANITIZE_DIR)/lib \
 		--build-temp $(SANITIZE_DIR)/temp
 	mkdir -p $(SANITIZE_DIR)/lib/probreg && cp probreg/*.py $(SANITIZE_DIR)/lib/probreg/
 	cd $(SANITIZE_DIR)/lib && $(SANITIZE_ENV) LD_PRELOAD=$$($(CXX_FOR_SANITIZE) -print-file-name=libasan.so) \

@@ -48,6 +48,8 @@ def _as_number(value):
 
 
 def _fail(op: str, name: str, what: str, value, exc=ValueError):
+    if torch.compiler.is_compiling():  # torch.compile cannot format a symbolic value into a string
+        raise exc(op + ": " + name + " must be " + what)
     raise exc(f"{op}: {name} must be {what}, got {value!r}")
 
 
