@@ -195,8 +195,12 @@ def _huber_nll_backward_fake(grad_loss, pred, target, delta, theta, family, cova
         lambda: f"{op}: grad_loss is on {grad_loss.device} but pred is on {pred.device}; they must be on the same device",
     )
     _check_shape(grad_loss, target.shape[:-1], op, "grad_loss", "(...)", target, "target")
-    grad_target = _empty_like(target) if need_grad_target else target.new_empty(0)
-    return _empty_like(pred), grad_target
+    return _nll_backward_results(pred, target, need_grad_target)
+
+
+def _nll_backward_results(pred, target, need_grad_target):
+    """(grad_pred (..., W), grad_target (..., d), or an empty tensor without need_grad_target)."""
+    return _empty_like(pred), (_empty_like(target) if need_grad_target else target.new_empty(0))
 
 
 # ---------------------------------------------------------------- _log_normalizer
@@ -236,18 +240,28 @@ def _check_fuse(v, A, weight, init, delta, damping, op):
     return batch, n, d
 
 
-@torch.library.register_fake("probreg::huber_fuse")
-def _huber_fuse_fake(v, A, weight, init, delta, max_iter, tol, damping):
-    op = "probreg.huber_fuse"
-    batch, n, d = _check_fuse(v, A, weight, init, delta, damping, op)
-    torch._check(_in_range(max_iter, 0, _MAX_ITER_LIMIT, False, False), lambda: f"{op}: max_iter must be in [0, 2^30], got {max_iter}")
-    torch._check(_in_range(tol, 0, math.inf, False, True), lambda: f"{op}: tol must be a finite number >= 0, got {tol}")
+def _fuse_results(v, batch, d):
+    """(y (..., d), hessian (..., d, d), iterations int32 (...), converged bool (...))."""
     return (
         v.new_empty((*batch, d)),
         v.new_empty((*batch, d, d)),
         v.new_empty(batch, dtype=torch.int32),
         v.new_empty(batch, dtype=torch.bool),
     )
+
+
+def _fuse_backward_results(v, A, weight):
+    """(grad_v, grad_A, grad_weight) of the fuse backward operators."""
+    return _empty_like(v), _empty_like(A), _empty_like(weight)
+
+
+@torch.library.register_fake("probreg::huber_fuse")
+def _huber_fuse_fake(v, A, weight, init, delta, max_iter, tol, damping):
+    op = "probreg.huber_fuse"
+    batch, n, d = _check_fuse(v, A, weight, init, delta, damping, op)
+    torch._check(_in_range(max_iter, 0, _MAX_ITER_LIMIT, False, False), lambda: f"{op}: max_iter must be in [0, 2^30], got {max_iter}")
+    torch._check(_in_range(tol, 0, math.inf, False, True), lambda: f"{op}: tol must be a finite number >= 0, got {tol}")
+    return _fuse_results(v, batch, d)
 
 
 @torch.library.register_fake("probreg::_huber_fuse_backward")
@@ -258,4 +272,80 @@ def _huber_fuse_backward_fake(grad_y, y, v, A, weight, delta, damping):
     _check_shape(grad_y, (*batch, d), op, "grad_y", "(..., d)", v, "v")
     _check_companion(y, v, op, "y", "v")
     _check_companion(grad_y, v, op, "grad_y", "v")
-    return _empty_like(v), _empty_like(A), _empty_like(weight)
+    return _fuse_backward_results(v, A, weight)
+
+
+# ---------------------------------------------------------------- d > 3 (probreg/_fallback.py)
+# Same results as the fused ops for any d >= 1; the argument checks are the real kernels' own
+# (the fused fake kernels above reject d > 3).
+from . import _fallback as fallback  # noqa: E402
+
+
+@torch.library.register_fake("probreg::_symeig_fallback")
+def _symeig_fallback_fake(B):
+    fallback.check_square(B, "_symeig_fallback")
+    return B.new_empty(B.shape[:-1]), _empty_like(B)
+
+
+@torch.library.register_fake("probreg::_symeig_fallback_backward")
+def _symeig_fallback_backward_fake(grad_eigenvalues, grad_eigenvectors, eigenvalues, eigenvectors):
+    fallback.check_symeig_backward(grad_eigenvalues, grad_eigenvectors, eigenvalues, eigenvectors,
+                                   "_symeig_fallback_backward")
+    return _empty_like(eigenvectors)
+
+
+@torch.library.register_fake("probreg::_spd_remap_fallback")
+def _spd_remap_fallback_fake(B, theta):
+    fallback.check_square(B, "_spd_remap_fallback")
+    fallback.check_theta(theta, "_spd_remap_fallback")
+    return _empty_like(B)
+
+
+@torch.library.register_fake("probreg::_spd_remap_fallback_backward")
+def _spd_remap_fallback_backward_fake(grad_A, B, theta):
+    fallback.check_spd_remap_backward(grad_A, B, theta, "_spd_remap_fallback_backward")
+    return _empty_like(B)
+
+
+@torch.library.register_fake("probreg::_huber_nll_fallback")
+def _huber_nll_fallback_fake(pred, target, delta, theta, family, covariance, mu_parameterization):
+    fallback.check_nll(pred, target, delta, theta, family, covariance, "_huber_nll_fallback")
+    return pred.new_empty(target.shape[:-1], dtype=_nll_loss_dtype(pred.dtype))
+
+
+@torch.library.register_fake("probreg::_huber_nll_fallback_backward")
+def _huber_nll_fallback_backward_fake(grad_loss, pred, target, delta, theta, family, covariance, mu_parameterization,
+                                      need_grad_target):
+    fallback.check_nll_backward(grad_loss, pred, target, delta, theta, family, covariance,
+                                "_huber_nll_fallback_backward")
+    return _nll_backward_results(pred, target, need_grad_target)
+
+
+@torch.library.register_fake("probreg::_huber_fuse_fallback")
+def _huber_fuse_fallback_fake(v, A, weight, init, delta, max_iter, tol, damping):
+    batch, n, d = fallback.check_fuse(v, A, weight, init, "_huber_fuse_fallback")
+    fallback.check_fuse_scalars(delta, max_iter, tol, damping, "_huber_fuse_fallback")
+    return _fuse_results(v, batch, d)
+
+
+@torch.library.register_fake("probreg::_huber_fuse_fallback_backward")
+def _huber_fuse_fallback_backward_fake(grad_y, y, v, A, weight, delta, damping):
+    fallback.check_fuse_backward(grad_y, y, v, A, weight, "_huber_fuse_fallback_backward")
+    return _fuse_backward_results(v, A, weight)
+
+
+# ---------------------------------------------------------------- second-order rules (probreg/_second_order.py)
+from . import _second_order as second_order  # noqa: E402
+
+
+@torch.library.register_fake("probreg::_spd_remap_second")
+def _spd_remap_second_fake(B, G, E, theta):
+    second_order.check_spd_remap_second(B, G, E, theta)
+    return _empty_like(B)
+
+
+@torch.library.register_fake("probreg::_huber_nll_hvp")
+def _huber_nll_hvp_fake(grad_loss, pred, target, dpred, dtarget, delta, theta, family, covariance,
+                        mu_parameterization, need_grad_target):
+    second_order.check_huber_nll_hvp(grad_loss, pred, target, dpred, dtarget, delta, theta, family, covariance)
+    return _nll_backward_results(pred, target, need_grad_target)

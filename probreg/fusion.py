@@ -5,8 +5,9 @@
 per problem, for A_i any square matrices (a mirrored or affinely transformed prediction has
 a non-symmetric A_i). The fused kernels (d in {1, 2, 3}) run a safeguarded Newton/MM solver
 per problem (csrc/include/probreg/fuse.h) with a per-problem convergence test and no host
-synchronisation (CUDA-graph capturable); d > 3 takes the pure-PyTorch path
-(probreg.reference.huber_fuse: same algorithm, vectorised, one host sync per iteration).
+synchronisation (CUDA-graph capturable); d > 3 takes the pure-PyTorch operator
+probreg::_huber_fuse_fallback (probreg/_fuse_torch.py: same algorithm, vectorised, one host
+sync per iteration).
 
 Gradients are implicit (papers/wibergian-learning.md eq. 9-10): at y*,
 dy*/dtheta = -(H + damping I)^{-1} d(grad_y E)/dtheta with H the true Hessian of E. The
@@ -20,7 +21,6 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from . import _validation as check
-from . import reference
 from ._ops import ops
 from .spd import spd_from_raw
 
@@ -140,16 +140,8 @@ def huber_fuse(
     weight = weight.to(dtype).expand(*batch, n)
     if init is not None:
         init = init.to(dtype).expand(*batch, d)
-    if d > _FUSED_MAX_DIM:
-        # Same compute types as the kernels: float32 in float64, half types in float32.
-        compute = torch.float64 if dtype in (torch.float64, torch.float32) else torch.float32
-        weight = check.nonnegative_weight(weight, "weight", _FUSE)  # the kernels' rule (CPU error, else NaN)
-        out = reference.huber_fuse(v.to(compute), A.to(compute), weight.to(compute), delta, max_iter, tol, damping,
-                                   None if init is None else init.to(compute))
-        y = out[0].to(dtype)
-        # converged only where y fits the output dtype, as in the kernels
-        return FuseResult(y, out[1].to(dtype), out[2], out[3] & torch.isfinite(y).all(-1))
-    return FuseResult(*ops.huber_fuse(v, A, weight, init, delta, max_iter, tol, damping))
+    op = ops.huber_fuse if d <= _FUSED_MAX_DIM else ops._huber_fuse_fallback
+    return FuseResult(*op(v, A, weight, init, float(delta), int(max_iter), float(tol), float(damping)))
 
 
 def _dim_from_prediction_size(K: int) -> int:

@@ -1,7 +1,8 @@
 """The SPD parameterisation: raw network output -> positive-definite matrix.
 
-Fused kernels serve d in {1, 2, 3}; d > 3 takes the pure-PyTorch path (torch.linalg.eigh
-with the same stable backward; slower). All functions accept any batch shape (including
+Fused kernels serve d in {1, 2, 3}; d > 3 takes the pure-PyTorch operators of
+probreg/_fallback.py (torch.linalg.eigh with the same stable backward and the same autograd
+rules; slower). All functions accept any batch shape (including
 empty), non-contiguous inputs and float64/float32/float16/bfloat16 (half types compute in
 float32 and return the input dtype; float32 computes the decomposition in float64).
 """
@@ -10,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from . import _validation as check
-from . import reference
 from ._ops import ops
-from .packing import dim_from_packed_size
+from .packing import dim_from_packed_size, unpack_sym
 
 __all__ = ["symeig", "spd_remap", "spd_from_raw"]
 
@@ -24,14 +24,6 @@ def _check_square(B: torch.Tensor, name: str) -> int:
     if B.shape[-1] != B.shape[-2]:
         raise ValueError(f"{name}: B must have shape (..., d, d), got {tuple(B.shape)}")
     return B.shape[-1]
-
-
-def _reference_in_supported_dtype(fn, x: torch.Tensor, *args):
-    """Run a torch.linalg.eigh reference; half types go through float32."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        out = fn(x.float(), *args)
-        return tuple(o.to(x.dtype) for o in out) if isinstance(out, tuple) else out.to(x.dtype)
-    return fn(x, *args)
 
 
 def symeig(B: torch.Tensor):
@@ -48,7 +40,7 @@ def symeig(B: torch.Tensor):
     """
     d = _check_square(B, "probreg.symeig")
     if d > _FUSED_MAX_DIM:
-        return _reference_in_supported_dtype(reference.symeig, B)
+        return ops._symeig_fallback(B)
     return ops.symeig(B)
 
 
@@ -66,8 +58,8 @@ def spd_remap(B: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
     theta = check.positive_finite(theta, "theta", "probreg.spd_remap")
     d = _check_square(B, "probreg.spd_remap")
     if d > _FUSED_MAX_DIM:
-        return _reference_in_supported_dtype(reference.spd_remap, B, float(theta))
-    return ops.spd_remap(B, float(theta))
+        return ops._spd_remap_fallback(B, theta)
+    return ops.spd_remap(B, theta)
 
 
 def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
@@ -85,5 +77,5 @@ def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
     P = raw.shape[-1]
     if P not in (1, 3, 6):
         dim_from_packed_size(P, "probreg.spd_from_raw: raw")  # a clear error if P is not d(d+1)/2
-        return _reference_in_supported_dtype(reference.spd_from_raw, raw, float(theta))
-    return ops.spd_from_raw(raw, float(theta))
+        return ops._spd_remap_fallback(unpack_sym(raw), theta)
+    return ops.spd_from_raw(raw, theta)

@@ -913,12 +913,21 @@ def _grads_of(fn, inputs, grads):
     return torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
 
 
+# The d > 3 operators (probreg/_fallback.py) take the fused ones' arguments for any d >= 1.
+FALLBACK_OF = {f"_{op.lstrip('_').replace('_backward', '')}_fallback{'_backward' if op.endswith('_backward') else ''}": op
+               for op in ("symeig", "_symeig_backward", "spd_remap", "_spd_remap_backward", "huber_nll",
+                          "_huber_nll_backward", "huber_fuse", "_huber_fuse_backward")}
+
+
 @st.composite
 def op_case(draw, name: str):
-    """The raw operators: the same dtype for every tensor (they do not promote), d <= 3."""
+    """The raw operators: the same dtype for every tensor (they do not promote), d <= 3 for
+    the fused ones, d <= 4 for the d > 3 fallback operators (FALLBACK_OF: drawn as the
+    fused operator, then called through the fallback one)."""
+    operator_name, name = name, FALLBACK_OF.get(name, name)
     seed = draw(st.integers(0, 99))
     n = draw(st.sampled_from([0, 1, 5, 9]))
-    d = draw(st.sampled_from([1, 2, 3]))
+    d = draw(st.sampled_from([1, 2, 3] if operator_name == name else [1, 2, 4]))
     dtype = draw(st.sampled_from(FLOATS))
     g = gen(seed)
     theta = draw(st.sampled_from([0.3, 1.0]))
@@ -935,7 +944,7 @@ def op_case(draw, name: str):
                         compare=lambda out, B64: _spectral_check(out[0], out[1], B64, dtype))
             names, args = ["B"], [B_]
         else:
-            L, V = ops.symeig(B_)
+            L, V = (ops.symeig if operator_name == name else ops._symeig_fallback)(B_)
             gL, gV = lay(torch.randn(n, d, generator=g, dtype=F64)), lay(torch.randn(n, d, d, generator=g, dtype=F64))
             args, names = [gL, gV, L, V], ["grad_eigenvalues", "grad_eigenvectors", "eigenvalues", "eigenvectors"]
 
@@ -989,6 +998,48 @@ def op_case(draw, name: str):
             case = Case(ops._huber_nll_backward, tuple(args), reference=lambda: _grads_of(ref_loss, [pred, target], [grad]),
                         compare=lambda out, r: (close(out[0], r[0], dtype, "grad_pred", rtol=None if dtype in FULL_PRECISION else 5e-2),
                                                 close(out[1], r[1], dtype, "grad_target", rtol=None if dtype in FULL_PRECISION else 5e-2)))
+    elif name == "_spd_remap_second":
+        B_, G, E = (lay(0.5 * (t + t.mT)) for t in (B, torch.randn(n, d, d, generator=g, dtype=F64),
+                                                     torch.randn(n, d, d, generator=g, dtype=F64)))
+        args, names = [B_, G, E, theta], ["B", "G", "E", "theta"]
+
+        def remap(b):  # F(B) = V diag(g(l)) V^T through eigh's own (twice differentiable) autograd
+            L, V = torch.linalg.eigh(b)
+            gl = torch.where(L > theta, L, theta * torch.exp(torch.clamp(L / theta - 1, max=0.0)))
+            return (V * gl.unsqueeze(-2)) @ V.mT
+
+        def ref():  # d/dt of the vjp DF*_{B + t E}[G] at t = 0 (random B: no ties); the
+            # operator reads the symmetric parts (an overlapping layout is not symmetric)
+            B64, G64, E64 = (0.5 * (canon(t) + canon(t).mT) for t in (B_, G, E))
+
+            def vjp(b):
+                return torch.func.vjp(remap, b)[1](G64)[0]
+
+            return torch.func.jvp(vjp, (B64,), (E64,))[1]
+
+        case = Case(ops._spd_remap_second, tuple(args), reference=ref if dtype in FULL_PRECISION else None,
+                    compare=lambda out, r: close(out, r, dtype, name))
+    elif name == "_huber_nll_hvp":
+        family, covariance = draw(st.integers(0, 3)), draw(st.integers(0, 2))
+        width = {2: d + d * (d + 1) // 2, 1: 2 * d, 0: d}[covariance]
+        pred, target, dpred, dtarget = (lay(torch.randn(n, k, generator=g, dtype=F64)) for k in (width, d, width, d))
+        mu, delta = draw(st.booleans()), draw(st.sampled_from([0.5, 1.0]))
+        loss_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        grad = lay(torch.randn(n, generator=g, dtype=F64), loss_dtype)
+        options = dict(parameterization="mu" if mu else "v", family=("huber", "gauss", "laplace", "charbonnier")[family],
+                       covariance=COVARIANCES[::-1][covariance], reduction="none", normalized=False)
+        args = [grad, pred, target, dpred, dtarget, delta, theta, family, covariance, mu, True]
+        names = ["grad_loss", "pred", "target", "dpred", "dtarget", "delta", "theta", "family", "covariance", None, None]
+
+        def ref():  # grad_loss * Hess(loss) . (dpred, dtarget): the jvp of the weighted loss's gradient
+            def weighted_grad(p, t):
+                return torch.func.grad(lambda p_, t_: (canon(grad) * reference.huber_nll_reference(
+                    p_, t_, delta, theta, **options)).sum(), argnums=(0, 1))(p, t)
+
+            return torch.func.jvp(weighted_grad, (canon(pred), canon(target)), (canon(dpred), canon(dtarget)))[1]
+
+        case = Case(ops._huber_nll_hvp, tuple(args), reference=ref if dtype in FULL_PRECISION else None,
+                    compare=lambda out, r: [close(o, x, dtype, name) for o, x in zip(out, r)])
     else:  # huber_fuse, _huber_fuse_backward
         v, A, w = (lay(t) for t in _fuse_problem(seed, (n,), 3, d))
         delta = draw(st.sampled_from([1.0, math.inf]))
@@ -1019,7 +1070,9 @@ def op_case(draw, name: str):
             case = Case(ops._huber_fuse_backward, tuple(args), reference=ref if dtype in FULL_PRECISION else None,
                         compare=lambda out, r: [close(o, x, dtype, "grad", rtol=1e-6 if dtype == F64 else 1e-3)
                                                 for o, x in zip(out, r)])
-    case.label = name
+    if operator_name != name:
+        case.fn = getattr(ops, operator_name)
+    name = case.label = operator_name
     bad = draw(choose_bad([k for k in names if k is not None]))
     if bad is not None:
         index = names.index(bad)
@@ -1037,7 +1090,7 @@ def op_case(draw, name: str):
             replacement = draw(st.sampled_from({"theta": [0.0, -1.0, math.nan, math.inf], "delta": [-1.0, math.nan],
                                                 "family": [-1, 4], "covariance": [-1, 3], "max_iter": [-1, 2**31],
                                                 "tol": [-1.0, math.nan, math.inf], "damping": [-1.0, math.inf]}[bad]))
-            if name in ("huber_fuse", "_huber_fuse_backward") and bad == "delta":
+            if FALLBACK_OF.get(name, name) in ("huber_fuse", "_huber_fuse_backward") and bad == "delta":
                 replacement = draw(st.sampled_from([0.0, -1.0, math.nan]))
         args = list(case.args)
         args[index] = replacement
@@ -1047,7 +1100,8 @@ def op_case(draw, name: str):
 
 # ---------------------------------------------------------------- the sweep
 OP_NAMES = ["symeig", "_symeig_backward", "spd_remap", "_spd_remap_backward", "spd_from_raw", "_spd_from_raw_backward",
-            "huber_nll", "_huber_nll_backward", "huber_fuse", "_huber_fuse_backward"]
+            "huber_nll", "_huber_nll_backward", "huber_fuse", "_huber_fuse_backward", "_spd_remap_second",
+            "_huber_nll_hvp", *FALLBACK_OF]
 
 SWEEP = {
     # name: (strategy, examples)
