@@ -330,7 +330,7 @@ def _huber_fuse_fallback_fake(v, A, weight, init, delta, max_iter, tol, damping)
 
 @torch.library.register_fake("probreg::_huber_fuse_fallback_backward")
 def _huber_fuse_fallback_backward_fake(grad_y, y, v, A, weight, delta, damping):
-    fallback.check_fuse_backward(grad_y, y, v, A, weight, "_huber_fuse_fallback_backward")
+    fallback.check_fuse_backward(grad_y, y, v, A, weight, delta, damping, "_huber_fuse_fallback_backward")
     return _fuse_backward_results(v, A, weight)
 
 

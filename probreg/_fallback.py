@@ -86,7 +86,8 @@ def check_nll(pred, target, delta, theta, family, covariance, op: str) -> None:
     _check(pred.dim() == target.dim() and pred.shape[:-1] == target.shape[:-1], op,
            lambda: f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same batch shape")
     width = d + (d * (d + 1) // 2 if covariance == 2 else (d if covariance == 1 else 0))
-    _check(pred.shape[-1] == width, op, lambda: f"pred must have width {width} for d = {d}, got {tuple(pred.shape)}")
+    _check(pred.shape[-1] == width, op,
+           lambda: f"pred must have width {width} for d = {d} (target {tuple(target.shape)}), got {tuple(pred.shape)}")
 
 
 def check_nll_backward(grad_loss, pred, target, delta, theta, family, covariance, op: str) -> None:
@@ -115,15 +116,20 @@ def check_fuse(v, A, weight, init, op: str):
     return batch, n, d
 
 
-def check_fuse_scalars(delta, max_iter, tol, damping, op: str) -> None:
+def check_fuse_delta_damping(delta, damping, op: str) -> None:
     _check(delta > 0, op, lambda: f"delta must be > 0 (h_delta is identically zero at delta = 0), got {delta}")
-    _check(0 <= max_iter <= 2**30, op, lambda: f"max_iter must be in [0, 2^30], got {max_iter}")
-    _check(0 <= tol < math.inf, op, lambda: f"tol must be a finite number >= 0, got {tol}")
     _check(0 <= damping < math.inf, op, lambda: f"damping must be a finite number >= 0, got {damping}")
 
 
-def check_fuse_backward(grad_y, y, v, A, weight, op: str) -> None:
+def check_fuse_scalars(delta, max_iter, tol, damping, op: str) -> None:
+    check_fuse_delta_damping(delta, damping, op)
+    _check(0 <= max_iter <= 2**30, op, lambda: f"max_iter must be in [0, 2^30], got {max_iter}")
+    _check(0 <= tol < math.inf, op, lambda: f"tol must be a finite number >= 0, got {tol}")
+
+
+def check_fuse_backward(grad_y, y, v, A, weight, delta, damping, op: str) -> None:
     batch, _, d = check_fuse(v, A, weight, None, op)
+    check_fuse_delta_damping(delta, damping, op)
     for name, t in (("y", y), ("grad_y", grad_y)):
         check_companion(t, v, op, name, "v")
         _check(t.shape == (*batch, d), op,
@@ -199,7 +205,7 @@ def _huber_fuse_fallback(v, A, weight, init, delta, max_iter, tol, damping):
 
 @torch.library.impl("probreg::_huber_fuse_fallback_backward", "CompositeExplicitAutograd")
 def _huber_fuse_fallback_backward(grad_y, y, v, A, weight, delta, damping):
-    check_fuse_backward(grad_y, y, v, A, weight, "_huber_fuse_fallback_backward")
+    check_fuse_backward(grad_y, y, v, A, weight, delta, damping, "_huber_fuse_fallback_backward")
     vc, gy, yc, Ac, wc = _compute(v, grad_y, y, A, weight)
     grads = _fuse_torch.fuse_backward(gy, yc, vc, Ac, wc, delta, damping)
     return tuple(g.to(v.dtype) for g in grads)

@@ -46,6 +46,13 @@ def _op_cases():
     pred, target = r(5, 5), r(5, 2)
     v, A, w = r(4, 3, 2), r(4, 3, 2, 2) + 2 * torch.eye(2, dtype=F64), torch.rand(4, 3, generator=g, dtype=F64) + 0.1
     y = ops.huber_fuse(v, A, w, None, 1.0, 50, 1e-10, 0.0)[0]
+    # d = 4 for the d > 3 fallback operators
+    B4 = r(5, 4, 4)
+    L4, V4 = ops._symeig_fallback(B4)
+    pred4, target4 = r(5, 14), r(5, 4)
+    v4, A4 = r(4, 3, 4), r(4, 3, 4, 4) + 3 * torch.eye(4, dtype=F64)
+    y4 = ops._huber_fuse_fallback(v4, A4, w, None, 1.0, 50, 1e-10, 0.0)[0]
+    nll_tail = (1.0, 0.5, 0, 2, False)
     return {
         "symeig": (ops.symeig, (B,), ("B",)),
         "_symeig_backward": (ops._symeig_backward, (r(5, 2), r(5, 2, 2), L, V),
@@ -62,6 +69,22 @@ def _op_cases():
                        ("v", "A", "weight", "init", None, None, None, None)),
         "_huber_fuse_backward": (ops._huber_fuse_backward, (r(4, 2), y, v, A, w, 1.0, 0.1),
                                  ("grad_y", "y", "v", "A", "weight", None, None)),
+        "_symeig_fallback": (ops._symeig_fallback, (B4,), ("B",)),
+        "_symeig_fallback_backward": (ops._symeig_fallback_backward, (r(5, 4), r(5, 4, 4), L4, V4),
+                                      ("grad_eigenvalues", "grad_eigenvectors", "eigenvalues", "eigenvectors")),
+        "_spd_remap_fallback": (ops._spd_remap_fallback, (B4, 0.5), ("B", None)),
+        "_spd_remap_fallback_backward": (ops._spd_remap_fallback_backward, (r(5, 4, 4), B4, 0.5), ("grad_A", "B", None)),
+        "_huber_nll_fallback": (ops._huber_nll_fallback, (pred4, target4, *nll_tail),
+                                ("pred", "target", None, None, None, None, None)),
+        "_huber_nll_fallback_backward": (ops._huber_nll_fallback_backward, (r(5), pred4, target4, *nll_tail, True),
+                                         ("grad_loss", "pred", "target", None, None, None, None, None, None)),
+        "_huber_fuse_fallback": (ops._huber_fuse_fallback, (v4, A4, w, r(4, 4), 1.0, 50, 1e-6, 0.0),
+                                 ("v", "A", "weight", "init", None, None, None, None)),
+        "_huber_fuse_fallback_backward": (ops._huber_fuse_fallback_backward, (r(4, 4), y4, v4, A4, w, 1.0, 0.1),
+                                          ("grad_y", "y", "v", "A", "weight", None, None)),
+        "_spd_remap_second": (ops._spd_remap_second, (B, r(5, 2, 2), r(5, 2, 2), 0.5), ("B", "G", "E", None)),
+        "_huber_nll_hvp": (ops._huber_nll_hvp, (r(5), pred, target, r(5, 5), r(5, 2), *nll_tail, True),
+                           ("grad_loss", "pred", "target", "dpred", "dtarget", None, None, None, None, None, None)),
     }
 
 
@@ -107,10 +130,8 @@ def test_op_rejects_every_mismatched_tensor(name, fake):
         if arg_name is None:
             continue
         for label, bad in _corruptions(args[index]):
-            if name in ("symeig", "spd_remap") and label in ("batch 3e6", "batch 1"):
-                continue  # a lone matrix argument has no batch to mismatch
-            if name == "spd_from_raw" and label in ("batch 3e6", "batch 1"):
-                continue
+            if len(tensor_names) == 1 and label in ("batch 3e6", "batch 1"):
+                continue  # a lone tensor argument has no batch to mismatch
             if label == "float32" and len(tensor_names) == 1:
                 continue  # float32 is a valid dtype for an op with one tensor
             bad_args = list(args)
@@ -154,6 +175,16 @@ SCALAR_CASES = [
     ("huber_fuse", 7, -0.5, "damping"),
     ("_huber_fuse_backward", 5, -1.0, "delta"),
     ("_huber_fuse_backward", 6, math.inf, "damping"),
+    ("_spd_remap_fallback", 1, 0.0, "theta"),
+    ("_spd_remap_fallback_backward", 2, math.nan, "theta"),
+    ("_huber_nll_fallback", 2, -1.0, "delta"),
+    ("_huber_nll_fallback_backward", 6, 3, "covariance"),
+    ("_huber_fuse_fallback", 4, 0.0, "delta"),
+    ("_huber_fuse_fallback", 5, 2**31, "max_iter"),
+    ("_huber_fuse_fallback", 6, math.nan, "tol"),
+    ("_huber_fuse_fallback_backward", 6, -1.0, "damping"),
+    ("_spd_remap_second", 3, math.inf, "theta"),
+    ("_huber_nll_hvp", 7, 9, "family"),
 ]
 
 
