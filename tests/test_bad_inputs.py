@@ -271,13 +271,16 @@ def test_fuse_converges_along_a_shared_near_null_direction(n, d, noise, tol):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("batch", [1, 9])  # 9: the CPU SIMD block of 8 and a scalar tail
-def test_fuse_y_beyond_the_dtype_range_is_not_converged(dtype, batch):
+@pytest.mark.parametrize("d", [2, 4])  # 4: the d > 3 fallback operator
+def test_fuse_y_beyond_the_dtype_range_is_not_converged(dtype, batch, d):
     """y* = 1e40 (float32) / ~1e7 (float16) lies beyond the output dtype: stored as +inf
     with converged = False (it used to report converged = True)."""
     big = 1e30 if dtype == torch.float32 else 1e4
     scale = 1e-10 if dtype == torch.float32 else 1e-3
-    v = torch.tensor([[[big, 0.0], [big, 1.0]]], dtype=F64).expand(batch, 2, 2)
-    A = scale * torch.eye(2, dtype=F64).expand(batch, 2, 2, 2)
+    v = torch.zeros(batch, 2, d, dtype=F64)
+    v[:, :, 0] = big
+    v[:, 1, 1] = 1.0
+    A = scale * torch.eye(d, dtype=F64).expand(batch, 2, d, d)
     exact = probreg.huber_fuse(v, A, delta=math.inf)
     assert exact.converged.all() and (exact.y[:, 0] > torch.finfo(dtype).max).all()
     out = probreg.huber_fuse(v.to(dtype), A.to(dtype), delta=math.inf)
