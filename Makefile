@@ -11,14 +11,14 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: all deps build test bench cuda-check clean
+.PHONY: all deps build test bench cuda-check sanitize clean
 
 all: test
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	@$(PYTHON) -c "import numpy, scipy, pytest, setuptools, wheel, ninja, matplotlib, tqdm" 2>/dev/null || \
-		$(PIP) install numpy scipy pytest setuptools wheel ninja matplotlib tqdm
+	@$(PYTHON) -c "import numpy, scipy, pytest, setuptools, wheel, ninja, matplotlib, tqdm, hypothesis" 2>/dev/null || \
+		$(PIP) install numpy scipy pytest setuptools wheel ninja matplotlib tqdm hypothesis
 	@$(PYTHON) -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" || \
 		$(PIP) install "setuptools>=77"
 	@$(PYTHON) -c "import torch; print('probreg: using torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -46,6 +46,33 @@ cuda-check:
 	else \
 		echo "cuda-check: no nvcc found: CUDA kernels were NOT compiled (C++ math tests ran)"; \
 	fi
+
+# ---- sanitize: AddressSanitizer + UBSan (issue 15) -------------------------------------
+# The C++ math tests (CMake) and the extension, built with -fsanitize=address,undefined in
+# $(SANITIZE_DIR) (the in-place build is left alone), then ctest and $(SANITIZE_TESTS) run
+# against the sanitized probreg (a copy of the package with the sanitized _C, imported from
+# $(SANITIZE_DIR)/lib): libasan preloaded into the uninstrumented CPython, leak detection off
+# (CPython's own allocations), any ASan or UBSan report fatal. Passes when nothing is reported.
+SANITIZE_DIR ?= build/sanitize
+SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+SANITIZE_TESTS ?= tests/test_bad_inputs.py tests/test_hostile_sweep.py tests/test_spd.py tests/test_nll.py tests/test_fuse.py
+SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+CXX_FOR_SANITIZE ?= $(shell command -v g++ || command -v c++)
+
+sanitize: deps
+	@command -v cmake >/dev/null || $(PIP) install cmake
+	cmake -S . -B $(SANITIZE_DIR)/cmake -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER=OFF \
+		-DCMAKE_CXX_COMPILER=$(CXX_FOR_SANITIZE) "-DCMAKE_CXX_FLAGS=$(SANITIZE_FLAGS)" >/dev/null
+	cmake --build $(SANITIZE_DIR)/cmake -j $(JOBS)
+	$(SANITIZE_ENV) ctest --test-dir $(SANITIZE_DIR)/cmake --output-on-failure
+	CXX=$(CXX_FOR_SANITIZE) CFLAGS="$(SANITIZE_FLAGS)" LDFLAGS="-fsanitize=address,undefined" \
+		PROBREG_EXTRA_CXX_FLAGS=-O1 PROBREG_FORCE_CPU=1 MAX_JOBS=$(JOBS) $(PYTHON) setup.py -q build_ext --build-lib $(SANITIZE_DIR)/lib \
+		--build-temp $(SANITIZE_DIR)/temp
+	mkdir -p $(SANITIZE_DIR)/lib/probreg && cp probreg/*.py $(SANITIZE_DIR)/lib/probreg/
+	cd $(SANITIZE_DIR)/lib && $(SANITIZE_ENV) LD_PRELOAD=$$($(CXX_FOR_SANITIZE) -print-file-name=libasan.so) \
+		$(PYTHON) -c "import probreg, os; assert os.path.realpath(probreg.__file__).startswith(os.path.realpath('.')), probreg.__file__; print('sanitize: testing', probreg._C.__file__)"
+	cd $(SANITIZE_DIR)/lib && $(SANITIZE_ENV) LD_PRELOAD=$$($(CXX_FOR_SANITIZE) -print-file-name=libasan.so) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider $(addprefix $(CURDIR)/,$(SANITIZE_TESTS)) $(PYTEST_ARGS)
 
 clean:
 	rm -rf build probreg/_C*.so probreg/*.so *.egg-info

@@ -84,6 +84,9 @@ def _extension():
     # No fast-math anywhere (the numerics rely on IEEE semantics); -fno-math-errno only
     # drops errno writes so that sqrt vectorises.
     cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-Wno-psabi"] + _cpu_isa_flags() + _openmp_flags()
+    # PROBREG_EXTRA_CXX_FLAGS: appended last (e.g. -O1 for `make sanitize`, whose ASan/UBSan
+    # build takes tens of minutes at -O3).
+    cxx_flags += shlex.split(os.environ.get("PROBREG_EXTRA_CXX_FLAGS", ""))
     link_flags = _openmp_flags()
     if _want_cuda():
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))

@@ -53,6 +53,15 @@ inline void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const cha
               a.scalar_type(), " but ", name_b, " has dtype ", b.scalar_type());
 }
 
+// `t` accompanies `ref` (a gradient of an output, a second input): floating, same dtype and
+// same device. Shapes are checked by the caller (they differ per op).
+inline void check_companion(const at::Tensor& t, const at::Tensor& ref, const char* op, const char* name,
+                            const char* ref_name) {
+  check_floating(t, op, name);
+  check_same_dtype(t, ref, op, name, ref_name);
+  check_same_device(t, ref, op, name, ref_name);
+}
+
 inline void check_theta(double theta, const char* op) {
   TORCH_CHECK(std::isfinite(theta) && theta > 0.0, op,
               ": theta must be a finite positive number, got ", theta);
@@ -100,7 +109,7 @@ inline void check_matrix_grad_shape(const at::Tensor& gA, const at::Tensor& raw,
                                     const char* op) {
   const std::vector<int64_t> expected = packed_matrix_shape(raw, d);
   TORCH_CHECK(gA.sizes() == at::IntArrayRef(expected), op, ": grad_A must have shape (..., d, d) = ",
-              at::IntArrayRef(expected), ", got ", gA.sizes());
+              at::IntArrayRef(expected), " to match raw ", raw.sizes(), ", got ", gA.sizes());
 }
 
 // Calls f(std::integral_constant<int, D>) for the runtime dimension d in {1, 2, 3}.

@@ -43,17 +43,14 @@ inline FuseShape check_fuse_inputs(const at::Tensor& v, const at::Tensor& A, con
   w_shape.push_back(s.n);
   TORCH_CHECK(weight.sizes() == at::IntArrayRef(w_shape), op, ": weight must have shape (..., n) = ",
               at::IntArrayRef(w_shape), " to match v ", v.sizes(), ", got ", weight.sizes());
-  check_same_dtype(A, v, op, "A", "v");
-  check_same_dtype(weight, v, op, "weight", "v");
-  check_same_device(A, v, op, "A", "v");
-  check_same_device(weight, v, op, "weight", "v");
+  check_companion(A, v, op, "A", "v");
+  check_companion(weight, v, op, "weight", "v");
   if (init.has_value() && init->defined()) {
     std::vector<int64_t> y_shape = s.batch;
     y_shape.push_back(s.d);
     TORCH_CHECK(init->sizes() == at::IntArrayRef(y_shape), op, ": init must have shape (..., d) = ",
-                at::IntArrayRef(y_shape), ", got ", init->sizes());
-    check_same_dtype(*init, v, op, "init", "v");
-    check_same_device(*init, v, op, "init", "v");
+                at::IntArrayRef(y_shape), " to match v ", v.sizes(), ", got ", init->sizes());
+    check_companion(*init, v, op, "init", "v");
   }
   s.problems = 1;
   for (int64_t b : s.batch) s.problems *= b;
@@ -99,13 +96,11 @@ inline void check_fuse_backward_inputs(const at::Tensor& grad_y, const at::Tenso
                                        const FuseShape& s, const char* op) {
   const std::vector<int64_t> y_shape = fuse_shape_with(s, {s.d});
   TORCH_CHECK(y.sizes() == at::IntArrayRef(y_shape), op, ": y must have shape (..., d) = ",
-              at::IntArrayRef(y_shape), ", got ", y.sizes());
+              at::IntArrayRef(y_shape), " to match v ", v.sizes(), ", got ", y.sizes());
   TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(y_shape), op, ": grad_y must have shape (..., d) = ",
-              at::IntArrayRef(y_shape), ", got ", grad_y.sizes());
-  check_floating(grad_y, op, "grad_y");
-  check_same_dtype(y, v, op, "y", "v");
-  check_same_device(y, v, op, "y", "v");
-  check_same_device(grad_y, v, op, "grad_y", "v");
+              at::IntArrayRef(y_shape), " to match v ", v.sizes(), ", got ", grad_y.sizes());
+  check_companion(y, v, op, "y", "v");
+  check_companion(grad_y, v, op, "grad_y", "v");
 }
 
 // Validated arguments of huber_fuse / _huber_fuse_backward shared by the CPU and CUDA
@@ -134,7 +129,7 @@ inline FuseArgs prepare_huber_fuse(const at::Tensor& v_in, const at::Tensor& A_i
 
 struct FuseBackwardArgs {
   FuseShape shape;
-  at::Tensor grad_y, y, v, A, w;     // grad_y cast to v's dtype
+  at::Tensor grad_y, y, v, A, w;     // all of v's dtype and device
   at::Tensor grad_v, grad_A, grad_w;  // outputs
 };
 
@@ -149,7 +144,7 @@ inline FuseBackwardArgs prepare_huber_fuse_backward(const at::Tensor& grad_y_in,
   at::Tensor v = v_in.contiguous();
   at::Tensor A = A_in.contiguous();
   at::Tensor w = w_in.contiguous();
-  return {s, grad_y_in.to(v.scalar_type()).contiguous(), y_in.contiguous(), v, A, w,
+  return {s, grad_y_in.contiguous(), y_in.contiguous(), v, A, w,
           at::empty_like(v), at::empty_like(A), at::empty_like(w)};
 }
 

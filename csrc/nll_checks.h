@@ -61,34 +61,33 @@ inline int64_t check_nll_inputs(const at::Tensor& pred, const at::Tensor& target
                                                 target.sizes().slice(0, target.dim() - 1),
               op, ": pred (..., W) and target (..., d) must have the same batch shape, got pred ",
               pred.sizes(), " and target ", target.sizes());
-  TORCH_CHECK(pred.size(-1) == width, op, ": pred must have width ", width, " for d = ", d,
-              " and covariance='", nll_covariance_name(covariance), "', got pred ", pred.sizes());
+  TORCH_CHECK(pred.size(-1) == width, op, ": pred must have width ", width, " for d = ", d, " (target ",
+              target.sizes(), ") and covariance='", nll_covariance_name(covariance), "', got pred ", pred.sizes());
   return d;
 }
 
 // grad_loss must have the batch shape of target (..., d).
 inline void check_nll_grad_shape(const at::Tensor& grad_loss, const at::Tensor& target, const char* op) {
   const auto batch = target.sizes().slice(0, target.dim() - 1);
-  TORCH_CHECK(grad_loss.sizes() == batch, op, ": grad_loss must have the batch shape ", batch, ", got ",
-              grad_loss.sizes());
+  TORCH_CHECK(grad_loss.sizes() == batch, op, ": grad_loss must have the batch shape ", batch, " of target ",
+              target.sizes(), ", got ", grad_loss.sizes());
 }
 
 // The upstream gradient as the kernels read it: n values (stride 1), or a single value
 // (stride 0) when grad_loss is one value broadcast over the batch (every stride 0, as
 // autograd produces for sum / mean reductions), which is then never materialised.
 struct NllGradLoss {
-  at::Tensor values;  // contiguous, dtype nll_loss_dtype(input)
+  at::Tensor values;  // contiguous, dtype nll_loss_dtype(input) (checked by the caller)
   int64_t stride;     // 0 or 1 (in items)
 };
-inline NllGradLoss nll_grad_loss(const at::Tensor& grad_loss, at::ScalarType input_dtype) {
-  const at::ScalarType dtype = nll_loss_dtype(input_dtype);
+inline NllGradLoss nll_grad_loss(const at::Tensor& grad_loss) {
   bool broadcast = grad_loss.numel() > 1;
   for (int64_t k = 0; k < grad_loss.dim(); ++k) broadcast = broadcast && (grad_loss.stride(k) == 0 || grad_loss.size(k) == 1);
   if (broadcast) {
     const at::Tensor one = grad_loss.as_strided({1}, {1}, grad_loss.storage_offset());
-    return {one.to(dtype).contiguous(), 0};
+    return {one.contiguous(), 0};
   }
-  return {grad_loss.to(dtype).contiguous(), 1};
+  return {grad_loss.contiguous(), 1};
 }
 
 // Validated arguments of huber_nll / _huber_nll_backward, shared by the CPU and CUDA
@@ -127,12 +126,15 @@ inline NllBackwardArgs prepare_huber_nll_backward(const at::Tensor& grad_loss_in
   const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
   check_floating(grad_loss_in, op, "grad_loss");
   check_same_device(grad_loss_in, pred_in, op, "grad_loss", "pred");
+  TORCH_CHECK(grad_loss_in.scalar_type() == nll_loss_dtype(pred_in.scalar_type()), op,
+              ": grad_loss must have the loss dtype ", nll_loss_dtype(pred_in.scalar_type()), " (pred has dtype ",
+              pred_in.scalar_type(), "), got ", grad_loss_in.scalar_type());
   check_nll_grad_shape(grad_loss_in, target_in, op);
   at::Tensor pred = pred_in.contiguous();
   at::Tensor target = target_in.contiguous();
   return {d,
           target.numel() / d,
-          nll_grad_loss(grad_loss_in, pred.scalar_type()),
+          nll_grad_loss(grad_loss_in),
           pred,
           target,
           at::empty_like(pred),

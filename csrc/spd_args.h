@@ -27,7 +27,7 @@ inline SymeigArgs prepare_symeig(const at::Tensor& B_in) {
 
 struct SymeigBackwardArgs {
   int64_t d, n;
-  at::Tensor gL, gV, L, V;  // gradients cast to V's dtype
+  at::Tensor gL, gV, L, V;  // all of V's dtype and device
   at::Tensor gB;            // output (..., d, d)
 };
 
@@ -35,22 +35,16 @@ inline SymeigBackwardArgs prepare_symeig_backward(const at::Tensor& gL_in, const
                                                   const at::Tensor& L_in, const at::Tensor& V_in) {
   const char* op = "probreg._symeig_backward";
   const int64_t d = check_square_matrices(V_in, op, "eigenvectors");
-  check_same_shape(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
+  check_companion(L_in, V_in, op, "eigenvalues", "eigenvectors");
+  check_companion(gL_in, V_in, op, "grad_eigenvalues", "eigenvectors");
+  check_companion(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
+  const at::IntArrayRef batch_d = V_in.sizes().slice(0, V_in.dim() - 1);  // (..., d)
+  TORCH_CHECK(L_in.sizes() == batch_d, op, ": eigenvalues must have shape (..., d) = ", batch_d,
+              " to match eigenvectors ", V_in.sizes(), ", got ", L_in.sizes());
   check_same_shape(gL_in, L_in, op, "grad_eigenvalues", "eigenvalues");
-  check_same_device(gL_in, V_in, op, "grad_eigenvalues", "eigenvectors");
-  check_same_device(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
-  check_same_device(L_in, V_in, op, "eigenvalues", "eigenvectors");
-  TORCH_CHECK(L_in.dim() == V_in.dim() - 1 && L_in.size(-1) == d, op,
-              ": eigenvalues must have shape (..., d) matching eigenvectors (..., d, d), got ",
-              L_in.sizes(), " and ", V_in.sizes());
+  check_same_shape(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
   at::Tensor V = V_in.contiguous();
-  return {d,
-          V.numel() / (d * d),
-          gL_in.to(V.scalar_type()).contiguous(),
-          gV_in.to(V.scalar_type()).contiguous(),
-          L_in.to(V.scalar_type()).contiguous(),
-          V,
-          at::empty_like(V)};
+  return {d, V.numel() / (d * d), gL_in.contiguous(), gV_in.contiguous(), L_in.contiguous(), V, at::empty_like(V)};
 }
 
 struct SpdRemapArgs {
@@ -68,7 +62,7 @@ inline SpdRemapArgs prepare_spd_remap(const at::Tensor& B_in, double theta) {
 
 struct SpdRemapBackwardArgs {
   int64_t d, n;
-  at::Tensor gA, B;  // gA cast to B's dtype
+  at::Tensor gA, B;  // gA of B's dtype and device
   at::Tensor gB;     // output (..., d, d)
 };
 
@@ -76,11 +70,11 @@ inline SpdRemapBackwardArgs prepare_spd_remap_backward(const at::Tensor& gA_in, 
                                                        double theta) {
   const char* op = "probreg._spd_remap_backward";
   const int64_t d = check_square_matrices(B_in, op, "B");
+  check_companion(gA_in, B_in, op, "grad_A", "B");
   check_same_shape(gA_in, B_in, op, "grad_A", "B");
-  check_same_device(gA_in, B_in, op, "grad_A", "B");
   check_theta(theta, op);
   at::Tensor B = B_in.contiguous();
-  return {d, B.numel() / (d * d), gA_in.to(B.scalar_type()).contiguous(), B, at::empty_like(B)};
+  return {d, B.numel() / (d * d), gA_in.contiguous(), B, at::empty_like(B)};
 }
 
 struct SpdFromRawArgs {
@@ -98,7 +92,7 @@ inline SpdFromRawArgs prepare_spd_from_raw(const at::Tensor& raw_in, double thet
 
 struct SpdFromRawBackwardArgs {
   int64_t d, n;
-  at::Tensor gA, raw;  // gA (..., d, d) cast to raw's dtype
+  at::Tensor gA, raw;  // gA (..., d, d) of raw's dtype and device
   at::Tensor graw;     // output (..., P)
 };
 
@@ -107,10 +101,10 @@ inline SpdFromRawBackwardArgs prepare_spd_from_raw_backward(const at::Tensor& gA
   const char* op = "probreg._spd_from_raw_backward";
   const int64_t d = check_packed(raw_in, op, "raw");
   check_theta(theta, op);
-  check_same_device(gA_in, raw_in, op, "grad_A", "raw");
+  check_companion(gA_in, raw_in, op, "grad_A", "raw");
   check_matrix_grad_shape(gA_in, raw_in, d, op);
   at::Tensor raw = raw_in.contiguous();
-  return {d, raw.numel() / raw.size(-1), gA_in.to(raw.scalar_type()).contiguous(), raw, at::empty_like(raw)};
+  return {d, raw.numel() / raw.size(-1), gA_in.contiguous(), raw, at::empty_like(raw)};
 }
 
 }  // namespace probreg

@@ -17,6 +17,7 @@ import math
 import torch
 
 from . import _fuse_torch, _nll_torch
+from . import _validation as check
 from . import _spectral as spectral
 
 _FAMILIES = 4
@@ -34,6 +35,13 @@ def check_floating(t: torch.Tensor, op: str, name: str) -> None:
 
 def check_same_device(a: torch.Tensor, b: torch.Tensor, op: str, name_a: str, name_b: str) -> None:
     _check(a.device == b.device, op, lambda: f"{name_a} is on {a.device} but {name_b} is on {b.device}")
+
+
+def check_companion(t: torch.Tensor, ref: torch.Tensor, op: str, name: str, ref_name: str) -> None:
+    """t accompanies ref: floating point, ref's dtype, ref's device (the fused kernels' rule)."""
+    check_floating(t, op, name)
+    _check(t.dtype == ref.dtype, op, lambda: f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+    check_same_device(t, ref, op, name, ref_name)
 
 
 def check_square(B: torch.Tensor, op: str, name: str = "B") -> None:
@@ -55,28 +63,39 @@ def check_symeig_backward(grad_l, grad_V, l, V, op: str) -> None:
     _check(l.shape == V.shape[:-1], op, lambda: f"eigenvalues must have shape (..., d) for eigenvectors {tuple(V.shape)}, got {tuple(l.shape)}")
     check_same_shape(grad_l, l, op, "grad_eigenvalues", "eigenvalues")
     for name, t in (("grad_eigenvalues", grad_l), ("grad_eigenvectors", grad_V), ("eigenvalues", l)):
-        check_same_device(t, V, op, name, "eigenvectors")
+        check_companion(t, V, op, name, "eigenvectors")
+
+
+def check_spd_remap_backward(grad_A, B, theta, op: str) -> None:
+    check_square(B, op)
+    check_companion(grad_A, B, op, "grad_A", "B")
+    check_same_shape(grad_A, B, op, "grad_A", "B")
+    check_theta(theta, op)
 
 
 def check_nll(pred, target, delta, theta, family, covariance, op: str) -> None:
     check_floating(pred, op, "pred")
-    check_floating(target, op, "target")
-    check_same_device(pred, target, op, "pred", "target")
+    check_companion(target, pred, op, "target", "pred")
     _check(0 <= delta < math.inf, op, lambda: f"delta must be a finite number >= 0, got {delta}")
     check_theta(theta, op)
     _check(0 <= family < _FAMILIES, op, lambda: f"unknown family code {family}")
     _check(0 <= covariance < _COVARIANCES, op, lambda: f"unknown covariance code {covariance}")
-    _check(target.dim() >= 1, op, "target must have shape (..., d), got a 0-d tensor")
+    _check(target.dim() >= 1 and target.shape[-1] >= 1, op,
+           lambda: f"target must have shape (..., d) with d >= 1, got {tuple(target.shape)}")
     d = target.shape[-1]
     _check(pred.dim() == target.dim() and pred.shape[:-1] == target.shape[:-1], op,
            lambda: f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same batch shape")
     width = d + (d * (d + 1) // 2 if covariance == 2 else (d if covariance == 1 else 0))
-    _check(pred.shape[-1] == width, op, lambda: f"pred must have width {width} for d = {d}, got {tuple(pred.shape)}")
+    _check(pred.shape[-1] == width, op,
+           lambda: f"pred must have width {width} for d = {d} (target {tuple(target.shape)}), got {tuple(pred.shape)}")
 
 
 def check_nll_backward(grad_loss, pred, target, delta, theta, family, covariance, op: str) -> None:
     check_nll(pred, target, delta, theta, family, covariance, op)
     check_floating(grad_loss, op, "grad_loss")
+    loss_dtype = torch.float32 if pred.dtype in (torch.float16, torch.bfloat16) else pred.dtype
+    _check(grad_loss.dtype == loss_dtype, op,
+           lambda: f"grad_loss must have the loss dtype {loss_dtype} (pred has dtype {pred.dtype}), got {grad_loss.dtype}")
     check_same_device(grad_loss, pred, op, "grad_loss", "pred")
     _check(grad_loss.shape == target.shape[:-1], op,
            lambda: f"grad_loss must have the batch shape {tuple(target.shape[:-1])}, got {tuple(grad_loss.shape)}")
@@ -85,32 +104,36 @@ def check_nll_backward(grad_loss, pred, target, delta, theta, family, covariance
 def check_fuse(v, A, weight, init, op: str):
     """-> (batch, n, d)."""
     check_floating(v, op, "v")
-    _check(v.dim() >= 2, op, lambda: f"v must have shape (..., n, d), got {tuple(v.shape)}")
+    _check(v.dim() >= 2 and v.shape[-1] >= 1, op, lambda: f"v must have shape (..., n, d) with d >= 1, got {tuple(v.shape)}")
     batch, n, d = v.shape[:-2], v.shape[-2], v.shape[-1]
     for name, t, shape in (("A", A, (*batch, n, d, d)), ("weight", weight, (*batch, n))):
-        check_floating(t, op, name)
-        check_same_device(t, v, op, name, "v")
-        _check(t.shape == shape, op, lambda: f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        check_companion(t, v, op, name, "v")
+        _check(t.shape == shape, op, lambda: f"{name} must have shape {shape} to match v {tuple(v.shape)}, got {tuple(t.shape)}")
     if init is not None:
-        check_floating(init, op, "init")
-        check_same_device(init, v, op, "init", "v")
-        _check(init.shape == (*batch, d), op, lambda: f"init must have shape {(*batch, d)}, got {tuple(init.shape)}")
+        check_companion(init, v, op, "init", "v")
+        _check(init.shape == (*batch, d), op,
+               lambda: f"init must have shape {(*batch, d)} to match v {tuple(v.shape)}, got {tuple(init.shape)}")
     return batch, n, d
 
 
-def check_fuse_scalars(delta, max_iter, tol, damping, op: str) -> None:
+def check_fuse_delta_damping(delta, damping, op: str) -> None:
     _check(delta > 0, op, lambda: f"delta must be > 0 (h_delta is identically zero at delta = 0), got {delta}")
-    _check(0 <= max_iter <= 2**30, op, lambda: f"max_iter must be in [0, 2^30], got {max_iter}")
-    _check(0 <= tol < math.inf, op, lambda: f"tol must be a finite number >= 0, got {tol}")
     _check(0 <= damping < math.inf, op, lambda: f"damping must be a finite number >= 0, got {damping}")
 
 
-def check_fuse_backward(grad_y, y, v, A, weight, op: str) -> None:
+def check_fuse_scalars(delta, max_iter, tol, damping, op: str) -> None:
+    check_fuse_delta_damping(delta, damping, op)
+    _check(0 <= max_iter <= 2**30, op, lambda: f"max_iter must be in [0, 2^30], got {max_iter}")
+    _check(0 <= tol < math.inf, op, lambda: f"tol must be a finite number >= 0, got {tol}")
+
+
+def check_fuse_backward(grad_y, y, v, A, weight, delta, damping, op: str) -> None:
     batch, _, d = check_fuse(v, A, weight, None, op)
+    check_fuse_delta_damping(delta, damping, op)
     for name, t in (("y", y), ("grad_y", grad_y)):
-        check_floating(t, op, name)
-        check_same_device(t, v, op, name, "v")
-        _check(t.shape == (*batch, d), op, lambda: f"{name} must have shape {(*batch, d)}, got {tuple(t.shape)}")
+        check_companion(t, v, op, name, "v")
+        _check(t.shape == (*batch, d), op,
+               lambda: f"{name} must have shape {(*batch, d)} to match v {tuple(v.shape)}, got {tuple(t.shape)}")
 
 
 # ---------------------------------------------------------------- kernels
@@ -145,11 +168,7 @@ def _spd_remap_fallback(B, theta):
 
 @torch.library.impl("probreg::_spd_remap_fallback_backward", "CompositeExplicitAutograd")
 def _spd_remap_fallback_backward(grad_A, B, theta):
-    op = "_spd_remap_fallback_backward"
-    check_square(B, op)
-    check_same_shape(grad_A, B, op, "grad_A", "B")
-    check_same_device(grad_A, B, op, "grad_A", "B")
-    check_theta(theta, op)
+    check_spd_remap_backward(grad_A, B, theta, "_spd_remap_fallback_backward")
     Bc, G = _compute(B, grad_A)
     l, V = torch.linalg.eigh(spectral.sym(Bc))
     return spectral.daleckii_krein(V, spectral.remap_first_dd(l, theta), G).to(B.dtype)
@@ -174,15 +193,19 @@ def _huber_fuse_fallback(v, A, weight, init, delta, max_iter, tol, damping):
     op = "_huber_fuse_fallback"
     check_fuse(v, A, weight, init, op)
     check_fuse_scalars(delta, max_iter, tol, damping, op)
+    # The fused kernels' weight rule: a negative weight is an error on CPU, NaN elsewhere.
+    weight = check.nonnegative_weight(weight, "weight", "probreg." + op)
     vc, Ac, wc = _compute(v, A, weight)
     y, hessian, iterations, converged = _fuse_torch.huber_fuse_solve(
         vc, Ac, wc, delta, max_iter, tol, None if init is None else init.to(vc.dtype))
-    return y.to(v.dtype), hessian.to(v.dtype), iterations, converged
+    y = y.to(v.dtype)
+    # converged only where y fits the output dtype, as in the fused kernels
+    return y, hessian.to(v.dtype), iterations, converged & torch.isfinite(y).all(-1)
 
 
 @torch.library.impl("probreg::_huber_fuse_fallback_backward", "CompositeExplicitAutograd")
 def _huber_fuse_fallback_backward(grad_y, y, v, A, weight, delta, damping):
-    check_fuse_backward(grad_y, y, v, A, weight, "_huber_fuse_fallback_backward")
+    check_fuse_backward(grad_y, y, v, A, weight, delta, damping, "_huber_fuse_fallback_backward")
     vc, gy, yc, Ac, wc = _compute(v, grad_y, y, A, weight)
     grads = _fuse_torch.fuse_backward(gy, yc, vc, Ac, wc, delta, damping)
     return tuple(g.to(v.dtype) for g in grads)

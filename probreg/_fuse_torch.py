@@ -49,10 +49,13 @@ def _fuse_evaluate(y, v, A, weight, delta):
     grad = torch.where(mask, wpsi.unsqueeze(-1) * q, torch.zeros_like(q)).sum(-2)
     mask2 = active.unsqueeze(-1).unsqueeze(-1)
     wpsi2 = wpsi.unsqueeze(-1).unsqueeze(-1)
+    # |A| |y| + |v| summed over components: the size of e's rounding error / eps (fuse.h).
+    residual_scale = (A.abs() @ y.abs().unsqueeze(-2).unsqueeze(-1)).squeeze(-1).sum(-1) + v.abs().sum(-1)
     return {
         "energy": torch.where(active, w * h, zero).sum(-1),
         "grad": grad,
         "grad_scale": torch.where(active, wpsi * q.abs().sum(-1), zero).sum(-1),
+        "energy_round": torch.where(active, wpsi * r * residual_scale, zero).sum(-1),
         "hess": torch.where(mask2, wpsi2 * Hi, torch.zeros_like(G)).sum(-3),
         "mm": torch.where(mask2, wpsi2 * G, torch.zeros_like(G)).sum(-3),
         "active": active.sum(-1),
@@ -133,6 +136,7 @@ def huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
     converged = torch.zeros(batch, dtype=torch.bool, device=dev)
     running = valid.clone()
     stale = torch.zeros(batch, dtype=torch.bool, device=dev)
+    stalled = torch.zeros(batch, dtype=torch.bool, device=dev)  # the last accepted step did not lower E
     for _ in range(max_iter):
         running = running & (iterations < max_iter)
         if not bool(running.any()):
@@ -140,9 +144,13 @@ def huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
         floor = _fuse_floor(ev, eps)
         p, mu_used, ok_newton = _propose(ev, mu, floor)
         bound = tol * (1.0 + torch.linalg.vector_norm(y, dim=-1))
-        small = running & (torch.linalg.vector_norm(p, dim=-1) <= bound)
+        decrease_bound = 8.0 * eps * ev["energy_round"]  # fuse.h kFuseRoundingDecrease
+        at_rounding = (-(ev["grad"] * p).sum(-1) <= decrease_bound) & ((mu_used == 0) | stalled)
+        small = running & ((torch.linalg.vector_norm(p, dim=-1) <= bound) | at_rounding)
         p_newton, _ = _blended_step(ev, torch.zeros_like(mu), floor)
-        swap = small & (mu_used > 0) & ok_newton & (torch.linalg.vector_norm(p_newton, dim=-1) <= 4 * bound)
+        newton_small = (torch.linalg.vector_norm(p_newton, dim=-1) <= 4 * bound) | (
+            -(ev["grad"] * p_newton).sum(-1) <= 4 * decrease_bound)
+        swap = small & (mu_used > 0) & ok_newton & newton_small
         p_final = torch.where(swap.unsqueeze(-1), p_newton, p)
         y = torch.where(small.unsqueeze(-1), y + p_final, y)
         iterations = iterations + small.to(torch.int32)
@@ -162,6 +170,7 @@ def huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
             slope = (ev["grad"] * p).sum(-1)
             accept = pending & ((mu_used >= 1) | (trial["energy"] <= ev["energy"] * (1 + 4 * eps) + 1e-4 * slope))
             y = torch.where(accept.unsqueeze(-1), cand, y)
+            stalled = torch.where(accept, ~(trial["energy"] < ev["energy"]), stalled)
             ev = _select(accept, trial, ev)
             mu = torch.where(accept, 0.25 * mu_used, mu)
             iterations = iterations + accept.to(torch.int32)

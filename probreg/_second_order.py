@@ -57,9 +57,8 @@ def check_spd_remap_second(B, G, E, theta) -> None:
     checks.check_square(B, op)
     checks.check_theta(theta, op)
     for name, t in (("G", G), ("E", E)):
-        checks.check_floating(t, op, name)
+        checks.check_companion(t, B, op, name, "B")
         checks.check_same_shape(t, B, op, name, "B")
-        checks.check_same_device(t, B, op, name, "B")
 
 
 def check_huber_nll_hvp(grad_loss, pred, target, dpred, dtarget, delta, theta, family, covariance) -> None:
@@ -67,9 +66,8 @@ def check_huber_nll_hvp(grad_loss, pred, target, dpred, dtarget, delta, theta, f
     op = "_huber_nll_hvp"
     checks.check_nll_backward(grad_loss, pred, target, delta, theta, family, covariance, op)
     for name, t, like, like_name in (("dpred", dpred, pred, "pred"), ("dtarget", dtarget, target, "target")):
-        checks.check_floating(t, op, name)
+        checks.check_companion(t, like, op, name, like_name)
         checks.check_same_shape(t, like, op, name, like_name)
-        checks.check_same_device(t, like, op, name, like_name)
 
 
 @torch.library.impl("probreg::_spd_remap_second", "CompositeExplicitAutograd")

@@ -11,13 +11,13 @@ sphere and R from the radial density proportional to r^(d-1) exp(-h_delta(r)).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import torch
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
+from . import _validation as check
 from ._spectral import remap_g
 from .nll import COVARIANCE_CODES, huber_nll, pred_width
 from .normalizer import _log_a  # noqa: PLC2701  (the inside radial mass a(n))
@@ -34,14 +34,8 @@ from .spd import spd_from_raw
 __all__ = ["HuberL2", "sample_huber_radius"]
 
 
-def _check_positive(value, name: str, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"HuberL2: {name} must be a real number, got {value!r}")
-    # Comparisons rather than math.isfinite / float(): they also work on torch.compile's
-    # symbolic floats (which stay symbolic).
-    if not (0 <= value < math.inf) or (value == 0 and not allow_zero):
-        raise ValueError(f"HuberL2: {name} must be a finite number > 0, got {value!r}")
-    return value if isinstance(value, torch.SymFloat) else float(value)
+def _check_positive(value, name: str) -> float:
+    return check.positive_finite(value, name, "probreg.HuberL2")
 
 
 def _dim_from_width(width: int, covariance: str) -> int:
@@ -156,10 +150,11 @@ class HuberL2(Distribution):
     ) -> None:
         if (precision_sqrt is None) == (raw is None):
             raise ValueError("HuberL2: give exactly one of precision_sqrt and raw")
-        if not isinstance(loc, torch.Tensor) or loc.dim() < 1:
-            raise ValueError("HuberL2: loc must be a tensor of shape (..., d)")
+        op = "probreg.HuberL2"
+        check.tensor(loc, "loc", op, min_dim=1, shape_text="(..., d)")
         d = loc.shape[-1]
         if precision_sqrt is not None:
+            check.tensor(precision_sqrt, "precision_sqrt", op, min_dim=2, shape_text=f"(..., {d}, {d})")
             if precision_sqrt.dim() < 2 or precision_sqrt.shape[-2:] != (d, d):
                 raise ValueError(
                     f"HuberL2: precision_sqrt must have shape (..., {d}, {d}) for loc {tuple(loc.shape)}, "
@@ -170,7 +165,8 @@ class HuberL2(Distribution):
             self.precision_sqrt = precision_sqrt.expand(batch + (d, d))
             self._init_common(None, "matrix", False, d, delta, theta, batch, validate_args)
         else:
-            if raw.dim() < 1 or dim_from_packed_size(raw.shape[-1]) != d:
+            check.tensor(raw, "raw", op, min_dim=1, shape_text=f"(..., {d * (d + 1) // 2})")
+            if raw.dim() < 1 or dim_from_packed_size(raw.shape[-1], f"{op}: raw") != d:
                 raise ValueError(
                     f"HuberL2: raw must have shape (..., {d * (d + 1) // 2}) for loc {tuple(loc.shape)}, "
                     f"got {tuple(raw.shape)}"
@@ -195,10 +191,9 @@ class HuberL2(Distribution):
         """The distribution of a network prediction pred (..., W), laid out as for
         probreg.huber_nll (location v or mu, then full / diagonal / no covariance
         parameters). log_prob(y) == -huber_nll(pred, y, reduction="none") exactly."""
-        if parameterization not in ("v", "mu"):
-            raise ValueError(f"HuberL2: parameterization must be 'v' or 'mu', got {parameterization!r}")
-        if not isinstance(pred, torch.Tensor) or pred.dim() < 1:
-            raise ValueError("HuberL2: pred must be a tensor of shape (..., W)")
+        op = "probreg.HuberL2.from_prediction"
+        check.choice(parameterization, "parameterization", op, ("v", "mu"))
+        check.tensor(pred, "pred", op, min_dim=1, shape_text="(..., W)")
         d = _dim_from_width(pred.shape[-1], covariance)
         self = cls.__new__(cls)
         if parameterization == "mu":
@@ -209,12 +204,16 @@ class HuberL2(Distribution):
         return self
 
     def _init_common(self, pred, covariance, mu_param, d, delta, theta, batch, validate_args) -> None:
-        self.delta = _check_positive(delta, "delta", allow_zero=False)
-        self.theta = _check_positive(theta, "theta", allow_zero=False)
+        self.delta = _check_positive(delta, "delta")
+        self.theta = _check_positive(theta, "theta")
         self._pred = pred
         self._covariance = covariance  # "full" | "diagonal" | "identity" | "matrix" (explicit A)
         self._mu_param = mu_param
         self._d = d
+        # An empty batch has nothing to validate (and torch's constraint checks fail to
+        # reshape zero elements).
+        if torch.Size(batch).numel() == 0:
+            validate_args = False
         super().__init__(torch.Size(batch), torch.Size((d,)), validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):

@@ -25,6 +25,8 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from . import _validation as check
+
 __all__ = ["sample_proposal", "proposal_log_density", "nll", "refine", "Refinement"]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -33,7 +35,17 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _as_sigmas(sigmas: Union[Tensor, Sequence[float], float], y: Tensor) -> Tensor:
     """Validate ``sigmas`` and return them as a ``(L, 1)`` or ``(L, d)`` tensor like ``y``."""
     d = y.shape[-1]
-    sig = torch.as_tensor(sigmas, dtype=y.dtype, device=y.device)
+    if isinstance(sigmas, Tensor) and (sigmas.is_complex() or sigmas.dtype == torch.bool):
+        raise ValueError(f"sigmas must be real standard deviations, got a {sigmas.dtype} tensor")
+    if isinstance(sigmas, Tensor):
+        sig = sigmas.to(dtype=y.dtype, device=y.device)
+    else:
+        try:
+            sig = torch.as_tensor(sigmas, dtype=torch.float64).to(dtype=y.dtype, device=y.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"sigmas must be a float, a sequence of floats or a tensor of shape (L,) or (L, d); got {sigmas!r}"
+            ) from None
     if sig.ndim == 0:
         sig = sig.reshape(1)
     if sig.ndim == 1:
@@ -80,6 +92,7 @@ def proposal_log_density(samples: Tensor, y: Tensor, sigmas: Union[Tensor, Seque
     """
     _check_targets(y)
     sig = _as_sigmas(sigmas, y)
+    check.tensor(samples, "samples", "probreg.ebm.proposal_log_density")
     if samples.ndim != y.ndim + 1 or samples.shape[:-2] != y.shape[:-1] or samples.shape[-1] != y.shape[-1]:
         raise ValueError(
             f"samples must have shape (*B, M, d) = {(*y.shape[:-1], 'M', y.shape[-1])} to match y {tuple(y.shape)}; "
@@ -128,8 +141,7 @@ def sample_proposal(
     """
     _check_targets(y)
     sig = _as_sigmas(sigmas, y)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1 (samples per target, M); got {num_samples!r}")
+    num_samples = check.integer(num_samples, "num_samples", "probreg.ebm.sample_proposal", low=1)
     y = y.detach()
     batch_shape = y.shape[:-1]
     d = y.shape[-1]
@@ -174,10 +186,8 @@ def nll(score_target: Tensor, score_samples: Tensor, log_q: Tensor, reduction: s
         ValueError: mismatched shapes, ``M == 0``, an empty batch, or an unknown reduction.
     """
     for name, t in (("score_target", score_target), ("score_samples", score_samples), ("log_q", log_q)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+        check.tensor(t, name, "probreg.ebm.nll")
+    check.choice(reduction, "reduction", "probreg.ebm.nll", _REDUCTIONS)
     if score_samples.ndim < 1 or score_samples.shape[:-1] != score_target.shape:
         raise ValueError(
             f"score_samples must have shape (*B, M) = {(*score_target.shape, 'M')} for score_target of shape "
@@ -284,11 +294,15 @@ def refine(
             "refine needs autograd for grad_y f(x, y): call it outside torch.inference_mode() "
             "(torch.no_grad() is fine), with input features that are not inference tensors"
         )
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0; got {steps!r}")
-    if not (isinstance(decay, (int, float)) and 0.0 < decay <= 1.0):
-        raise ValueError(f"decay (eta) must be a number in (0, 1]; got {decay!r}")
-    lam = torch.as_tensor(step_size, dtype=y0.dtype, device=y0.device)
+    steps = check.integer(steps, "steps", "probreg.ebm.refine", low=0)
+    decay = check.real(decay, "decay (eta)", "probreg.ebm.refine", "a number in (0, 1]", low=0.0, low_open=True, high=1.0)
+    if isinstance(step_size, Tensor):
+        if not step_size.is_floating_point():
+            raise ValueError(f"step_size (lambda) must be a float or a floating-point tensor; got {step_size.dtype}")
+        lam = step_size.to(dtype=y0.dtype, device=y0.device)
+    else:
+        lam = torch.as_tensor(check.real(step_size, "step_size", "probreg.ebm.refine", "a finite real number > 0"),
+                              dtype=y0.dtype, device=y0.device)
     if not bool(torch.isfinite(lam).all()) or not bool((lam > 0).all()):
         raise ValueError(f"step_size (lambda) must be finite and > 0; got {step_size!r}")
     try:

@@ -16,11 +16,11 @@ returned `hessian`, `iterations` and `converged` are not differentiable.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from . import _validation as check
 from ._ops import ops
 from .distributions import HuberL2
 from .normalizer import huber_variance_factor
@@ -80,29 +80,23 @@ def _check_total_weight(total_weight) -> None:
         raise ValueError(f"FuseResult: total_weight must be a finite number > 0, got {total_weight!r}")
 
 
+_FUSE = "probreg.huber_fuse"
+# Largest max_iter (the kernels count iterations in int32).
+_MAX_ITER_LIMIT = 2**30
+
+
 def _check_tensor(x, name: str, min_dim: int, shape_text: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"probreg.huber_fuse: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"probreg.huber_fuse: {name} must be a floating-point tensor, got {x.dtype}")
-    if x.dim() < min_dim:
-        raise ValueError(f"probreg.huber_fuse: {name} must have shape {shape_text}, got {tuple(x.shape)}")
+    check.tensor(x, name, _FUSE, min_dim=min_dim, shape_text=shape_text)
 
 
-def _is_real(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, numbers.Real)
-
-
-def _check_scalars(delta, max_iter, tol, damping) -> None:
-    # Comparisons rather than math.isfinite: they also work on torch.compile's symbolic floats.
-    if not (_is_real(delta) and delta > 0):  # NaN fails too; +inf is allowed
-        raise ValueError(f"probreg.huber_fuse: delta must be > 0 (h_delta vanishes at delta = 0), got {delta!r}")
-    if not (isinstance(max_iter, numbers.Integral) and not isinstance(max_iter, bool) and 0 <= max_iter <= 2**30):
-        raise ValueError(f"probreg.huber_fuse: max_iter must be an int in [0, 2^30], got {max_iter!r}")
-    if not (_is_real(tol) and 0 <= tol < math.inf):
-        raise ValueError(f"probreg.huber_fuse: tol must be a finite number >= 0, got {tol!r}")
-    if not (_is_real(damping) and 0 <= damping < math.inf):
-        raise ValueError(f"probreg.huber_fuse: damping must be a finite number >= 0, got {damping!r}")
+def _check_scalars(delta, max_iter, tol, damping, op: str = _FUSE):
+    """The validated (delta, max_iter, tol, damping)."""
+    return (
+        check.positive(delta, "delta", op, "> 0 (h_delta vanishes at delta = 0; +inf allowed)"),
+        check.integer(max_iter, "max_iter", op, 0, _MAX_ITER_LIMIT, "2^30"),
+        check.nonnegative_finite(tol, "tol", op),
+        check.nonnegative_finite(damping, "damping", op),
+    )
 
 
 def huber_fuse(
@@ -124,9 +118,12 @@ def huber_fuse(
         weight: (..., n) >= 0, default 1. A zero weight removes an estimate (its v and A
             are ignored; pad ragged groups with weight 0).
         delta: > 0 Huber threshold (+inf: Gaussian fusion).
-        max_iter: at most this many solver steps per problem.
-        tol: stop a problem when its step is <= tol * (1 + ||y||) or its gradient is
-            <= tol * sum_i ||w_i psi_i A_i^T e_i|| (fuse.h).
+        max_iter: at most this many solver steps per problem, an integer in [0, 2^30].
+        tol: >= 0. A problem has converged when its step is <= tol * (1 + ||y||), or
+            (H singular) its gradient is <= tol * sum_i ||w_i psi_i A_i^T e_i||_1, or its
+            energy is optimal to machine precision: the predicted decrease of the next
+            step is at the rounding level of E (fuse.h). tol = 0 therefore means "to
+            machine precision" (and terminates).
         damping: >= 0, the trust-region damping lambda of the implicit gradient
             (0: exact gradient; a pseudo-inverse where H is singular).
         init: (..., d) optional starting point (default: the weighted least-squares point).
@@ -137,12 +134,15 @@ def huber_fuse(
         FuseResult(y (..., d), hessian (..., d, d), iterations int32 (...), converged bool (...)).
     Problems whose weights are all zero: y = NaN, hessian = 0, converged = False (and zero
     gradients). A NaN/Inf in an active estimate makes only its own problem NaN.
-    Negative weights: RuntimeError on CPU; on CUDA (no host sync) that problem's y is NaN
+    Negative weights: ValueError on CPU; on CUDA (no host sync) that problem's y is NaN
+    with converged = False. A float32/half y beyond the dtype's range is stored as +-inf
     with converged = False.
     """
-    _check_scalars(delta, max_iter, tol, damping)
+    delta, max_iter, tol, damping = _check_scalars(delta, max_iter, tol, damping)
     _check_tensor(v, "v", 2, "(..., n, d)")
     n, d = v.shape[-2], v.shape[-1]
+    if d < 1:
+        raise ValueError(f"probreg.huber_fuse: v must have shape (..., n, d) with d >= 1, got {tuple(v.shape)}")
     _check_tensor(A, "A", 3, "(..., n, d, d)")
     if A.shape[-2:] != (d, d):
         raise ValueError(f"probreg.huber_fuse: A must have shape (..., n, d, d) with d = {d} (from v {tuple(v.shape)}), got {tuple(A.shape)}")
@@ -189,6 +189,19 @@ def _dim_from_prediction_size(K: int) -> int:
     return d
 
 
+def _check_broadcast(x, batch, tail_dims: int, tail, name: str, shape_text: str, op: str) -> None:
+    """x (..., *tail) whose batch dims broadcast with `batch` (the estimates' (..., n))."""
+    ok = tuple(x.shape[x.dim() - tail_dims:]) == tuple(tail)
+    if ok:
+        try:
+            torch.broadcast_shapes(x.shape[:x.dim() - tail_dims], batch)
+        except RuntimeError:
+            ok = False
+    if not ok:
+        raise ValueError(f"{op}: {name} must have shape {shape_text} broadcastable to the estimates' (..., n) = "
+                         f"{tuple(batch)}, got {tuple(x.shape)}")
+
+
 def _right_solve(M: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """A M^{-1} (differentiable; half types solve in float32)."""
     if A.dtype in (torch.float16, torch.bfloat16):
@@ -226,24 +239,27 @@ def fuse_predictions(
         FuseResult(y (..., d), hessian (..., d, d), iterations, converged); gradients flow
         to pred (and to weight and the transforms) through huber_fuse and spd_from_raw.
     """
-    if not isinstance(pred, torch.Tensor) or pred.dim() < 2:
-        raise ValueError("probreg.fuse_predictions: pred must be a tensor of shape (..., n, d + d(d+1)/2)")
+    op = "probreg.fuse_predictions"
+    check.tensor(pred, "pred", op, min_dim=2, shape_text="(..., n, d + d(d+1)/2)")
     d = _dim_from_prediction_size(pred.shape[-1])
-    if parameterization not in ("v", "mu"):
-        raise ValueError(f"probreg.fuse_predictions: parameterization must be 'v' or 'mu', got {parameterization!r}")
+    check.choice(parameterization, "parameterization", op, ("v", "mu"))
+    theta = check.positive_finite(theta, "theta", op)
+    _check_scalars(delta, max_iter, tol, damping, op)
     A = spd_from_raw(pred[..., d:], theta)
     v = pred[..., :d]
     if parameterization == "mu":
         v = (A @ v.unsqueeze(-1)).squeeze(-1)
     if transforms is not None:
         if not isinstance(transforms, (tuple, list)) or len(transforms) != 2:
-            raise ValueError("probreg.fuse_predictions: transforms must be a pair (M, t); t may be None")
+            raise ValueError(f"{op}: transforms must be a pair (M, t) with t possibly None, got {transforms!r}")
         M, t = transforms
-        if M.shape[-2:] != (d, d):
-            raise ValueError(f"probreg.fuse_predictions: M must have shape (..., n, d, d) with d = {d}, got {tuple(M.shape)}")
+        check.tensor(M, "M", op, min_dim=2, shape_text=f"(..., n, {d}, {d})")
+        _check_broadcast(M, A.shape[:-2], 2, (d, d), "M", f"(..., n, {d}, {d})", op)
+        check.same_device([("pred", pred), ("M", M)], op)
         A = _right_solve(M, A)  # A M^{-1}
         if t is not None:
-            if t.shape[-1] != d:
-                raise ValueError(f"probreg.fuse_predictions: t must have shape (..., n, d) with d = {d}, got {tuple(t.shape)}")
+            check.tensor(t, "t", op, min_dim=1, shape_text=f"(..., n, {d})")
+            _check_broadcast(t, A.shape[:-2], 1, (d,), "t", f"(..., n, {d})", op)
+            check.same_device([("pred", pred), ("t", t)], op)
             v = v + (A @ t.to(A.dtype).unsqueeze(-1)).squeeze(-1)
     return huber_fuse(v, A, weight, delta, max_iter=max_iter, tol=tol, damping=damping, init=init)

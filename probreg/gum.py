@@ -43,6 +43,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
+from . import _validation as check
+
 __all__ = ["GUMFit", "em", "responsibilities", "weighted_l2", "GUMTrainer", "GUMRound", "GRANULARITIES"]
 
 GRANULARITIES = ("sample", "landmark", "coordinate")
@@ -73,8 +75,7 @@ def _grouped(residuals: Tensor, granularity: str) -> tuple[Tensor, tuple[int, ..
     shape (for pi/gamma) and the responsibility shape."""
     if not isinstance(residuals, Tensor):
         raise TypeError(f"residuals must be a torch.Tensor of shape (N, K, d) or (N, D); got {type(residuals).__name__}")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}; got {granularity!r}")
+    check.choice(granularity, "granularity", "probreg.gum", GRANULARITIES)
     if residuals.ndim not in (2, 3):
         raise ValueError(
             f"residuals must have shape (N, K, d) (samples, landmarks, coordinates) or (N, D); got {tuple(residuals.shape)}"
@@ -181,10 +182,8 @@ def em(
             ``iters < 1``, ``tol < 0`` or an ``init`` whose shapes do not match.
     """
     delta, group_shape, r_shape = _grouped(residuals, granularity)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"iters must be an int >= 1; got {iters!r}")
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise ValueError(f"tol must be a number >= 0; got {tol!r}")
+    iters = check.integer(iters, "iters", "probreg.gum.em", low=1)
+    tol = check.nonnegative(tol, "tol", "probreg.gum.em", "a number >= 0")
     delta = delta.detach()
     n, g, e = delta.shape
     dtype, device = delta.dtype, delta.device
@@ -270,6 +269,8 @@ def responsibilities(residuals: Tensor, fit: GUMFit, granularity: str = "sample"
     delta, group_shape, r_shape = _grouped(residuals, granularity)
     n, g, e = delta.shape
     sigma_shape = (e, e) if granularity == "sample" else (*group_shape, e, e)
+    if not isinstance(fit, GUMFit):
+        raise TypeError(f"probreg.gum.responsibilities: fit must be a GUMFit from gum.em, got {type(fit).__name__}")
     if tuple(fit.pi.shape) != group_shape or tuple(fit.Sigma.shape) != sigma_shape:
         raise ValueError(
             f"fit must have pi of shape {group_shape} and Sigma of shape {sigma_shape} for residuals "
@@ -302,8 +303,12 @@ def weighted_l2(pred: Tensor, target: Tensor, responsibilities: Tensor, reductio
     Raises:
         ValueError: mismatched shapes, empty batch, unknown reduction.
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+    op = "probreg.gum.weighted_l2"
+    check.choice(reduction, "reduction", op, _REDUCTIONS)
+    check.tensor(pred, "pred", op, shape_text="(N, ...)")
+    check.tensor(target, "target", op, shape_text="(N, ...)")
+    check.tensor(responsibilities, "responsibilities", op, shape_text="(N, ...)")
+    check.same_device([("pred", pred), ("target", target), ("responsibilities", responsibilities)], op)
     if pred.shape != target.shape:
         raise ValueError(f"target must have the shape of pred {tuple(pred.shape)}; got {tuple(target.shape)}")
     if pred.ndim < 1 or pred.shape[0] == 0:
@@ -384,12 +389,13 @@ class GUMTrainer:
         em_tol: float = 1e-6,
         seed: int = 0,
     ) -> None:
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}; got {granularity!r}")
+        op = "probreg.gum.GUMTrainer"
+        check.choice(granularity, "granularity", op, GRANULARITIES)
         for name, value, low in (("batch_size", batch_size, 1), ("max_epochs", max_epochs, 1),
-                                 ("patience", patience, 1), ("max_rounds", max_rounds, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}; got {value!r}")
+                                 ("patience", patience, 1), ("max_rounds", max_rounds, 0),
+                                 ("em_iters", em_iters, 1), ("seed", seed, -(2**63))):
+            check.integer(value, name, op, low=low)
+        check.nonnegative(em_tol, "em_tol", op, "a number >= 0")
         self.model = model
         self.optimizer = optimizer
         self.granularity = granularity

@@ -9,12 +9,11 @@ autograd rules). Weighting, reduction and the constant normaliser are cheap and 
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional
 
 import torch
 
+from . import _validation as check
 from ._ops import ops
 from .normalizer import log_normalizer
 
@@ -26,6 +25,7 @@ COVARIANCE_CODES = {"identity": 0, "diagonal": 1, "full": 2}
 PARAMETERIZATIONS = ("v", "mu")
 REDUCTIONS = ("none", "sum", "mean")
 _FUSED_MAX_DIM = 3
+_HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
 def pred_width(d: int, covariance: str = "full") -> int:
@@ -40,19 +40,12 @@ def pred_width(d: int, covariance: str = "full") -> int:
 
 
 def _check_options(delta, theta, parameterization, family, covariance, reduction, name: str) -> None:
-    if family not in FAMILY_CODES:
-        raise ValueError(f"{name}: family must be one of {tuple(FAMILY_CODES)}, got {family!r}")
-    if covariance not in COVARIANCE_CODES:
-        raise ValueError(f"{name}: covariance must be one of {tuple(COVARIANCE_CODES)}, got {covariance!r}")
-    if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"{name}: parameterization must be 'v' or 'mu', got {parameterization!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    # Comparisons rather than math.isfinite: they also work on torch.compile's symbolic floats.
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (0 <= delta < math.inf):
-        raise ValueError(f"{name}: delta must be a finite number >= 0, got {delta!r}")
-    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not (0 < theta < math.inf):
-        raise ValueError(f"{name}: theta must be a finite number > 0, got {theta!r}")
+    check.choice(family, "family", name, FAMILY_CODES)
+    check.choice(covariance, "covariance", name, COVARIANCE_CODES)
+    check.choice(parameterization, "parameterization", name, PARAMETERIZATIONS)
+    check.choice(reduction, "reduction", name, REDUCTIONS)
+    check.nonnegative_finite(delta, "delta", name)
+    check.positive_finite(theta, "theta", name)
 
 
 def _static_size(n) -> int:
@@ -68,15 +61,9 @@ def _static_size(n) -> int:
 
 
 def _check_tensors(pred, target, covariance: str, name: str) -> int:
-    for label, t in (("pred", pred), ("target", target)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: {label} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: {label} must be a floating-point tensor, got {t.dtype}")
-        if t.dim() < 1:
-            raise ValueError(f"{name}: {label} must have at least one dimension, got a 0-d tensor")
-    if pred.device != target.device:
-        raise ValueError(f"{name}: pred is on {pred.device} but target is on {target.device}")
+    check.tensor(pred, "pred", name, min_dim=1, shape_text="(..., W)")
+    check.tensor(target, "target", name, min_dim=1, shape_text="(..., d)")
+    check.same_device([("pred", pred), ("target", target)], name)
     d = _static_size(target.shape[-1])
     if d < 1:
         raise ValueError(f"{name}: target must have shape (..., d) with d >= 1, got {tuple(target.shape)}")
@@ -94,6 +81,32 @@ def _check_tensors(pred, target, covariance: str, name: str) -> int:
     return d
 
 
+def _check_weight(weight, batch_shape, dtype: torch.dtype, device: torch.device, name: str):
+    """weight: None, a real number, or a real (floating, integer or bool) tensor on pred's
+    device (a 0-d CPU tensor also serves), broadcastable to the batch shape (...) without
+    changing it; >= 0 (the package-wide rule, probreg._validation.nonnegative_weight).
+    Returned as a tensor of the loss dtype."""
+    if weight is None:
+        return None
+    if not isinstance(weight, torch.Tensor):
+        check.nonnegative(weight, "weight", name, "a tensor broadcastable to the batch shape or a real number >= 0")
+        return torch.tensor(float(weight), dtype=dtype, device=device)
+    if weight.is_complex():
+        raise TypeError(f"{name}: weight must be a real tensor (floating point, integer or bool), got {weight.dtype}")
+    if weight.dim() > 0 and weight.device != device:
+        raise ValueError(f"{name}: weight is on {weight.device} but pred is on {device}; they must be on the same device")
+    try:
+        broadcast = torch.broadcast_shapes(weight.shape, batch_shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != batch_shape:
+        raise ValueError(
+            f"{name}: weight must be broadcastable to the batch shape (...) = {tuple(batch_shape)} of target "
+            f"(one weight per target), got weight of shape {tuple(weight.shape)}"
+        )
+    return check.nonnegative_weight(weight.to(dtype=dtype, device=device), "weight", name)
+
+
 def _weighted_reduce(loss: torch.Tensor, weight, reduction: str, constant) -> torch.Tensor:
     """Reduce the per-target loss + constant (the normaliser: None, a float, or a 0-d
     tensor under torch.compile), folded in after the reduction so that no extra
@@ -101,7 +114,8 @@ def _weighted_reduce(loss: torch.Tensor, weight, reduction: str, constant) -> to
 
     Per-target weights broadcast to loss's shape. A zero weight removes the target exactly
     (no cost, no gradient, even where its loss is NaN). 'mean' is the weighted mean
-    sum(w l) / sum(w), as in torch.nn.NLLLoss; 0 when every weight is 0.
+    sum(w l) / sum(w), as in torch.nn.NLLLoss, but 0 (not NaN) when the total weight is 0:
+    every weight 0, or an empty batch with or without weights.
     """
     if weight is None:
         if reduction == "none":
@@ -109,8 +123,11 @@ def _weighted_reduce(loss: torch.Tensor, weight, reduction: str, constant) -> to
         if reduction == "sum":
             return loss.sum() if constant is None else loss.sum() + constant * loss.numel()
         # sum * (1/n), not mean(): the backward then hands the fused op one broadcast
-        # value instead of a materialised (...)-shaped gradient.
-        mean = loss.sum() * (1.0 / loss.numel()) if loss.numel() > 0 else loss.mean()
+        # value instead of a materialised (...)-shaped gradient. An empty batch gives 0, as
+        # a zero total weight does (README "Errors and guarantees"; torch's losses give NaN).
+        if loss.numel() == 0:
+            return loss.sum()
+        mean = loss.sum() * (1.0 / loss.numel())
         return mean if constant is None else mean + constant
     w = torch.broadcast_to(torch.as_tensor(weight, dtype=loss.dtype, device=loss.device), loss.shape)
     weighted = torch.where(w != 0, w * (loss if constant is None else loss + constant), torch.zeros_like(loss))
@@ -176,6 +193,7 @@ def huber_nll(
     name = "probreg.huber_nll"
     _check_options(delta, theta, parameterization, family, covariance, reduction, name)
     d = _check_tensors(pred, target, covariance, name)
+    normalized = check.boolean(normalized, "normalized", name)
     if normalized and family == "huber" and delta == 0:
         raise ValueError(
             f"{name}: the Huber density with delta = 0 is not normalisable (log c_d(0) = +inf); "
@@ -184,6 +202,8 @@ def huber_nll(
     if pred.dtype != target.dtype:
         common = torch.promote_types(pred.dtype, target.dtype)
         pred, target = pred.to(common), target.to(common)
+    loss_dtype = torch.float32 if pred.dtype in _HALF_TYPES else pred.dtype
+    weight = _check_weight(weight, target.shape[:-1], loss_dtype, pred.device, name)
     op = ops.huber_nll if d <= _FUSED_MAX_DIM else ops._huber_nll_fallback
     loss = op(
         pred,
@@ -226,7 +246,7 @@ class HuberNLLLoss(torch.nn.Module):
         self.family = family
         self.covariance = covariance
         self.reduction = reduction
-        self.normalized = bool(normalized)
+        self.normalized = check.boolean(normalized, "normalized", "probreg.HuberNLLLoss")
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         return huber_nll(

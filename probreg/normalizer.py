@@ -22,8 +22,11 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import sys
 
 import torch
+
+from . import _validation as check
 
 __all__ = [
     "FAMILIES",
@@ -40,6 +43,7 @@ FAMILIES = ("huber", "gauss", "laplace", "charbonnier")
 _LOG2 = math.log(2.0)
 _LOGPI = math.log(math.pi)
 _TINY = 1e-300
+_LOG_MAX = math.log(sys.float_info.max)
 
 
 def _constant_under_compile(fn):
@@ -62,21 +66,26 @@ def _constant_under_compile(fn):
     return wrapper
 
 
-def _check_dim(d) -> int:
-    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
-        raise ValueError(f"d must be an integer >= 1, got {d!r}")
-    return int(d)
+def _check_dim(d, op: str) -> int:
+    return check.integer(d, "d", f"probreg.{op}", low=1)
 
 
-def _check_delta(delta, allow_inf: bool = True) -> float:
+def _check_delta(delta, op: str, allow_inf: bool = True) -> float:
+    """delta >= 0 (+inf where allow_inf): a real number or a one-element real tensor."""
+    op = f"probreg.{op}"
     if isinstance(delta, torch.Tensor):
-        delta = float(delta)
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real):
-        raise ValueError(f"delta must be a real number >= 0, got {delta!r}")
-    delta = float(delta)
-    if not (delta >= 0) or (math.isinf(delta) and not allow_inf):
-        raise ValueError(f"delta must be a {'' if allow_inf else 'finite '}number >= 0, got {delta!r}")
-    return delta
+        if delta.numel() != 1 or delta.is_complex() or delta.dtype == torch.bool:
+            raise ValueError(f"{op}: delta must be a real number or a one-element real tensor, got a "
+                             f"{delta.dtype} tensor of shape {tuple(delta.shape)}")
+        delta = delta.item()
+    if allow_inf:
+        return check.nonnegative(delta, "delta", op)
+    return check.nonnegative_finite(delta, "delta", op)
+
+
+def _exp(x: float) -> float:
+    """exp(x), +inf where it overflows (math.exp raises OverflowError there)."""
+    return math.inf if x > _LOG_MAX else math.exp(x)
 
 
 def _logaddexp(a: float, b: float) -> float:
@@ -99,8 +108,9 @@ def _log_gamma_series(s: float, x: float) -> float:
     return -x + s * math.log(x) + math.log(total)
 
 
-def _log_gamma_continued_fraction(s: float, x: float) -> float:
-    """log Gamma_upper(s, x) by its Legendre continued fraction (modified Lentz); x >= s + 1."""
+def _log_gamma_cf_h(s: float, x: float) -> float:
+    """log h with Gamma_upper(s, x) = exp(-x) x^s h (Legendre continued fraction, modified
+    Lentz; h ~ 1/x for large x); x >= s + 1, finite."""
     b = x + 1.0 - s
     c = 1.0 / _TINY
     d = 1.0 / b
@@ -117,7 +127,12 @@ def _log_gamma_continued_fraction(s: float, x: float) -> float:
         h *= step
         if abs(step - 1.0) < 1e-16:
             break
-    return -x + s * math.log(x) + math.log(h)
+    return math.log(h)
+
+
+def _log_gamma_continued_fraction(s: float, x: float) -> float:
+    """log Gamma_upper(s, x) by its continued fraction; x >= s + 1."""
+    return -x + s * math.log(x) + _log_gamma_cf_h(s, x)
 
 
 def _log_lower_gamma(s: float, x: float) -> float:
@@ -151,8 +166,19 @@ def _log_a(n: int, delta: float) -> float:
 
 
 def _log_b_scaled(n: int, delta: float) -> float:
-    """log(exp(delta^2/2) * int_delta^inf r^n exp(-delta r) dr) = log int_delta^inf r^n exp(-h_delta(r)) dr."""
-    return 0.5 * delta * delta - (n + 1) * math.log(delta) + _log_upper_gamma(n + 1.0, delta * delta)
+    """log(exp(delta^2/2) * int_delta^inf r^n exp(-delta r) dr) = log int_delta^inf r^n exp(-h_delta(r)) dr.
+
+    = delta^2/2 - (n+1) log delta + log Gamma_upper(n+1, delta^2); for delta^2 >= n + 2 the
+    exp(-delta^2) of Gamma_upper is cancelled analytically (-delta^2/2 + (n+1) log delta +
+    log h, see _log_gamma_cf_h), so no inf - inf arises where delta^2 overflows
+    (delta > 1.3e154: the tail is exp(-delta^2/2) = 0 exactly)."""
+    s = n + 1.0
+    x = delta * delta
+    if x < s + 1.0:
+        return 0.5 * x - s * math.log(delta) + _log_upper_gamma(s, x)
+    if math.isinf(x):
+        return -math.inf
+    return -0.5 * x + s * math.log(delta) + _log_gamma_cf_h(s, x)
 
 
 def _log_huber_moment(n: int, delta: float) -> float:
@@ -166,7 +192,7 @@ def _log_huber_moment(n: int, delta: float) -> float:
 
 def log_unit_sphere_area(d: int) -> float:
     """log |S_{d-1}| = log(2 pi^(d/2) / Gamma(d/2)), the area of the unit sphere in R^d."""
-    d = _check_dim(d)
+    d = _check_dim(d, "normalizer.log_unit_sphere_area")
     return _LOG2 + 0.5 * d * _LOGPI - math.lgamma(0.5 * d)
 
 
@@ -181,7 +207,8 @@ def huber_log_normalizer(d: int, delta: float = 1.0) -> float:
     Returns:
         float, accurate to ~1e-14 relative.
     """
-    return _huber_log_normalizer(_check_dim(d), _check_delta(delta))
+    op = "huber_log_normalizer"
+    return _huber_log_normalizer(_check_dim(d, op), _check_delta(delta, op))
 
 
 @functools.lru_cache(maxsize=256)
@@ -196,14 +223,16 @@ def huber_variance_factor(d: int, delta: float = 1.0) -> float:
     kappa = m(d+1) / (d m(d-1)), m the radial moments of exp(-h_delta); 1 for delta = inf
     (Gaussian), +inf for delta = 0.
     """
-    return _huber_variance_factor(_check_dim(d), _check_delta(delta))
+    op = "huber_variance_factor"
+    return _huber_variance_factor(_check_dim(d, op), _check_delta(delta, op))
 
 
 @functools.lru_cache(maxsize=256)
 def _huber_variance_factor(d: int, delta: float) -> float:
     if delta == 0.0:
         return math.inf
-    return math.exp(_log_huber_moment(d + 1, delta) - _log_huber_moment(d - 1, delta)) / d
+    # +inf where kappa exceeds the float range (delta < ~1e-154: kappa ~ (d + 1) / delta^2).
+    return _exp(_log_huber_moment(d + 1, delta) - _log_huber_moment(d - 1, delta) - math.log(d))
 
 
 @_constant_under_compile
@@ -213,16 +242,19 @@ def huber_expected_rho(d: int, delta: float = 1.0) -> float:
     = (a(d+1)/2 + e^{delta^2/2} (delta b(d) - delta^2/2 b(d-1))) / m(d-1), every term
     positive (b(d) >= delta b(d-1)); d/2 for delta = inf.
     """
-    d = _check_dim(d)
-    delta = _check_delta(delta)
+    op = "normalizer.huber_expected_rho"
+    d = _check_dim(d, op)
+    delta = _check_delta(delta, op)
     if delta == 0.0:
-        raise ValueError("huber_expected_rho: delta = 0 is not a distribution")
+        raise ValueError(f"probreg.{op}: delta = 0 is not a distribution (delta must be > 0)")
     if math.isinf(delta):
         return 0.5 * d
     log_norm = _log_huber_moment(d - 1, delta)
     inside = math.exp(_log_a(d + 1, delta) - _LOG2 - log_norm)
     # e^{delta^2/2} (delta b(d) - delta^2/2 b(d-1)) = delta e^{..}b(d) (1 - delta b(d-1) / (2 b(d)))
     log_bd = _log_b_scaled(d, delta)
+    if log_bd == -math.inf:  # delta > 1.3e154: no mass outside delta
+        return inside
     log_bd1 = _log_b_scaled(d - 1, delta)
     outside = math.exp(math.log(delta) + log_bd - log_norm) * (1.0 - 0.5 * delta * math.exp(log_bd1 - log_bd))
     return inside + outside
@@ -230,8 +262,9 @@ def huber_expected_rho(d: int, delta: float = 1.0) -> float:
 
 def huber_radius_inside_probability(d: int, delta: float = 1.0) -> float:
     """P(||A (y - mu)|| <= delta) = a(d-1) / m(d-1) under the Huber distribution."""
-    d = _check_dim(d)
-    delta = _check_delta(delta, allow_inf=False)
+    op = "normalizer.huber_radius_inside_probability"
+    d = _check_dim(d, op)
+    delta = _check_delta(delta, op, allow_inf=False)
     if delta == 0.0:
         return 0.0
     return math.exp(_log_a(d - 1, delta) - _log_huber_moment(d - 1, delta))
@@ -275,11 +308,11 @@ def log_normalizer(d: int, family: str = "huber", delta: float = 1.0) -> float:
                  = log(|S_{d-1}| e Gamma(d/2) 2^((d-1)/2) K_{(d+1)/2}(1) / sqrt(pi))
     delta only matters for huber. Cached; a constant under torch.compile.
     """
-    d = _check_dim(d)
+    op = "normalizer.log_normalizer"
+    d = _check_dim(d, op)
+    check.choice(family, "family", f"probreg.{op}", FAMILIES)
     if family == "huber":
-        return _huber_log_normalizer(d, _check_delta(delta))
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+        return _huber_log_normalizer(d, _check_delta(delta, op))
     return _log_normalizer_other(d, family)
 
 

@@ -11,6 +11,8 @@ from functools import lru_cache
 
 import torch
 
+from . import _validation as check
+
 __all__ = ["pack_sym", "unpack_sym", "packed_size", "dim_from_packed_size"]
 
 
@@ -19,12 +21,12 @@ def packed_size(d: int) -> int:
     return d * (d + 1) // 2
 
 
-def dim_from_packed_size(P: int) -> int:
-    """d such that d(d+1)/2 == P; ValueError if P is not triangular."""
-    d = int(round((math.sqrt(8 * P + 1) - 1) / 2))
+def dim_from_packed_size(P: int, what: str = "packed size") -> int:
+    """d such that d(d+1)/2 == P; ValueError (starting with `what`) if P is not triangular."""
+    d = int(round((math.sqrt(8 * P + 1) - 1) / 2)) if P >= 0 else 0
     if d < 1 or packed_size(d) != P:
         raise ValueError(
-            f"packed size P={P} is not d(d+1)/2 for an integer d >= 1 (expected 1, 3, 6, 10, ...)"
+            f"{what}: the last dimension P={P} is not d(d+1)/2 for an integer d >= 1 (expected 1, 3, 6, 10, ...)"
         )
     return d
 
@@ -53,10 +55,10 @@ _cached_layout_tables = lru_cache(maxsize=None)(_layout_tables)
 
 
 def unpack_sym(raw: torch.Tensor) -> torch.Tensor:
-    """raw (..., P) -> symmetric B (..., d, d) with B_ij = B_ji = raw_k / sqrt(2) off the diagonal."""
-    if raw.dim() < 1:
-        raise ValueError(f"unpack_sym: raw must have shape (..., P), got {tuple(raw.shape)}")
-    d = dim_from_packed_size(raw.shape[-1])
+    """raw (..., P) -> symmetric B (..., d, d) with B_ij = B_ji = raw_k / sqrt(2) off the diagonal.
+    raw must be floating point (the 1/sqrt(2) of the layout has no integer value)."""
+    check.tensor(raw, "raw", "probreg.unpack_sym", min_dim=1, shape_text="(..., P)")
+    d = dim_from_packed_size(raw.shape[-1], "probreg.unpack_sym: raw")
     _, _, flat_index, unpack_scale, _ = _layout(d)
     index = torch.tensor(flat_index, device=raw.device)
     scale = torch.tensor(unpack_scale, dtype=raw.dtype, device=raw.device)
@@ -64,9 +66,11 @@ def unpack_sym(raw: torch.Tensor) -> torch.Tensor:
 
 
 def pack_sym(B: torch.Tensor) -> torch.Tensor:
-    """B (..., d, d) -> raw (..., P) of the symmetric part (B + B^T)/2; inverse of unpack_sym."""
-    if B.dim() < 2 or B.shape[-1] != B.shape[-2]:
-        raise ValueError(f"pack_sym: B must have shape (..., d, d), got {tuple(B.shape)}")
+    """B (..., d, d) -> raw (..., P) of the symmetric part (B + B^T)/2; inverse of unpack_sym.
+    B must be floating point (the sqrt(2) of the layout has no integer value)."""
+    check.tensor(B, "B", "probreg.pack_sym", min_dim=2, shape_text="(..., d, d)")
+    if B.shape[-1] != B.shape[-2] or B.shape[-1] < 1:
+        raise ValueError(f"probreg.pack_sym: B must have shape (..., d, d) with d >= 1, got {tuple(B.shape)}")
     d = int(B.shape[-1])  # a constant under torch.compile(dynamic=True) (guarded)
     rows, cols, _, _, pack_scale = _layout(d)
     sym = 0.5 * (B + B.transpose(-1, -2))

@@ -223,7 +223,8 @@ def _nll_residual(A: torch.Tensor, loc: torch.Tensor, target: torch.Tensor, para
 
 def _nll_reduce(loss: torch.Tensor, weight, reduction: str) -> torch.Tensor:
     """Per-target weights (broadcastable; zero weight = masked, exactly no cost even if the
-    loss is NaN there); 'mean' is the weighted mean sum(w l) / sum(w) (0 if sum(w) == 0)."""
+    loss is NaN there); 'mean' is the weighted mean sum(w l) / sum(w) (0 if sum(w) == 0,
+    an empty batch included)."""
     if weight is not None:
         w = torch.broadcast_to(torch.as_tensor(weight, dtype=loss.dtype, device=loss.device), loss.shape)
         loss = torch.where(w != 0, w * loss, torch.zeros_like(loss))
@@ -232,8 +233,8 @@ def _nll_reduce(loss: torch.Tensor, weight, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":
-        if weight is None:
-            return loss.mean()
+        if weight is None:  # an empty batch has total weight 0: mean 0, as probreg.huber_nll
+            return loss.mean() if loss.numel() > 0 else loss.sum()
         total = w.sum()
         return loss.sum() / torch.where(total != 0, total, torch.ones_like(total))
     raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")

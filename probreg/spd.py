@@ -8,11 +8,9 @@ float32 and return the input dtype; float32 computes the decomposition in float6
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
+from . import _validation as check
 from ._ops import ops
 from .packing import dim_from_packed_size, unpack_sym
 
@@ -21,20 +19,10 @@ __all__ = ["symeig", "spd_remap", "spd_from_raw"]
 _FUSED_MAX_DIM = 3
 
 
-def _check_theta(theta: float, name: str) -> float:
-    # Comparisons rather than math.isfinite: they also work on torch.compile's symbolic floats.
-    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not (0 < theta < math.inf):
-        raise ValueError(f"{name}: theta must be a finite positive number, got {theta!r}")
-    return theta if isinstance(theta, float) else float(theta)
-
-
 def _check_square(B: torch.Tensor, name: str) -> int:
-    if not isinstance(B, torch.Tensor):
-        raise TypeError(f"{name}: B must be a torch.Tensor, got {type(B).__name__}")
-    if B.dim() < 2 or B.shape[-1] != B.shape[-2]:
+    check.tensor(B, "B", name, min_dim=2, shape_text="(..., d, d)")
+    if B.shape[-1] != B.shape[-2]:
         raise ValueError(f"{name}: B must have shape (..., d, d), got {tuple(B.shape)}")
-    if not B.is_floating_point():
-        raise TypeError(f"{name}: B must be a floating-point tensor, got {B.dtype}")
     return B.shape[-1]
 
 
@@ -67,7 +55,7 @@ def spd_remap(B: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
         g(l) underflows the dtype, e.g. l < -87*theta in float32-rounded output).
     Backward: exact Daleckii-Krein divided differences, finite at repeated eigenvalues.
     """
-    theta = _check_theta(theta, "probreg.spd_remap")
+    theta = check.positive_finite(theta, "theta", "probreg.spd_remap")
     d = _check_square(B, "probreg.spd_remap")
     if d > _FUSED_MAX_DIM:
         return ops._spd_remap_fallback(B, theta)
@@ -84,13 +72,10 @@ def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
     Returns:
         A (..., d, d).
     """
-    theta = _check_theta(theta, "probreg.spd_from_raw")
-    if not isinstance(raw, torch.Tensor) or raw.dim() < 1:
-        raise ValueError("probreg.spd_from_raw: raw must be a tensor of shape (..., P)")
+    theta = check.positive_finite(theta, "theta", "probreg.spd_from_raw")
+    check.tensor(raw, "raw", "probreg.spd_from_raw", min_dim=1, shape_text="(..., P)")
     P = raw.shape[-1]
     if P not in (1, 3, 6):
-        dim_from_packed_size(P)  # raises a clear error if P is not d(d+1)/2
-        if not raw.is_floating_point():
-            raise TypeError(f"probreg.spd_from_raw: raw must be a floating-point tensor, got {raw.dtype}")
+        dim_from_packed_size(P, "probreg.spd_from_raw: raw")  # a clear error if P is not d(d+1)/2
         return ops._spd_remap_fallback(unpack_sym(raw), theta)
     return ops.spd_from_raw(raw, theta)

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from . import _validation as check
+
 __all__ = [
     "argmin",
     "trust_region_newton",
@@ -79,6 +81,7 @@ def energy_derivatives(energy: EnergyFn, y: Tensor, *params: Tensor):
         every problem at once because the total Hessian is block diagonal), so the cost
         is d vector-Hessian products whatever B is; there is no loop over problems.
     """
+    _check_y0(y, "probreg.wiberg.energy_derivatives", "y")
     batch, dim = y.shape
 
     def gradient_and_energy(y_: Tensor):
@@ -101,6 +104,22 @@ def energy_derivatives(energy: EnergyFn, y: Tensor, *params: Tensor):
 
 def _default_tol(dtype: torch.dtype) -> float:
     return math.sqrt(torch.finfo(dtype).eps)
+
+
+def _check_y0(y0, op: str, name: str = "y0") -> None:
+    if not isinstance(y0, Tensor) or y0.dim() != 2 or not y0.is_floating_point():
+        desc = f"shape {tuple(y0.shape)}, dtype {y0.dtype}" if isinstance(y0, Tensor) else type(y0).__name__
+        raise ValueError(f"{op}: {name} must be a 2-D floating tensor of shape (B, d); got {desc}")
+    if y0.shape[1] < 1:
+        raise ValueError(f"{op}: {name} must have d >= 1 columns; got shape {tuple(y0.shape)}")
+
+
+def _check_solver_options(max_iter, tol, op: str):
+    """The validated (max_iter, tol): an integer >= 0 and None or a finite number >= 0."""
+    max_iter = check.integer(max_iter, "max_iter", op, low=0)
+    if tol is not None:
+        tol = check.nonnegative_finite(tol, "tol", op)
+    return max_iter, tol
 
 
 # ---------------------------------------------------------------------------
@@ -139,7 +158,12 @@ def trust_region_newton(
     Returns:
         y (B, d), detached; and the converged mask if return_converged.
     """
-    tol = _default_tol(y0.dtype) if tol is None else float(tol)
+    op = "probreg.wiberg.trust_region_newton"
+    _check_y0(y0, op)
+    max_iter, tol = _check_solver_options(max_iter, tol, op)
+    initial_damping = check.nonnegative_finite(initial_damping, "initial_damping", op)
+    return_converged = check.boolean(return_converged, "return_converged", op)
+    tol = _default_tol(y0.dtype) if tol is None else tol
     params = tuple(p.detach() if isinstance(p, Tensor) else p for p in params)
     y = y0.detach().clone()
     batch, dim = y.shape
@@ -330,26 +354,26 @@ def argmin(
             tensor of the wrong shape.
         TypeError: a param that is not a tensor.
     """
-    if not isinstance(y0, Tensor) or y0.dim() != 2 or not y0.is_floating_point():
-        desc = f"shape {tuple(y0.shape)}, dtype {y0.dtype}" if isinstance(y0, Tensor) else type(y0).__name__
-        raise ValueError(f"y0 must be a 2-D floating tensor of shape (B, d); got {desc}")
-    if y0.shape[1] < 1:
-        raise ValueError(f"y0 must have d >= 1 columns; got shape {tuple(y0.shape)}")
-    if isinstance(damping, Tensor) and damping.dim() > 0:
+    op = "probreg.wiberg.argmin"
+    _check_y0(y0, op)
+    max_iter, tol = _check_solver_options(max_iter, tol, op)
+    newton_polish = check.boolean(newton_polish, "newton_polish", op)
+    if isinstance(damping, Tensor):
+        if damping.is_complex() or damping.dtype == torch.bool:
+            raise ValueError(f"{op}: damping must be a real number or a real tensor, got {damping.dtype}")
+        if damping.dim() == 0:
+            damping = damping.item()
+    if isinstance(damping, Tensor):
         if damping.shape != y0.shape[:1]:
             raise ValueError(
-                f"a damping tensor must have shape (B,) = ({y0.shape[0]},); got {tuple(damping.shape)}"
+                f"{op}: a damping tensor must have shape (B,) = ({y0.shape[0]},); got {tuple(damping.shape)}"
             )
+        check.same_device([("y0", y0), ("damping", damping)], op)
         damping = damping.detach()
         if not bool((torch.isfinite(damping) & (damping >= 0)).all()):
-            raise ValueError("damping must be finite and non-negative")
+            raise ValueError(f"{op}: damping must be finite and non-negative")
     else:
-        try:
-            damping = float(damping)
-        except (TypeError, ValueError):
-            raise ValueError(f"damping must be a non-negative float; got {damping!r}") from None
-        if not math.isfinite(damping) or damping < 0:
-            raise ValueError(f"damping must be a finite non-negative float; got {damping}")
+        damping = check.nonnegative_finite(damping, "damping", op)
     for index, p in enumerate(params):
         if not isinstance(p, Tensor):
             raise TypeError(
@@ -449,10 +473,11 @@ def lstsq(A: Tensor, b: Tensor, rcond: Optional[float] = None, method: str = "au
     """Differentiable minimum-norm least squares x = A^+ b = argmin ||A x - b||^2.
 
     Args:
-        A: (..., m, n) floating tensor.
+        A: (..., m, n) float32/float64 tensor, m, n >= 1.
         b: (m,), (..., m) with the batch shape of A, or (..., m, k); batch dims
-            broadcast with A's (the vector rule of torch.linalg.solve).
-        rcond: singular values <= rcond * sigma_max count as zero.
+            broadcast with A's (the vector rule of torch.linalg.solve). A and b are
+            promoted to a common dtype.
+        rcond: finite, >= 0: singular values <= rcond * sigma_max count as zero.
             Default max(m, n) * machine epsilon of A's dtype.
         method:
             "cholesky": A must have full column rank (m >= n); x = (A^T A)^{-1} A^T b by
@@ -468,26 +493,37 @@ def lstsq(A: Tensor, b: Tensor, rcond: Optional[float] = None, method: str = "au
     Returns:
         x: (..., n) or (..., n, k), matching b.
     """
-    if not isinstance(A, Tensor) or A.dim() < 2 or not A.is_floating_point():
-        raise ValueError("lstsq: A must be a floating tensor of shape (..., m, n)")
+    op = "probreg.wiberg.lstsq"
+    check.tensor(A, "A", op, min_dim=2, shape_text="(..., m, n)")
+    check.tensor(b, "b", op, min_dim=1, shape_text="(..., m) or (..., m, k)")
+    check.same_device([("A", A), ("b", b)], op)
+    dtype = torch.promote_types(A.dtype, b.dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: A and b must be float32 or float64 (torch.linalg's SVD and Cholesky), got "
+                        f"{A.dtype} and {b.dtype}")
+    check.choice(method, "method", op, ("auto", "cholesky", "pinv"))
     m, n = A.shape[-2:]
+    if m < 1 or n < 1:
+        raise ValueError(f"{op}: A must have shape (..., m, n) with m, n >= 1, got {tuple(A.shape)}")
     # torch.linalg.solve's rule: b is a (batch of) vector(s) if it is 1-D or has A's shape
     # without the last dim; otherwise it is (..., m, k)
     vector = b.dim() == 1 or (b.dim() == A.dim() - 1 and b.shape == A.shape[:-1])
     if vector:
         b = b.unsqueeze(-1)
     if b.dim() < 2 or b.shape[-2] != m:
-        raise ValueError(f"lstsq: b must have shape (..., {m}) or (..., {m}, k); got {tuple(b.shape)}")
-    if method not in ("auto", "cholesky", "pinv"):
-        raise ValueError(f"lstsq: unknown method {method!r}: use 'auto', 'cholesky' or 'pinv'")
+        raise ValueError(f"{op}: b must have shape (..., {m}) or (..., {m}, k); got {tuple(b.shape)}")
     if rcond is None:
-        rcond = max(m, n) * torch.finfo(A.dtype).eps
-    batch = torch.broadcast_shapes(A.shape[:-2], b.shape[:-2])
-    A = A.expand(*batch, m, n)
-    b = b.expand(*batch, m, b.shape[-1]).to(A.dtype)
+        rcond = max(m, n) * torch.finfo(dtype).eps
+    rcond = check.nonnegative_finite(rcond, "rcond", op)
+    try:
+        batch = torch.broadcast_shapes(A.shape[:-2], b.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"{op}: the batch dims of A {tuple(A.shape)} and b {tuple(b.shape)} do not broadcast") from None
+    A = A.expand(*batch, m, n).to(dtype)
+    b = b.expand(*batch, m, b.shape[-1]).to(dtype)
     if method == "cholesky":
         if m < n:
-            raise ValueError(f"lstsq(method='cholesky') needs m >= n; got A of shape (..., {m}, {n})")
+            raise ValueError(f"{op}: method='cholesky' needs A (..., m, n) with m >= n; got A of shape (..., {m}, {n})")
         use_cholesky = True
     elif method == "pinv":
         use_cholesky = False
@@ -507,6 +543,50 @@ def lstsq(A: Tensor, b: Tensor, rcond: Optional[float] = None, method: str = "au
 # ---------------------------------------------------------------------------
 
 
+def _check_fusion_energy_args(y, v, A, w, delta):
+    """Shapes, dtypes and devices of huber_fusion_energy's arguments (docstring there).
+    Returns (w, delta) with delta as a tensor and the non-negativity rule applied."""
+    op = "probreg.wiberg.huber_fusion_energy"
+    check.tensor(y, "y", op, shape_text="(B, d)")
+    if y.dim() != 2:
+        raise ValueError(f"{op}: y must have shape (B, d), got {tuple(y.shape)}")
+    d = y.shape[1]
+    check.tensor(v, "v", op, min_dim=2, shape_text=f"(B, n, {d})")
+    n = v.shape[-2]
+    check.tensor(A, "A", op, min_dim=3, shape_text=f"(B, {n}, {d}, {d})")
+    check.tensor(w, "w", op, min_dim=1, shape_text=f"(B, {n})")
+    tails = (("v", v, (n, d)), ("A", A, (n, d, d)), ("w", w, (n,)))
+    for name, t, tail in tails:
+        text = "(B, " + ", ".join(str(k) for k in tail) + ")"
+        ok = tuple(t.shape[t.dim() - len(tail):]) == tail
+        if ok:
+            try:
+                ok = torch.broadcast_shapes(t.shape[:t.dim() - len(tail)], y.shape[:1]) == y.shape[:1]
+            except RuntimeError:
+                ok = False
+        if not ok:
+            raise ValueError(f"{op}: {name} must have shape {text} for y {tuple(y.shape)} and v {tuple(v.shape)} "
+                             f"(a leading dim broadcasting to B), got {tuple(t.shape)}")
+    check.same_device([("y", y), ("v", v), ("A", A), ("w", w)], op)
+    w = check.nonnegative_weight(w, "w", op)
+    if isinstance(delta, Tensor):
+        if not delta.is_floating_point():
+            raise TypeError(f"{op}: delta must be a number or a floating-point tensor, got {delta.dtype}")
+        try:
+            ok = torch.broadcast_shapes(delta.shape, (y.shape[0], n)) == (y.shape[0], n)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{op}: delta must be a number or a tensor broadcastable to (B, n) = "
+                             f"{(y.shape[0], n)}, got shape {tuple(delta.shape)}")
+        if delta.dim() > 0:
+            check.same_device([("y", y), ("delta", delta)], op)
+        delta = check.nonnegative_tensor(delta, "delta", op)
+    else:
+        delta = torch.as_tensor(check.nonnegative(delta, "delta", op), dtype=y.dtype, device=y.device)
+    return w, delta
+
+
 def huber_fusion_energy(y: Tensor, v: Tensor, A: Tensor, w: Tensor, delta) -> Tensor:
     """E(y) = sum_i w_i h_delta(||A_i y - v_i||) (DESIGN.md section 1, "Fusion").
 
@@ -517,20 +597,53 @@ def huber_fusion_energy(y: Tensor, v: Tensor, A: Tensor, w: Tensor, delta) -> Te
         v: (B, n, d) predictions.
         A: (B, n, d, d) per-prediction matrices (any square matrices).
         w: (B, n) non-negative weights.
-        delta: float or tensor broadcastable to (B, n).
+        delta: >= 0, a number (+inf: every term quadratic) or a tensor broadcastable
+            to (B, n).
+        The leading B of v, A and w may also be any shape broadcasting to (B,) (e.g.
+        parameters shared by every problem). Weights and delta follow the package's
+        non-negativity rule (README "Errors and guarantees").
 
     Returns:
         E: (B,). Twice differentiable everywhere except on ||A_i y - v_i|| = delta; the
         square root is only evaluated on the outer branch, so gradients and Hessians
         are finite at zero residual.
     """
+    w, delta = _check_fusion_energy_args(y, v, A, w, delta)
     residual = (A @ y.unsqueeze(-2).unsqueeze(-1)).squeeze(-1) - v  # (B, n, d)
     r_sq = (residual * residual).sum(-1)
-    delta = torch.as_tensor(delta, dtype=y.dtype, device=y.device)
     outer = r_sq > delta * delta
     r_outer = torch.sqrt(torch.where(outer, r_sq, delta * delta))
     huber = torch.where(outer, delta * (r_outer - 0.5 * delta), 0.5 * r_sq)
     return (w * huber).sum(-1)
+
+
+def _check_rbf_args(*tensors) -> None:
+    """rbf_fusion_energy's arguments: floating tensors whose shapes broadcast as documented
+    (a clear error naming them instead of a broadcasting error inside the formula)."""
+    op = "probreg.wiberg.rbf_fusion_energy"
+    names = ("y", "centers", "sizes", "ref_sizes", "time", "sigma_pos", "sigma_size", "weight_scale", "temporal_a",
+             "temporal_b")
+    for name, t in zip(names, tensors):
+        check.tensor(t, name, op)
+    y, centers, sizes, ref_sizes, time, sigma_pos, sigma_size, weight_scale, temporal_a, temporal_b = tensors
+    groups = (  # (what, last dim or None, members)
+        ("(..., T, 2) corner terms", 2, (("y[..., None, :]", y.unsqueeze(-2)), ("centers", centers),
+                                         ("sigma_pos", sigma_pos))),
+        ("(..., T, 2) size terms", 2, (("sizes", sizes), ("ref_sizes", ref_sizes), ("sigma_size", sigma_size))),
+        ("(..., T) tracker terms", None, (("time[..., None]", time.unsqueeze(-1)), ("weight_scale", weight_scale),
+                                          ("temporal_a", temporal_a), ("temporal_b", temporal_b),
+                                          ("centers[..., 0]", centers[..., 0]), ("sizes[..., 0]", sizes[..., 0]))),
+    )
+    for what, last, group in groups:
+        ok = last is None or all(t.shape[-1:] == (last,) for _, t in group)
+        if ok:
+            try:
+                torch.broadcast_shapes(*(t.shape for _, t in group))
+            except RuntimeError:
+                ok = False
+        if not ok:
+            shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in group)
+            raise ValueError(f"{op}: the {what} must broadcast{'' if last is None else ' with a last dim of 2'}: {shapes}")
 
 
 def rbf_fusion_energy(
@@ -567,6 +680,7 @@ def rbf_fusion_energy(
     Returns:
         E: (...,) energy, dtype of y.
     """
+    _check_rbf_args(y, centers, sizes, ref_sizes, time, sigma_pos, sigma_size, weight_scale, temporal_a, temporal_b)
     position_term = (((y.unsqueeze(-2) - centers) / sigma_pos) ** 2).sum(-1)
     size_term = (((sizes - ref_sizes) / sigma_size) ** 2).sum(-1)
     f = time.unsqueeze(-1)
@@ -603,7 +717,14 @@ class RBFFusion(nn.Module):
         dtype: torch.dtype = torch.float64,
     ):
         super().__init__()
-        T = num_trackers
+        op = "probreg.wiberg.RBFFusion"
+        T = check.integer(num_trackers, "num_trackers", op, low=1)
+        sigma_pos = check.positive_finite(sigma_pos, "sigma_pos", op)
+        sigma_size = check.positive_finite(sigma_size, "sigma_size", op)
+        temporal = check.real(temporal, "temporal", op, "a finite real number", low=-math.inf, low_open=True,
+                              high=math.inf, high_open=True)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"{op}: dtype must be a floating-point torch.dtype, got {dtype!r}")
         self.num_trackers = T
         self.log_sigma_pos = nn.Parameter(torch.full((2, T, 2), math.log(sigma_pos), dtype=dtype))
         self.log_sigma_size = nn.Parameter(torch.full((2, T, 2), math.log(sigma_size), dtype=dtype))
@@ -619,9 +740,21 @@ class RBFFusion(nn.Module):
         Returns a tuple of tensors with leading dim 2B: rows [0, B) are top-left
         corners, rows [B, 2B) bottom-right corners.
         """
-        B, T, _ = boxes.shape
-        if T != self.num_trackers:
-            raise ValueError(f"boxes has {T} trackers, the module was built for {self.num_trackers}")
+        op = "probreg.wiberg.RBFFusion"
+        T = self.num_trackers
+        for name, t in (("boxes", boxes), ("ref_boxes", ref_boxes)):
+            check.tensor(t, name, op, shape_text=f"(B, {T}, 4)")
+            if t.dim() != 3 or t.shape[1:] != (T, 4):
+                raise ValueError(f"{op}: {name} must have shape (B, num_trackers, 4) = (B, {T}, 4) as "
+                                 f"(x0, y0, x1, y1), got {tuple(t.shape)}")
+        B = boxes.shape[0]
+        if ref_boxes.shape != boxes.shape:
+            raise ValueError(f"{op}: ref_boxes must have the shape of boxes {tuple(boxes.shape)}, "
+                             f"got {tuple(ref_boxes.shape)}")
+        check.tensor(time, "time", op, shape_text=f"(B,) = ({B},)")
+        if time.shape != (B,):
+            raise ValueError(f"{op}: time must have shape (B,) = ({B},), got {tuple(time.shape)}")
+        check.same_device([("boxes", boxes), ("ref_boxes", ref_boxes), ("time", time)], op)
         centre = 0.5 * (boxes[..., :2] + boxes[..., 2:])
         size = boxes[..., 2:] - boxes[..., :2]
         ref_size = ref_boxes[..., 2:] - ref_boxes[..., :2]
@@ -654,8 +787,8 @@ class RBFFusion(nn.Module):
         ref_boxes (B, T, 4): each tracker's box in the sequence's first frame.
         time (B,): normalised frame time in [0, 1].
         """
+        problem = self.corner_problems(boxes, ref_boxes, time)  # validates the arguments
         B = boxes.shape[0]
-        problem = self.corner_problems(boxes, ref_boxes, time)
         with torch.no_grad():
             centres = problem[0]
             broadcast = [p.unsqueeze(1) for p in problem]  # candidates along dim 1

@@ -108,6 +108,23 @@ def concat(*problem_sets: dict) -> dict:
     }
 
 
+def shared_null_direction_problems(P: int, n: int, d: int, seed: int = 3, eps: float = 1e-6,
+                                   noise: float = 10.0) -> dict:
+    """n estimates A_i = U_i diag(s_i) V^T sharing their right singular vectors V, with the
+    smallest singular value eps along the same direction for all of them (s_i in [0.5, 2]
+    otherwise), v_i = A_i y + noise N(0, 1), unit weights: E has a flat direction, where
+    H's smallest eigenvalue is ~eps^2 and a step test on y is rounding-limited."""
+    g = torch.Generator().manual_seed(seed)
+    Vh = torch.linalg.qr(torch.randn(P, 1, d, d, generator=g, dtype=torch.float64))[0].transpose(-1, -2)
+    U = torch.linalg.qr(torch.randn(P, n, d, d, generator=g, dtype=torch.float64))[0]
+    s = 0.5 + 1.5 * torch.rand(P, n, d, generator=g, dtype=torch.float64)
+    s[..., -1] = eps
+    A = U @ torch.diag_embed(s) @ Vh.expand(P, n, d, d)
+    y = torch.randn(P, 1, d, 1, generator=g, dtype=torch.float64)
+    v = (A @ y).squeeze(-1) + noise * torch.randn(P, n, d, generator=g, dtype=torch.float64)
+    return {"v": v, "A": A, "weight": torch.ones(P, n, dtype=torch.float64), "delta": FUSE_DELTA}
+
+
 # ---------------------------------------------------------------- independent minimiser
 def _terms(y, v, A, w, delta):
     active = w > 0
@@ -180,6 +197,7 @@ __all__ = [
     "far_apart_problems",
     "nearly_singular_problems",
     "spread_out_problems",
+    "shared_null_direction_problems",
     "with_zero_weights",
     "concat",
     "energy_np",

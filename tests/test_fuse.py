@@ -351,7 +351,7 @@ def test_bad_input_errors():
         probreg.huber_fuse(v, A, w.long())
     negative = w.clone()
     negative[1, 2] = -0.5
-    with pytest.raises(RuntimeError, match="weight must be >= 0"):
+    with pytest.raises(ValueError, match="weight must be >= 0"):
         probreg.huber_fuse(v, A, negative)
     # the operator checks too (for direct torch.ops calls)
     with pytest.raises(RuntimeError, match="delta must be > 0"):

@@ -4,12 +4,14 @@
 // run the branch-free solver in lockstep on SIMD Lanes (each lane's result is its own
 // problem's; a block runs until its slowest problem stops), the tail item by item with the
 // scalar instantiation. Half types (float compute) and the backward (one pass per problem)
-// are scalar.
+// are scalar. A problem counts as converged only where its y fits the storage dtype (a
+// float32/half y beyond its range is stored as +-inf with converged = false).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -92,7 +94,7 @@ struct CpuFuseGradSink {
 void check_nonnegative_weights(const at::Tensor& weight, const char* op) {
   // Host-side check (free on CPU); NaN weights are not caught here: they make only their
   // own problem NaN (fuse.h).
-  TORCH_CHECK(weight.numel() == 0 || !(weight < 0).any().item<bool>(), op,
+  TORCH_CHECK_VALUE(weight.numel() == 0 || !(weight < 0).any().item<bool>(), op,
               ": weight must be >= 0 (0 removes an estimate), got a negative weight");
 }
 
@@ -125,12 +127,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> huber_fuse_cpu(
           for (int a = 0; a < D; ++a) init_c[a] = T(ip[p * D + a]);
         FuseOutput<D, T> o;
         fuse_solve<D, T>(terms, n, T(delta), ip != nullptr ? init_c : nullptr, int(max_iter), T(tol), o);
+        bool fits = true;
         for (int a = 0; a < D; ++a) {
           yp[p * D + a] = scalar_t(o.y[a]);
+          fits = fits && std::isfinite(double(yp[p * D + a]));
           for (int b = 0; b < D; ++b) hp[(p * D + a) * D + b] = scalar_t(o.hess[a][b]);
         }
         itp[p] = int32_t(o.iterations);
-        cp[p] = o.converged;
+        cp[p] = o.converged && fits;
       };
       at::parallel_for(0, s.problems, fuse_grain(n), [&](int64_t begin, int64_t end) {
         int64_t p = begin;
@@ -148,12 +152,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> huber_fuse_cpu(
             fuse_solve<D, Lanes>(terms, n, Lanes(delta), ip != nullptr ? init_c : nullptr, int(max_iter),
                                  Lanes(tol), o);
             for (int j = 0; j < kLaneWidth; ++j) {
+              bool fits = true;
               for (int a = 0; a < D; ++a) {
                 yp[(p + j) * D + a] = scalar_t(o.y[a].v[j]);
+                fits = fits && std::isfinite(double(yp[(p + j) * D + a]));
                 for (int b = 0; b < D; ++b) hp[((p + j) * D + a) * D + b] = scalar_t(o.hess[a][b].v[j]);
               }
               itp[p + j] = int32_t(o.iterations.v[j]);
-              cp[p + j] = o.converged.m[j] != 0;
+              cp[p + j] = o.converged.m[j] != 0 && fits;
             }
           }
         }

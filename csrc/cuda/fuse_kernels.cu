@@ -70,7 +70,16 @@ __global__ void huber_fuse_forward_kernel(const S* __restrict__ v, const S* __re
     store_row<D>(y, p, o.y);
     store_row<D * D>(hessian, p, &o.hess[0][0]);
     iterations[p] = int32_t(o.iterations);
-    converged[p] = o.converged;
+    // Converged only where y fits the storage dtype: a float32/half y beyond its range is
+    // stored as +-inf (the CPU glue does the same).
+    bool fits = true;
+#pragma unroll
+    for (int a = 0; a < D; ++a) {
+      S stored;
+      store_as(&stored, o.y[a]);
+      fits = fits && pr_isfinite(load_as<C>(&stored));
+    }
+    converged[p] = o.converged && fits;
   }
 }
 

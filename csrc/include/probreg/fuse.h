@@ -51,6 +51,10 @@ constexpr double kFuseMuReject = 1.0 / 64.0;  // smallest mu after a rejection
 // 1/64 blend, reject Newton, ...) where y* lies just inside an estimate's delta.
 constexpr double kFuseMuNewton = 1e-6;
 constexpr double kFuseMuSingular = 1e-12;     // smallest mu that regularises a singular H
+// Machine-precision convergence (fuse_solve, test (b)): the proposed step's predicted
+// decrease -grad.p is <= kFuseRoundingDecrease * eps * energy_round (FuseEval), a bound
+// on E's own rounding error.
+constexpr double kFuseRoundingDecrease = 8.0;
 
 // ---- masks: bool for a scalar T, LaneMask for the CPU SIMD Lanes (lanes.h) ----
 // The solver is branch-free in T: per-problem decisions are masks, state updates are
@@ -93,6 +97,14 @@ PROBREG_HOST_DEVICE T fuse_norm(const T x[D]) {
 PROBREG_UNROLL
   for (int k = 0; k < D; ++k) s += x[k] * x[k];
   return pr_sqrt(s);
+}
+
+template <int D, typename T>
+PROBREG_HOST_DEVICE T fuse_dot(const T x[D], const T y[D]) {
+  T s(0);
+PROBREG_UNROLL
+  for (int k = 0; k < D; ++k) s += x[k] * y[k];
+  return s;
 }
 
 // x = A^T e.
@@ -174,6 +186,9 @@ struct FuseEval {
   T energy;                 // E(y)
   T grad[D];                // grad_y E
   T grad_scale;             // sum_i ||w_i psi_i A_i^T e_i||_1: the size of the terms grad sums
+  T energy_round;           // sum_i w_i psi_i r_i ||(|A_i| |y| + |v_i|)||_1: E's rounding error is
+                            // a few eps times this (e_i's error is eps |A_i| |y| + eps |v_i| per
+                            // component, and dh/de = psi e)
   T hess[D][D];             // true Hessian H (symmetric)
   T mm[D][D];               // MM normal matrix N (symmetric, N >= H)
   T active;                 // number of estimates with w_i > 0
@@ -185,7 +200,11 @@ PROBREG_HOST_DEVICE void fuse_evaluate(const Terms& terms, int64_t n, const T y[
                                        FuseEval<D, T>& out) {
   out.energy = T(0);
   out.grad_scale = T(0);
+  out.energy_round = T(0);
   out.active = T(0);
+  T abs_y[D];
+PROBREG_UNROLL
+  for (int b = 0; b < D; ++b) abs_y[b] = pr_abs(y[b]);
   out.weights_ok = fuse_true<T>();
 PROBREG_UNROLL
   for (int a = 0; a < D; ++a) {
@@ -206,6 +225,15 @@ PROBREG_UNROLL
     fuse_at_times<D>(A, t.e, q);
     const T wpsi = w * t.psi;
     out.energy += w * t.h;
+    T residual_scale(0);
+PROBREG_UNROLL
+    for (int a = 0; a < D; ++a) {
+      T acc = pr_abs(v[a]);
+PROBREG_UNROLL
+      for (int b = 0; b < D; ++b) acc += pr_abs(A[a][b]) * abs_y[b];
+      residual_scale += acc;
+    }
+    out.energy_round += wpsi * t.r * residual_scale;
     T q_l1(0);
 PROBREG_UNROLL
     for (int a = 0; a < D; ++a) {
@@ -249,6 +277,7 @@ template <int D, typename T>
 PROBREG_HOST_DEVICE void fuse_select_eval(FuseMask<T> c, const FuseEval<D, T>& a, FuseEval<D, T>& b) {
   b.energy = pr_where(c, a.energy, b.energy);
   b.grad_scale = pr_where(c, a.grad_scale, b.grad_scale);
+  b.energy_round = pr_where(c, a.energy_round, b.energy_round);
   b.active = pr_where(c, a.active, b.active);
   b.weights_ok = fuse_select_mask(c, a.weights_ok, b.weights_ok);
 PROBREG_UNROLL
@@ -420,13 +449,29 @@ struct FuseOutput {
 // singular (e.g. all residuals outside delta in d = 1) small mu > 0 extrapolates the MM
 // step by up to 1/mu, so flat directions are crossed in O(log) steps instead of MM's
 // linear crawl.
-// Convergence: the proposed step is small, ||p|| <= tol (1 + ||y||) (it is applied; when
-// it is not a Newton step and the Newton step is small too (<= 4 tol (1 + ||y||)), the
-// Newton step is applied instead, so the returned y is typically accurate to O(tol^2)), or,
-// where H is singular
-// (no Newton step: flat directions, e.g. a non-unique minimiser), the gradient is small
-// relative to its terms, ||grad||_2 <= tol * sum_i ||w_i psi_i A_i^T e_i||_1 (checked
-// before a step, which is then still taken). max_iter accepted steps at most.
+// Convergence, judged on the step p proposed at y:
+//  (a) p is small, ||p|| <= tol (1 + ||y||), or
+//  (b) E is optimal to machine precision: p's predicted decrease -grad.p is at most
+//      kFuseRoundingDecrease * eps * energy_round, a bound on the rounding error of E
+//      itself, and either p is the Newton step (whose predicted decrease is E - E* to
+//      second order) or the last accepted step did not lower E (stalled: progress is
+//      below what E can resolve). energy_round is a worst-case bound, 10-100x the actual
+//      rounding noise where |A||y| cancels in A y (y far out along a near-null direction
+//      of A), so a non-Newton step needs the stall as well: an MM-like crawl along a
+//      flat valley keeps lowering E by less than the bound yet far more than the noise,
+//      and stopping it there would leave E 1e-8 above its minimum. (b) holds where (a)
+//      cannot: along a near-null direction of H the Newton step is rounding noise
+//      amplified by 1/lambda_min(H) while its effect on E is nil; and it makes tol = 0
+//      mean "to machine precision" and terminate.
+//  Either way p is applied (when p is not a Newton step and the Newton step passes the
+//  same test with 4x the bounds, the Newton step is applied instead, so the returned y
+//  is typically accurate to O(tol^2));
+//  (c) where H is singular (no Newton step: flat directions, e.g. a non-unique
+//      minimiser), the gradient is small relative to its terms,
+//      ||grad||_2 <= tol * sum_i ||w_i psi_i A_i^T e_i||_1 (checked before a step,
+//      which is then still taken).
+// max_iter accepted steps at most. A slowly converging problem (MM-like progress along a
+// flat valley) that meets none of the tests within max_iter reports converged = false.
 // Output: y, the true Hessian of E at y, the number of accepted steps, converged.
 // Invalid problems (a negative or NaN weight, or a non-finite energy/gradient anywhere
 // on the way, e.g. NaN/Inf in an active v or A or init): y and hessian NaN,
@@ -452,6 +497,7 @@ PROBREG_UNROLL
   M running = valid;
   M converged = fuse_false<T>();
   M stale = fuse_false<T>();  // y moved after ev was evaluated (the final small step)
+  M stalled = fuse_false<T>();  // the last accepted step did not lower E
   T iterations(0), mu(0);
   for (;;) {
     running = running & (iterations < T(max_iter));
@@ -461,13 +507,17 @@ PROBREG_UNROLL
     M newton_ok;
     T mu_used = fuse_propose<D>(ev, mu, floor, p, newton_ok);
     const T step_bound = tol * (T(1) + fuse_norm<D>(y));
-    const M small = running & (fuse_norm<D>(p) <= step_bound);
+    const T decrease_bound = T(kFuseRoundingDecrease) * eps * ev.energy_round;
+    const M at_rounding = (-fuse_dot<D>(ev.grad, p) <= decrease_bound) & ((mu_used == T(0)) | stalled);
+    const M small = running & ((fuse_norm<D>(p) <= step_bound) | at_rounding);
     if (pr_any(small)) {
       T p_newton[D];
       fuse_blended_step<D>(ev, T(0), floor, p_newton);
       // The Newton step replaces a (shorter, damped) blended step when it is small too
       // (within 4x the bound: it is the longer of the two near y*).
-      const M swap = small & (mu_used > T(0)) & newton_ok & (fuse_norm<D>(p_newton) <= T(4) * step_bound);
+      const M swap = small & (mu_used > T(0)) & newton_ok &
+                     ((fuse_norm<D>(p_newton) <= T(4) * step_bound) |
+                      (-fuse_dot<D>(ev.grad, p_newton) <= T(4) * decrease_bound));
 PROBREG_UNROLL
       for (int a = 0; a < D; ++a) y[a] = pr_where(small, y[a] + pr_where(swap, p_newton[a], p[a]), y[a]);
       iterations += pr_where(small, T(1), T(0));
@@ -497,6 +547,7 @@ PROBREG_UNROLL
           pending & ((mu_used >= T(1)) | (trial.energy <= ev.energy * (T(1) + T(4) * eps) + T(kFuseArmijo) * slope));
 PROBREG_UNROLL
       for (int a = 0; a < D; ++a) y[a] = pr_where(accept, cand[a], y[a]);
+      stalled = fuse_select_mask(accept, fuse_not(trial.energy < ev.energy), stalled);
       fuse_select_eval<D>(accept, trial, ev);
       mu = pr_where(accept, mu_used * T(kFuseMuDown), mu);
       iterations += pr_where(accept, T(1), T(0));
