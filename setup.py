@@ -76,8 +76,12 @@ def _extension():
     sources = [os.path.join(csrc, "probreg.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     include_dirs = [os.path.join(csrc, "include"), csrc]
     # No fast-math anywhere (the numerics rely on IEEE semantics); -fno-math-errno only
-    # drops errno writes so that sqrt vectorises.
-    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-Wno-psabi"] + _cpu_isa_flags() + _openmp_flags()
+    # drops errno writes so that sqrt vectorises. -ffp-contract=off: GCC would otherwise
+    # fuse a*b+c into an FMA wherever its inlining context allows, so the same item body
+    # inlined at two call sites (two SIMD blocks, a lane block and its pair) could round
+    # differently: results must not depend on an item's batch position or the thread
+    # count (tests/test_determinism.py). Explicit FMAs are unaffected.
+    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"] + _cpu_isa_flags() + _openmp_flags()
     link_flags = _openmp_flags()
     if _want_cuda():
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
