@@ -19,6 +19,8 @@ deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	@$(PYTHON) -c "import numpy, scipy, pytest, setuptools, wheel, ninja, matplotlib, tqdm" 2>/dev/null || \
 		$(PIP) install numpy scipy pytest setuptools wheel ninja matplotlib tqdm
+	@$(PYTHON) -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" || \
+		$(PIP) install "setuptools>=77"
 	@$(PYTHON) -c "import torch; print('probreg: using torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # In-place build of probreg._C against the installed torch (no build isolation).
@@ -47,3 +49,23 @@ cuda-check:
 
 clean:
 	rm -rf build probreg/_C*.so probreg/*.so *.egg-info
+
+# Install checks: a built wheel and the pip routes, each in a fresh venv over the installed
+# torch, smoke-tested from outside the checkout (tools/install_check.sh, tools/smoke_install.py).
+# wheel: dist/probreg-*.whl from `pip wheel --no-build-isolation`, in this checkout, so it
+#   reuses make build's objects (same build/temp.* directory: ninja only links).
+# wheel-check: that wheel installed into a fresh venv and smoke-tested (CI).
+# install-check: the four routes (install, editable, sdist, wheel), each from a fresh clone
+#   of HEAD; with ccache installed, they hit make build's objects instead of compiling.
+.PHONY: wheel wheel-check install-check
+wheel: build
+	rm -f dist/probreg-*.whl
+	MAX_JOBS=$(JOBS) $(PIP) wheel -v --no-build-isolation --no-deps . -w dist >build/wheel.log 2>&1 || \
+		{ cat build/wheel.log; exit 1; }
+	@grep -E "ninja: no work to do|^ *\[[0-9]+/[0-9]+\]|Created wheel" build/wheel.log | cut -c1-150
+
+wheel-check: wheel
+	PYTHON=$(PYTHON) bash tools/install_check.sh --wheel dist/probreg-*.whl
+
+install-check: build
+	PYTHON=$(PYTHON) MAX_JOBS=$(JOBS) bash tools/install_check.sh $(ROUTES)

@@ -6,7 +6,8 @@ Overrides: PROBREG_FORCE_CPU=1 (never CUDA), PROBREG_FORCE_CUDA=1 (CUDA even wit
 visible GPU, e.g. in a container build; still needs a CUDA build of torch).
 
 Always build with `pip install --no-build-isolation ...` (or `make build`): build
-isolation would download a second, CPU-or-other torch to compile against.
+isolation would need a second torch to compile against, so the in-tree build backend
+(tools/probreg_build_backend.py) stops an isolated build at once, saying what to run.
 """
 import glob
 import os
@@ -24,7 +25,12 @@ except ImportError as exc:  # pragma: no cover - explained to the user
         "`pip install --no-build-isolation .` (build isolation would fetch a second torch)."
     ) from exc
 
+# Sources are given relative to this file's directory (setuptools refuses absolute source
+# paths in sdist, wheel and editable builds); chdir makes them resolve when setup.py is run
+# from elsewhere (pip runs it from here). Include directories stay absolute (torch's ninja
+# build compiles from build/temp.*).
 ROOT = os.path.dirname(os.path.abspath(__file__))
+os.chdir(ROOT)
 
 
 def _want_cuda() -> bool:
@@ -72,9 +78,9 @@ def _openmp_flags():
 
 
 def _extension():
-    csrc = os.path.join(ROOT, "csrc")
+    csrc = "csrc"
     sources = [os.path.join(csrc, "probreg.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
-    include_dirs = [os.path.join(csrc, "include"), csrc]
+    include_dirs = [os.path.join(ROOT, csrc, "include"), os.path.join(ROOT, csrc)]
     # No fast-math anywhere (the numerics rely on IEEE semantics); -fno-math-errno only
     # drops errno writes so that sqrt vectorises. -ffp-contract=off: GCC would otherwise
     # fuse a*b+c into an FMA wherever its inlining context allows, so the same item body

@@ -17,10 +17,11 @@ import time
 
 import torch
 
+from . import common
 from .common import add_speedups, copy_bandwidth_gbps, device_label, environment, markdown_table, write_json
 from .plot import plot_throughput
 
-SUITES = ["spd", "nll", "fuse"]
+SUITES = ["spd", "nll", "fuse", "second_order"]
 
 
 def main(argv=None) -> int:
@@ -30,7 +31,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small batches only (smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--merge", action="store_true", help="keep the other suites of an existing result file")
+    parser.add_argument("--batches", type=_log2_list, help="log2 batch sizes for every suite, e.g. 20,22,24 "
+                        "(also runs the eager peers that the defaults skip at the largest batches)")
+    parser.add_argument("--dims", type=_int_list, help="d values of the spd and nll suites, e.g. 2 or 2,3")
+    parser.add_argument("--covariances", type=lambda t: t.split(","), help="covariance structures of the nll suite, "
+                        "e.g. full (default full,diagonal)")
+    parser.add_argument("--budget-s", type=float, help="cap on the seconds one timing may take (default 20)")
     args = parser.parse_args(argv)
+    common.OVERRIDES.update(batches=args.batches, dims=args.dims, budget_s=args.budget_s, covariances=args.covariances)
 
     os.makedirs(args.out, exist_ok=True)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -71,6 +79,14 @@ def main(argv=None) -> int:
             payload["environments"][name] = env
         _write_results(payload, device, label, args.out)
     return 0
+
+
+def _int_list(text: str):
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _log2_list(text: str):
+    return [2**k for k in _int_list(text)]
 
 
 def _write_results(payload: dict, device: str, label: str, out: str) -> None:

@@ -16,6 +16,17 @@ from typing import Callable, Dict, List
 
 import torch
 
+# Overrides of every suite's sizes and of the per-measurement time budget, set by
+# `python -m benchmarks --batches 20,22,24 --dims 2 --covariances full --budget-s 5`
+# (tools/gpu_session.sh quick runs only the acceptance cases this way). None keeps each
+# suite's default.
+OVERRIDES: Dict[str, object] = {"batches": None, "dims": None, "budget_s": None, "covariances": None}
+
+
+def suite_sizes(default_batches: List[int], default_dims=(2, 3)):
+    """(batches, dims) of a suite: the command-line overrides, else the suite's defaults."""
+    return OVERRIDES["batches"] or default_batches, OVERRIDES["dims"] or default_dims
+
 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
@@ -26,11 +37,18 @@ def time_ms(fn: Callable[[], object], device: str, *, warmup: int = 3, reps: int
             budget_s: float = 20.0) -> float:
     """Median wall time of fn() in milliseconds.
 
-    reps is reduced (never below 3) so one measurement stays within about budget_s.
+    reps is reduced (never below 3) so one measurement stays within about budget_s, and
+    warm-up stops after the first call once warming up has taken a quarter of it.
+    OVERRIDES["budget_s"], when set, caps budget_s.
     """
+    if OVERRIDES["budget_s"] is not None:
+        budget_s = min(budget_s, float(OVERRIDES["budget_s"]))
+    started = time.perf_counter()
     for _ in range(warmup):
         fn()
-    synchronize(device)
+        synchronize(device)
+        if time.perf_counter() - started > budget_s / 4:
+            break
     times: List[float] = []
     started = time.perf_counter()
     for i in range(reps):

@@ -55,4 +55,38 @@ TORCH_LIBRARY(probreg, m) {
   m.def(
       "_huber_fuse_backward(Tensor grad_y, Tensor y, Tensor v, Tensor A, Tensor weight, float delta, "
       "float damping) -> (Tensor, Tensor, Tensor)");
+
+  // ---- d > 3: pure-PyTorch kernels (probreg/_fallback.py, any device), same arguments and
+  // results as the fused ops above, for any d >= 1. Operators rather than Python functions so
+  // that torch.compile(fullgraph=True) keeps them opaque and their autograd (probreg/_autograd.py)
+  // is the fused ops' own.
+  m.def("_symeig_fallback(Tensor B) -> (Tensor, Tensor)");
+  m.def(
+      "_symeig_fallback_backward(Tensor grad_eigenvalues, Tensor grad_eigenvectors, Tensor eigenvalues, "
+      "Tensor eigenvectors) -> Tensor");
+  m.def("_spd_remap_fallback(Tensor B, float theta) -> Tensor");
+  m.def("_spd_remap_fallback_backward(Tensor grad_A, Tensor B, float theta) -> Tensor");
+  m.def(
+      "_huber_nll_fallback(Tensor pred, Tensor target, float delta, float theta, int family, int covariance, "
+      "bool mu_parameterization) -> Tensor");
+  m.def(
+      "_huber_nll_fallback_backward(Tensor grad_loss, Tensor pred, Tensor target, float delta, float theta, "
+      "int family, int covariance, bool mu_parameterization, bool need_grad_target) -> (Tensor, Tensor)");
+  m.def(
+      "_huber_fuse_fallback(Tensor v, Tensor A, Tensor weight, Tensor? init, float delta, int max_iter, "
+      "float tol, float damping) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_huber_fuse_fallback_backward(Tensor grad_y, Tensor y, Tensor v, Tensor A, Tensor weight, float delta, "
+      "float damping) -> (Tensor, Tensor, Tensor)");
+
+  // ---- second-order rules (probreg/_second_order.py, plain torch ops, any d): derivatives of the
+  // backward operators above. Their own derivatives raise (third order is not supported).
+  // _spd_remap_second: d2F_B[G, E] (..., d, d), the second-order Daleckii-Krein form of
+  // F(B) = V diag(g(l)) V^T (symmetric in G and E; only their symmetric parts matter).
+  m.def("_spd_remap_second(Tensor B, Tensor G, Tensor E, float theta) -> Tensor");
+  // _huber_nll_hvp: grad_loss * Hess(loss) . (dpred, dtarget) per target -> (pred part (..., W),
+  // target part (..., d), or an empty (0,) tensor when need_grad_target is false).
+  m.def(
+      "_huber_nll_hvp(Tensor grad_loss, Tensor pred, Tensor target, Tensor dpred, Tensor dtarget, float delta, "
+      "float theta, int family, int covariance, bool mu_parameterization, bool need_grad_target) -> (Tensor, Tensor)");
 }

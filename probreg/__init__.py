@@ -20,8 +20,7 @@ from .nll import HuberNLLLoss, huber_nll
 from .normalizer import huber_log_normalizer, huber_variance_factor
 from .distributions import HuberL2
 from .fusion import FuseResult, fuse_predictions, huber_fuse
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "symeig",

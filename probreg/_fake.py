@@ -89,6 +89,16 @@ def _log_normalizer_fake(d, family, delta):
 
 
 # ---------------------------------------------------------------- huber_fuse
+def _fuse_results(v, batch, d):
+    """(y (..., d), hessian (..., d, d), iterations int32 (...), converged bool (...))."""
+    return (
+        v.new_empty((*batch, d)),
+        v.new_empty((*batch, d, d)),
+        v.new_empty(batch, dtype=torch.int32),
+        v.new_empty(batch, dtype=torch.bool),
+    )
+
+
 @torch.library.register_fake("probreg::huber_fuse")
 def _huber_fuse_fake(v, A, weight, init, delta, max_iter, tol, damping):
     torch._check(v.dim() >= 2, lambda: f"probreg.huber_fuse: v must have shape (..., n, d), got {tuple(v.shape)}")
@@ -98,12 +108,7 @@ def _huber_fuse_fake(v, A, weight, init, delta, max_iter, tol, damping):
     torch._check(weight.shape == (*batch, n), lambda: f"probreg.huber_fuse: weight must have shape (..., n), got {tuple(weight.shape)}")
     if init is not None:
         torch._check(init.shape == (*batch, d), lambda: f"probreg.huber_fuse: init must have shape (..., d), got {tuple(init.shape)}")
-    return (
-        v.new_empty((*batch, d)),
-        v.new_empty((*batch, d, d)),
-        v.new_empty(batch, dtype=torch.int32),
-        v.new_empty(batch, dtype=torch.bool),
-    )
+    return _fuse_results(v, batch, d)
 
 
 @torch.library.register_fake("probreg::_huber_fuse_backward")
@@ -113,3 +118,84 @@ def _huber_fuse_backward_fake(grad_y, y, v, A, weight, delta, damping):
         torch.empty_like(A, memory_format=torch.contiguous_format),
         torch.empty_like(weight, memory_format=torch.contiguous_format),
     )
+
+
+# ---------------------------------------------------------------- d > 3 (probreg/_fallback.py)
+# Same results as the fused ops; the argument checks are the real kernels' own.
+from . import _fallback as fallback  # noqa: E402
+
+
+@torch.library.register_fake("probreg::_symeig_fallback")
+def _symeig_fallback_fake(B):
+    fallback.check_square(B, "_symeig_fallback")
+    return _symeig_fake(B)
+
+
+@torch.library.register_fake("probreg::_symeig_fallback_backward")
+def _symeig_fallback_backward_fake(grad_eigenvalues, grad_eigenvectors, eigenvalues, eigenvectors):
+    fallback.check_symeig_backward(grad_eigenvalues, grad_eigenvectors, eigenvalues, eigenvectors,
+                                   "_symeig_fallback_backward")
+    return _symeig_backward_fake(grad_eigenvalues, grad_eigenvectors, eigenvalues, eigenvectors)
+
+
+@torch.library.register_fake("probreg::_spd_remap_fallback")
+def _spd_remap_fallback_fake(B, theta):
+    fallback.check_square(B, "_spd_remap_fallback")
+    fallback.check_theta(theta, "_spd_remap_fallback")
+    return _spd_remap_fake(B, theta)
+
+
+@torch.library.register_fake("probreg::_spd_remap_fallback_backward")
+def _spd_remap_fallback_backward_fake(grad_A, B, theta):
+    op = "_spd_remap_fallback_backward"
+    fallback.check_square(B, op)
+    fallback.check_same_shape(grad_A, B, op, "grad_A", "B")
+    fallback.check_theta(theta, op)
+    return _spd_remap_backward_fake(grad_A, B, theta)
+
+
+@torch.library.register_fake("probreg::_huber_nll_fallback")
+def _huber_nll_fallback_fake(pred, target, delta, theta, family, covariance, mu_parameterization):
+    fallback.check_nll(pred, target, delta, theta, family, covariance, "_huber_nll_fallback")
+    return _huber_nll_fake(pred, target, delta, theta, family, covariance, mu_parameterization)
+
+
+@torch.library.register_fake("probreg::_huber_nll_fallback_backward")
+def _huber_nll_fallback_backward_fake(grad_loss, pred, target, delta, theta, family, covariance, mu_parameterization,
+                                      need_grad_target):
+    fallback.check_nll_backward(grad_loss, pred, target, delta, theta, family, covariance,
+                                "_huber_nll_fallback_backward")
+    return _huber_nll_backward_fake(grad_loss, pred, target, delta, theta, family, covariance, mu_parameterization,
+                                    need_grad_target)
+
+
+@torch.library.register_fake("probreg::_huber_fuse_fallback")
+def _huber_fuse_fallback_fake(v, A, weight, init, delta, max_iter, tol, damping):
+    batch, n, d = fallback.check_fuse(v, A, weight, init, "_huber_fuse_fallback")
+    fallback.check_fuse_scalars(delta, max_iter, tol, damping, "_huber_fuse_fallback")
+    return _fuse_results(v, batch, d)
+
+
+@torch.library.register_fake("probreg::_huber_fuse_fallback_backward")
+def _huber_fuse_fallback_backward_fake(grad_y, y, v, A, weight, delta, damping):
+    fallback.check_fuse_backward(grad_y, y, v, A, weight, "_huber_fuse_fallback_backward")
+    return _huber_fuse_backward_fake(grad_y, y, v, A, weight, delta, damping)
+
+
+# ---------------------------------------------------------------- second-order rules (probreg/_second_order.py)
+from . import _second_order as second_order  # noqa: E402
+
+
+@torch.library.register_fake("probreg::_spd_remap_second")
+def _spd_remap_second_fake(B, G, E, theta):
+    second_order.check_spd_remap_second(B, G, E, theta)
+    return torch.empty_like(B, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("probreg::_huber_nll_hvp")
+def _huber_nll_hvp_fake(grad_loss, pred, target, dpred, dtarget, delta, theta, family, covariance,
+                        mu_parameterization, need_grad_target):
+    second_order.check_huber_nll_hvp(grad_loss, pred, target, dpred, dtarget, delta, theta, family, covariance)
+    return _huber_nll_backward_fake(grad_loss, pred, target, delta, theta, family, covariance, mu_parameterization,
+                                    need_grad_target)
+

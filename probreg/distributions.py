@@ -18,7 +18,7 @@ import torch
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
-from . import reference
+from ._spectral import remap_g
 from .nll import COVARIANCE_CODES, huber_nll, pred_width
 from .normalizer import _log_a  # noqa: PLC2701  (the inside radial mass a(n))
 from .normalizer import (
@@ -27,8 +27,8 @@ from .normalizer import (
     huber_radius_inside_probability,
     huber_variance_factor,
 )
-from .packing import dim_from_packed_size, pack_sym, unpack_sym
-from .spd import spd_from_raw, symeig
+from .packing import dim_from_packed_size, pack_sym
+from .spd import spd_from_raw
 
 __all__ = ["HuberL2", "sample_huber_radius"]
 
@@ -36,10 +36,11 @@ __all__ = ["HuberL2", "sample_huber_radius"]
 def _check_positive(value, name: str, allow_zero: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"HuberL2: {name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    # Comparisons rather than math.isfinite / float(): they also work on torch.compile's
+    # symbolic floats (which stay symbolic).
+    if not (0 <= value < math.inf) or (value == 0 and not allow_zero):
         raise ValueError(f"HuberL2: {name} must be a finite number > 0, got {value!r}")
-    return value
+    return value if isinstance(value, torch.SymFloat) else float(value)
 
 
 def _dim_from_width(width: int, covariance: str) -> int:
@@ -110,6 +111,13 @@ def _sample_truncated_chi(n: int, d: int, delta: float, device) -> torch.Tensor:
         out.append(accepted)
         remaining -= accepted.numel()
     return torch.cat(out)
+
+
+def _huber_rho(r: torch.Tensor, delta) -> torch.Tensor:
+    """h_delta(||r||) over the last dim; the quadratic piece from sum(r^2), smooth at r = 0."""
+    sq = (r * r).sum(-1)
+    inside = sq <= delta * delta
+    return torch.where(inside, 0.5 * sq, delta * (torch.sqrt(torch.where(inside, torch.ones_like(sq), sq)) - 0.5 * delta))
 
 
 class HuberL2(Distribution):
@@ -232,7 +240,7 @@ class HuberL2(Distribution):
         if self._covariance == "full":
             return spd_from_raw(cov, self.theta)
         if self._covariance == "diagonal":
-            return torch.diag_embed(reference.remap_g(cov, self.theta))
+            return torch.diag_embed(remap_g(cov, self.theta))
         eye = torch.eye(d, dtype=self._pred.dtype, device=self._pred.device)
         return eye.expand(self.batch_shape + (d, d))
 
@@ -281,16 +289,18 @@ class HuberL2(Distribution):
         return torch.diagonal(self.covariance_matrix, dim1=-2, dim2=-1)
 
     def _log_det_precision_sqrt(self) -> torch.Tensor:
-        """log|A| (...): from the eigenvalues of B (raw parameterisations) or slogdet."""
+        """log|A| (...): slogdet of an explicit matrix; for the raw parameterisations the fused
+        NLL at a zero residual (-log|A| from the eigenvalues, with the NLL operator's exact
+        first and second derivatives, also at repeated eigenvalues)."""
         d = self._d
         if self._covariance == "matrix":
             return torch.linalg.slogdet(self.precision_sqrt)[1]
+        if self._covariance == "identity":
+            return torch.zeros(self.batch_shape, dtype=self._pred.dtype, device=self._pred.device)
         cov = self._pred[..., d:]
-        if self._covariance == "full":
-            return reference.remap_log_g(symeig(unpack_sym(cov))[0], self.theta).sum(-1)
-        if self._covariance == "diagonal":
-            return reference.remap_log_g(cov, self.theta).sum(-1)
-        return torch.zeros(self.batch_shape, dtype=self._pred.dtype, device=self._pred.device)
+        zeros = cov.new_zeros(cov.shape[:-1] + (d,))
+        return -huber_nll(torch.cat([zeros, cov], dim=-1), zeros, self.delta, self.theta, parameterization="mu",
+                          family="gauss", covariance=self._covariance, reduction="none", normalized=False)
 
     # ------------------------------------------------------------------ densities
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -305,7 +315,7 @@ class HuberL2(Distribution):
         if self._covariance == "matrix":
             A = self.precision_sqrt
             r = (A @ (y - self.loc).unsqueeze(-1)).squeeze(-1)
-            energy = reference.family_rho(r, "huber", self.delta)
+            energy = _huber_rho(r, self.delta)
             return torch.linalg.slogdet(A)[1] - energy - huber_log_normalizer(d, self.delta)
         pred = self._pred.expand(shape + self._pred.shape[-1:])
         return -huber_nll(

@@ -5,8 +5,9 @@
 per problem, for A_i any square matrices (a mirrored or affinely transformed prediction has
 a non-symmetric A_i). The fused kernels (d in {1, 2, 3}) run a safeguarded Newton/MM solver
 per problem (csrc/include/probreg/fuse.h) with a per-problem convergence test and no host
-synchronisation (CUDA-graph capturable); d > 3 takes the pure-PyTorch path
-(probreg.reference.huber_fuse: same algorithm, vectorised, one host sync per iteration).
+synchronisation (CUDA-graph capturable); d > 3 takes the pure-PyTorch operator
+probreg::_huber_fuse_fallback (probreg/_fuse_torch.py: same algorithm, vectorised, one host
+sync per iteration).
 
 Gradients are implicit (papers/wibergian-learning.md eq. 9-10): at y*,
 dy*/dtheta = -(H + damping I)^{-1} d(grad_y E)/dtheta with H the true Hessian of E. The
@@ -15,11 +16,11 @@ returned `hessian`, `iterations` and `converged` are not differentiable.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from . import reference
 from ._ops import ops
 from .spd import spd_from_raw
 
@@ -53,14 +54,19 @@ def _check_tensor(x, name: str, min_dim: int, shape_text: str) -> None:
         raise ValueError(f"probreg.huber_fuse: {name} must have shape {shape_text}, got {tuple(x.shape)}")
 
 
+def _is_real(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, numbers.Real)
+
+
 def _check_scalars(delta, max_iter, tol, damping) -> None:
-    if not (isinstance(delta, (int, float)) and delta > 0):  # NaN fails too; +inf is allowed
+    # Comparisons rather than math.isfinite: they also work on torch.compile's symbolic floats.
+    if not (_is_real(delta) and delta > 0):  # NaN fails too; +inf is allowed
         raise ValueError(f"probreg.huber_fuse: delta must be > 0 (h_delta vanishes at delta = 0), got {delta!r}")
-    if not (isinstance(max_iter, int) and 0 <= max_iter <= 2**30):
+    if not (isinstance(max_iter, numbers.Integral) and not isinstance(max_iter, bool) and 0 <= max_iter <= 2**30):
         raise ValueError(f"probreg.huber_fuse: max_iter must be an int in [0, 2^30], got {max_iter!r}")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+    if not (_is_real(tol) and 0 <= tol < math.inf):
         raise ValueError(f"probreg.huber_fuse: tol must be a finite number >= 0, got {tol!r}")
-    if not (isinstance(damping, (int, float)) and math.isfinite(damping) and damping >= 0):
+    if not (_is_real(damping) and 0 <= damping < math.inf):
         raise ValueError(f"probreg.huber_fuse: damping must be a finite number >= 0, got {damping!r}")
 
 
@@ -134,13 +140,8 @@ def huber_fuse(
     weight = weight.to(dtype).expand(*batch, n)
     if init is not None:
         init = init.to(dtype).expand(*batch, d)
-    if d > _FUSED_MAX_DIM:
-        # Same compute types as the kernels: float32 in float64, half types in float32.
-        compute = torch.float64 if dtype in (torch.float64, torch.float32) else torch.float32
-        out = reference.huber_fuse(v.to(compute), A.to(compute), weight.to(compute), delta, max_iter, tol, damping,
-                                   None if init is None else init.to(compute))
-        return FuseResult(out[0].to(dtype), out[1].to(dtype), out[2], out[3])
-    return FuseResult(*ops.huber_fuse(v, A, weight, init, float(delta), int(max_iter), float(tol), float(damping)))
+    op = ops.huber_fuse if d <= _FUSED_MAX_DIM else ops._huber_fuse_fallback
+    return FuseResult(*op(v, A, weight, init, float(delta), int(max_iter), float(tol), float(damping)))
 
 
 def _dim_from_prediction_size(K: int) -> int:

@@ -3,9 +3,9 @@ and of the Gauss / Laplace / Charbonnier ablation families (eq. 11-13).
 
 One fused kernel computes the per-target loss from the network prediction and the target
 (eigen-decomposition, log|A| from the eigenvalues, residual, rho), one more its gradient
-w.r.t. the prediction and the target; d in {1, 2, 3}. d > 3 takes the pure-PyTorch path
-(probreg.reference.huber_nll_reference, torch.linalg.eigh). Weighting, reduction and the
-constant normaliser are cheap and done here.
+w.r.t. the prediction and the target; d in {1, 2, 3}. d > 3 takes the pure-PyTorch operator
+probreg::_huber_nll_fallback (probreg/_fallback.py: torch.linalg.eigh, the same contract and
+autograd rules). Weighting, reduction and the constant normaliser are cheap and done here.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from typing import Optional
 
 import torch
 
-from . import reference
 from ._ops import ops
 from .normalizer import log_normalizer
 
@@ -27,7 +26,6 @@ COVARIANCE_CODES = {"identity": 0, "diagonal": 1, "full": 2}
 PARAMETERIZATIONS = ("v", "mu")
 REDUCTIONS = ("none", "sum", "mean")
 _FUSED_MAX_DIM = 3
-_HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
 def pred_width(d: int, covariance: str = "full") -> int:
@@ -186,29 +184,16 @@ def huber_nll(
     if pred.dtype != target.dtype:
         common = torch.promote_types(pred.dtype, target.dtype)
         pred, target = pred.to(common), target.to(common)
-    if d <= _FUSED_MAX_DIM:
-        loss = ops.huber_nll(
-            pred,
-            target,
-            float(delta),
-            float(theta),
-            FAMILY_CODES[family],
-            COVARIANCE_CODES[covariance],
-            parameterization == "mu",
-        )
-    else:
-        compute = torch.float32 if pred.dtype in _HALF_TYPES else pred.dtype
-        loss = reference.huber_nll_reference(
-            pred.to(compute),
-            target.to(compute),
-            float(delta),
-            float(theta),
-            parameterization=parameterization,
-            family=family,
-            covariance=covariance,
-            reduction="none",
-            normalized=False,
-        )
+    op = ops.huber_nll if d <= _FUSED_MAX_DIM else ops._huber_nll_fallback
+    loss = op(
+        pred,
+        target,
+        float(delta),
+        float(theta),
+        FAMILY_CODES[family],
+        COVARIANCE_CODES[covariance],
+        parameterization == "mu",
+    )
     constant = _normalizer_constant(d, family, float(delta)) if normalized else None
     if isinstance(constant, torch.Tensor):  # as eager's Python float: in the loss dtype
         constant = constant.to(loss.dtype)

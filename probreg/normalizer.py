@@ -42,6 +42,26 @@ _LOGPI = math.log(math.pi)
 _TINY = 1e-300
 
 
+def _constant_under_compile(fn):
+    """torch.compiler.assume_constant_result for these functions of Python numbers: under
+    torch.compile(dynamic=True) a symbolic number argument is specialised first
+    (guard_scalar: one graph per value, as dynamic=False compiles), so the function runs
+    once at trace time and its float result is a constant of the graph."""
+    from torch.fx.experimental.symbolic_shapes import guard_scalar
+
+    constant_fn = torch.compiler.assume_constant_result(fn)
+
+    @functools.wraps(fn, updated=())  # not fn.__dict__: it holds the constant-result mark
+    def wrapper(*args, **kwargs):
+        def concrete(x):
+            compiling = torch.compiler.is_compiling()
+            return guard_scalar(x) if compiling and isinstance(x, numbers.Real) and not isinstance(x, bool) else x
+
+        return constant_fn(*map(concrete, args), **{k: concrete(v) for k, v in kwargs.items()})
+
+    return wrapper
+
+
 def _check_dim(d) -> int:
     if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
         raise ValueError(f"d must be an integer >= 1, got {d!r}")
@@ -150,7 +170,7 @@ def log_unit_sphere_area(d: int) -> float:
     return _LOG2 + 0.5 * d * _LOGPI - math.lgamma(0.5 * d)
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def huber_log_normalizer(d: int, delta: float = 1.0) -> float:
     """log c_d(delta): the L2 multivariate Huber density is |A| / c_d exp(-h_delta(||A y - v||)).
 
@@ -169,7 +189,7 @@ def _huber_log_normalizer(d: int, delta: float) -> float:
     return log_unit_sphere_area(d) + _log_huber_moment(d - 1, delta)
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def huber_variance_factor(d: int, delta: float = 1.0) -> float:
     """kappa_d(delta) with Cov[y] = kappa_d(delta) * (A^T A)^-1 (paper eq. 33-34).
 
@@ -186,6 +206,7 @@ def _huber_variance_factor(d: int, delta: float) -> float:
     return math.exp(_log_huber_moment(d + 1, delta) - _log_huber_moment(d - 1, delta)) / d
 
 
+@_constant_under_compile
 def huber_expected_rho(d: int, delta: float = 1.0) -> float:
     """E[h_delta(||A (y - mu)||)] under the Huber distribution (the entropy's energy term).
 
@@ -243,7 +264,7 @@ def _log_bessel_k(nu: float, x: float) -> float:
     return log_peak + math.log(h * total)
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def log_normalizer(d: int, family: str = "huber", delta: float = 1.0) -> float:
     """log c of the family's density |A| / c exp(-rho(||A y - v||)) in R^d.
 

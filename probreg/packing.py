@@ -29,9 +29,17 @@ def dim_from_packed_size(P: int) -> int:
     return d
 
 
-@lru_cache(maxsize=None)
 def _layout(d: int):
-    rows, cols = torch.triu_indices(d, d).tolist()
+    """(rows, cols, flat_index, unpack_scale, pack_scale) of the packed layout; cached in
+    eager mode, traced directly under torch.compile (dynamo warns about lru_cache)."""
+    return _layout_tables(d) if torch.compiler.is_compiling() else _cached_layout_tables(d)
+
+
+def _layout_tables(d: int):
+    # Plain Python index tables (constants under torch.compile; a tensor's .tolist() would
+    # break the graph).
+    rows = [i for i in range(d) for _ in range(i, d)]
+    cols = [j for i in range(d) for j in range(i, d)]
     index = [[0] * d for _ in range(d)]
     for k, (i, j) in enumerate(zip(rows, cols)):
         index[i][j] = index[j][i] = k
@@ -39,6 +47,9 @@ def _layout(d: int):
     unpack_scale = [1.0 if i == j else 1.0 / math.sqrt(2.0) for i in range(d) for j in range(d)]
     pack_scale = [1.0 if i == j else math.sqrt(2.0) for i, j in zip(rows, cols)]
     return rows, cols, flat_index, unpack_scale, pack_scale
+
+
+_cached_layout_tables = lru_cache(maxsize=None)(_layout_tables)
 
 
 def unpack_sym(raw: torch.Tensor) -> torch.Tensor:
@@ -56,7 +67,7 @@ def pack_sym(B: torch.Tensor) -> torch.Tensor:
     """B (..., d, d) -> raw (..., P) of the symmetric part (B + B^T)/2; inverse of unpack_sym."""
     if B.dim() < 2 or B.shape[-1] != B.shape[-2]:
         raise ValueError(f"pack_sym: B must have shape (..., d, d), got {tuple(B.shape)}")
-    d = B.shape[-1]
+    d = int(B.shape[-1])  # a constant under torch.compile(dynamic=True) (guarded)
     rows, cols, _, _, pack_scale = _layout(d)
     sym = 0.5 * (B + B.transpose(-1, -2))
     scale = torch.tensor(pack_scale, dtype=B.dtype, device=B.device)

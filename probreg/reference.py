@@ -1,9 +1,9 @@
 """Pure-PyTorch references of every probreg operator.
 
-Shared by the tests (accuracy and gradient comparisons, usually in float64) and the
-benchmarks (as peers), and used by the public API for the cases the fused kernels do not
-cover (d > 3). They are built on torch.linalg.eigh with the same stable backward as the
-kernels (custom autograd Functions), so they are exact at repeated eigenvalues too.
+Oracles for the tests (accuracy and gradient comparisons, usually in float64) and peers for
+the benchmarks; never a production path (d > 3 runs probreg/_fallback.py). They are built
+on torch.linalg.eigh with the same stable backward as the kernels (custom autograd
+Functions), so they are exact at repeated eigenvalues too.
 Everything here works in any floating dtype that torch.linalg.eigh supports.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ._fuse_torch import huber_fuse_solve, huber_fuse_weighted_least_squares  # noqa: F401  (re-exported)
 from .packing import pack_sym, unpack_sym  # noqa: F401  (re-exported for the references' users)
 
 __all__ = [
@@ -349,165 +350,6 @@ def huber_energy(y: torch.Tensor, v: torch.Tensor, A: torch.Tensor, weight: torc
     return (weight * h).sum(-1)
 
 
-def _fuse_evaluate(y, v, A, weight, delta):
-    """Energy, gradient, true Hessian H, MM matrix N >= H, gradient-term scale and the
-    number of active estimates at y, vectorised over problems (closed forms of fuse.h)."""
-    active = weight > 0
-    e = (A @ y.unsqueeze(-2).unsqueeze(-1)).squeeze(-1) - v
-    r = torch.linalg.vector_norm(e, dim=-1)
-    inside = r <= delta
-    r_safe = torch.where(inside | (r == 0), torch.ones_like(r), r)
-    psi = torch.where(inside, torch.ones_like(r), delta / r_safe)
-    finite_delta = delta if math.isfinite(delta) else 1.0
-    h = torch.where(inside, 0.5 * r * r, finite_delta * (r - 0.5 * finite_delta))
-    zero = torch.zeros_like(r)
-    w = torch.where(active, weight, zero)
-    wpsi = torch.where(active, w * psi, zero)
-    q = (A.transpose(-1, -2) @ e.unsqueeze(-1)).squeeze(-1)  # A^T e
-    G = A.transpose(-1, -2) @ A
-    qu = torch.where(inside.unsqueeze(-1), torch.zeros_like(q), q / r_safe.unsqueeze(-1))
-    Hi = G - qu.unsqueeze(-1) * qu.unsqueeze(-2)
-    mask = active.unsqueeze(-1)
-    grad = torch.where(mask, wpsi.unsqueeze(-1) * q, torch.zeros_like(q)).sum(-2)
-    mask2 = active.unsqueeze(-1).unsqueeze(-1)
-    wpsi2 = wpsi.unsqueeze(-1).unsqueeze(-1)
-    return {
-        "energy": torch.where(active, w * h, zero).sum(-1),
-        "grad": grad,
-        "grad_scale": torch.where(active, wpsi * q.abs().sum(-1), zero).sum(-1),
-        "hess": torch.where(mask2, wpsi2 * Hi, torch.zeros_like(G)).sum(-3),
-        "mm": torch.where(mask2, wpsi2 * G, torch.zeros_like(G)).sum(-3),
-        "active": active.sum(-1),
-        "weights_ok": ~((weight < 0) | torch.isnan(weight)).any(-1),
-    }
-
-
-def _fuse_floor(ev, eps):
-    """Pivot floor of fuse.h: 100 * n_active * eps * trace(N)."""
-    return 100.0 * ev["active"].to(ev["mm"].dtype) * eps * torch.diagonal(ev["mm"], dim1=-2, dim2=-1).sum(-1)
-
-
-def _psd_solve(M, b, floor):
-    """x = M^+ b for symmetric PSD M through eigh; eigenvalues <= floor count as zero.
-    Returns (x, every eigenvalue > floor)."""
-    l, V = torch.linalg.eigh(M)
-    keep = l > floor.unsqueeze(-1)
-    inv = torch.where(keep, 1.0 / torch.where(keep, l, torch.ones_like(l)), torch.zeros_like(l))
-    x = (V @ (inv.unsqueeze(-1) * (V.transpose(-1, -2) @ b.unsqueeze(-1)))).squeeze(-1)
-    return x, keep.all(-1)
-
-
-def huber_fuse_weighted_least_squares(v, A, weight):
-    """(sum w A^T A)^+ sum w A^T v per problem (every estimate on its quadratic piece)."""
-    w = torch.where(weight > 0, weight, torch.zeros_like(weight))
-    At = A.transpose(-1, -2)
-    G = (w.unsqueeze(-1).unsqueeze(-1) * (At @ A)).sum(-3)
-    rhs = (w.unsqueeze(-1) * (At @ v.unsqueeze(-1)).squeeze(-1)).sum(-2)
-    n_active = (weight > 0).sum(-1).to(v.dtype)
-    floor = 100.0 * n_active * torch.finfo(v.dtype).eps * torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)
-    return _psd_solve(G, rhs, floor)[0]
-
-
-def _blended_step(ev, mu, floor):
-    M = ev["hess"] + mu.unsqueeze(-1).unsqueeze(-1) * (ev["mm"] - ev["hess"])
-    return _psd_solve(M, -ev["grad"], floor)
-
-
-def _propose(ev, mu, floor):
-    """Vectorised fuse_propose (fuse.h): Newton where mu < 1e-6 and H is PD enough, else the
-    blended step with mu raised x8 (from >= 1e-12) until PD enough or mu = 1."""
-    p_newton, ok_newton = _blended_step(ev, torch.zeros_like(mu), floor)
-    try_newton = mu < 1e-6
-    use_newton = try_newton & ok_newton
-    mu_cur = torch.where(use_newton, torch.zeros_like(mu), torch.where(try_newton, mu.clamp_min(1e-12), mu))
-    p = torch.where(use_newton.unsqueeze(-1), p_newton, torch.zeros_like(p_newton))
-    need = ~use_newton
-    while bool(need.any()):
-        pm, ok = _blended_step(ev, mu_cur, floor)
-        take = need & (ok | (mu_cur >= 1))
-        p = torch.where(take.unsqueeze(-1), pm, p)
-        need = need & ~take
-        mu_cur = torch.where(need, (8.0 * mu_cur).clamp_max(1.0), mu_cur)
-    return p, mu_cur, ok_newton
-
-
-def _select(mask, new, old):
-    return {k: torch.where(mask.view(mask.shape + (1,) * (old[k].dim() - mask.dim())), new[k], old[k]) for k in old}
-
-
-def _huber_fuse_solve(v, A, weight, delta, max_iter, tol, init):
-    """The solver of fuse.h, vectorised over problems in plain PyTorch (host syncs once per
-    iteration). Returns (y, hessian, iterations int32, converged bool)."""
-    dtype = v.dtype
-    eps = torch.finfo(dtype).eps
-    y = init.to(dtype).clone() if init is not None else huber_fuse_weighted_least_squares(v, A, weight)
-    ev = _fuse_evaluate(y, v, A, weight, delta)
-    batch = y.shape[:-1]
-    dev = y.device
-
-    def finite(e):
-        return e["weights_ok"] & torch.isfinite(e["energy"]) & torch.isfinite(e["grad"]).all(-1)
-
-    all_zero = ev["weights_ok"] & (ev["active"] == 0)
-    valid = finite(ev) & ~all_zero
-    mu = torch.zeros(batch, dtype=dtype, device=dev)
-    iterations = torch.zeros(batch, dtype=torch.int32, device=dev)
-    converged = torch.zeros(batch, dtype=torch.bool, device=dev)
-    running = valid.clone()
-    stale = torch.zeros(batch, dtype=torch.bool, device=dev)
-    for _ in range(max_iter):
-        running = running & (iterations < max_iter)
-        if not bool(running.any()):
-            break
-        floor = _fuse_floor(ev, eps)
-        p, mu_used, ok_newton = _propose(ev, mu, floor)
-        bound = tol * (1.0 + torch.linalg.vector_norm(y, dim=-1))
-        small = running & (torch.linalg.vector_norm(p, dim=-1) <= bound)
-        p_newton, _ = _blended_step(ev, torch.zeros_like(mu), floor)
-        swap = small & (mu_used > 0) & ok_newton & (torch.linalg.vector_norm(p_newton, dim=-1) <= 4 * bound)
-        p_final = torch.where(swap.unsqueeze(-1), p_newton, p)
-        y = torch.where(small.unsqueeze(-1), y + p_final, y)
-        iterations = iterations + small.to(torch.int32)
-        converged = converged | small
-        stale = stale | small
-        running = running & ~small
-        grad_small = ~ok_newton & (torch.linalg.vector_norm(ev["grad"], dim=-1) <= tol * ev["grad_scale"])
-        pending = running.clone()
-        while bool(pending.any()):
-            cand = y + p
-            trial = _fuse_evaluate(cand, v, A, weight, delta)
-            ok = finite(trial)
-            bad = pending & ~ok
-            valid = valid & ~bad
-            running = running & ~bad
-            pending = pending & ok
-            slope = (ev["grad"] * p).sum(-1)
-            accept = pending & ((mu_used >= 1) | (trial["energy"] <= ev["energy"] * (1 + 4 * eps) + 1e-4 * slope))
-            y = torch.where(accept.unsqueeze(-1), cand, y)
-            ev = _select(accept, trial, ev)
-            mu = torch.where(accept, 0.25 * mu_used, mu)
-            iterations = iterations + accept.to(torch.int32)
-            done = accept & grad_small
-            converged = converged | done
-            running = running & ~done
-            reject = pending & ~accept
-            pending = reject
-            if bool(reject.any()):
-                mu_r = torch.where(reject, (8.0 * mu_used).clamp(min=1.0 / 64.0, max=1.0), mu)
-                p_r, mu_used_r, _ = _propose(ev, mu_r, floor)
-                p = torch.where(reject.unsqueeze(-1), p_r, p)
-                mu_used = torch.where(reject, mu_used_r, mu_used)
-    ev_final = _fuse_evaluate(y, v, A, weight, delta)
-    valid = valid & finite(ev_final)
-    hessian = ev_final["hess"]
-    nan = torch.full_like(y, float("nan"))
-    y = torch.where(valid.unsqueeze(-1), y, nan)
-    hessian = torch.where(valid.unsqueeze(-1).unsqueeze(-1), hessian, torch.full_like(hessian, float("nan")))
-    hessian = torch.where(all_zero.unsqueeze(-1).unsqueeze(-1), torch.zeros_like(hessian), hessian)
-    converged = converged & valid
-    return y, hessian, iterations, converged
-
-
 def huber_fuse_damped_solve(H, damping, grad_y, n_active):
     """z = (H + damping I)^+ grad_y via eigh, cutoff 16 * n_active * eps * max|eigenvalue|
     (the pseudo-inverse rule of fuse.h's backward)."""
@@ -527,7 +369,7 @@ class _HuberFuse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, A, weight, init, delta, max_iter, tol, damping):
-        y, hessian, iterations, converged = _huber_fuse_solve(v, A, weight, delta, max_iter, tol, init)
+        y, hessian, iterations, converged = huber_fuse_solve(v, A, weight, delta, max_iter, tol, init)
         ctx.save_for_backward(y, hessian, v, A, weight)
         ctx.delta = delta
         ctx.damping = damping
@@ -560,9 +402,9 @@ class _HuberFuse(torch.autograd.Function):
 
 
 def huber_fuse(v, A, weight, delta=1.0, max_iter=50, tol=1e-6, damping=0.0, init=None):
-    """Pure-PyTorch probreg.huber_fuse for any d (the public API's path for d > 3): the same
-    safeguarded Newton/MM solver as fuse.h, vectorised over problems (one host sync per
-    iteration, so not CUDA-graph capturable), with the implicit gradient. Returns
+    """Pure-PyTorch probreg.huber_fuse for any d: the solver of fuse.h vectorised over
+    problems (probreg/_fuse_torch.py, shared with the d > 3 kernel) with an implicit gradient
+    that autograd derives from huber_energy (independent of the closed forms). Returns
     (y (..., d), hessian (..., d, d), iterations int32 (...), converged bool (...))."""
     return _HuberFuse.apply(v, A, weight, init, float(delta), int(max_iter), float(tol), float(damping))
 

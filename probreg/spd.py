@@ -1,28 +1,31 @@
 """The SPD parameterisation: raw network output -> positive-definite matrix.
 
-Fused kernels serve d in {1, 2, 3}; d > 3 takes the pure-PyTorch path (torch.linalg.eigh
-with the same stable backward; slower). All functions accept any batch shape (including
+Fused kernels serve d in {1, 2, 3}; d > 3 takes the pure-PyTorch operators of
+probreg/_fallback.py (torch.linalg.eigh with the same stable backward and the same autograd
+rules; slower). All functions accept any batch shape (including
 empty), non-contiguous inputs and float64/float32/float16/bfloat16 (half types compute in
 float32 and return the input dtype; float32 computes the decomposition in float64).
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from . import reference
 from ._ops import ops
-from .packing import dim_from_packed_size
+from .packing import dim_from_packed_size, unpack_sym
 
 __all__ = ["symeig", "spd_remap", "spd_from_raw"]
 
 _FUSED_MAX_DIM = 3
 
 
-def _check_theta(theta: float, name: str) -> None:
-    if not (isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 0):
+def _check_theta(theta: float, name: str) -> float:
+    # Comparisons rather than math.isfinite: they also work on torch.compile's symbolic floats.
+    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not (0 < theta < math.inf):
         raise ValueError(f"{name}: theta must be a finite positive number, got {theta!r}")
+    return theta if isinstance(theta, float) else float(theta)
 
 
 def _check_square(B: torch.Tensor, name: str) -> int:
@@ -33,14 +36,6 @@ def _check_square(B: torch.Tensor, name: str) -> int:
     if not B.is_floating_point():
         raise TypeError(f"{name}: B must be a floating-point tensor, got {B.dtype}")
     return B.shape[-1]
-
-
-def _reference_in_supported_dtype(fn, x: torch.Tensor, *args):
-    """Run a torch.linalg.eigh reference; half types go through float32."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        out = fn(x.float(), *args)
-        return tuple(o.to(x.dtype) for o in out) if isinstance(out, tuple) else out.to(x.dtype)
-    return fn(x, *args)
 
 
 def symeig(B: torch.Tensor):
@@ -57,7 +52,7 @@ def symeig(B: torch.Tensor):
     """
     d = _check_square(B, "probreg.symeig")
     if d > _FUSED_MAX_DIM:
-        return _reference_in_supported_dtype(reference.symeig, B)
+        return ops._symeig_fallback(B)
     return ops.symeig(B)
 
 
@@ -72,11 +67,11 @@ def spd_remap(B: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
         g(l) underflows the dtype, e.g. l < -87*theta in float32-rounded output).
     Backward: exact Daleckii-Krein divided differences, finite at repeated eigenvalues.
     """
-    _check_theta(theta, "probreg.spd_remap")
+    theta = _check_theta(theta, "probreg.spd_remap")
     d = _check_square(B, "probreg.spd_remap")
     if d > _FUSED_MAX_DIM:
-        return _reference_in_supported_dtype(reference.spd_remap, B, float(theta))
-    return ops.spd_remap(B, float(theta))
+        return ops._spd_remap_fallback(B, theta)
+    return ops.spd_remap(B, theta)
 
 
 def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
@@ -89,13 +84,13 @@ def spd_from_raw(raw: torch.Tensor, theta: float = 1.0) -> torch.Tensor:
     Returns:
         A (..., d, d).
     """
-    _check_theta(theta, "probreg.spd_from_raw")
+    theta = _check_theta(theta, "probreg.spd_from_raw")
     if not isinstance(raw, torch.Tensor) or raw.dim() < 1:
         raise ValueError("probreg.spd_from_raw: raw must be a tensor of shape (..., P)")
     P = raw.shape[-1]
     if P not in (1, 3, 6):
-        d = dim_from_packed_size(P)  # raises a clear error if P is not d(d+1)/2
+        dim_from_packed_size(P)  # raises a clear error if P is not d(d+1)/2
         if not raw.is_floating_point():
             raise TypeError(f"probreg.spd_from_raw: raw must be a floating-point tensor, got {raw.dtype}")
-        return _reference_in_supported_dtype(reference.spd_from_raw, raw, float(theta))
-    return ops.spd_from_raw(raw, float(theta))
+        return ops._spd_remap_fallback(unpack_sym(raw), theta)
+    return ops.spd_from_raw(raw, theta)

@@ -1,16 +1,20 @@
 """The source distribution holds everything needed to build probreg._C and to run
 `make test` / `make bench` / `make cuda-check` from the unpacked tarball (MANIFEST.in),
-and no build artefacts."""
+and no build artefacts; the package metadata (version, licence) is declared once and in
+its current form; py.typed is installed with the package."""
+import ast
 import os
 import subprocess
 import sys
 import tarfile
 
+import pytest
 from helpers import ROOT
 
 # What the sdist must carry: every file under these directories plus these top-level files.
 DIRS = ("csrc", "probreg", "tests", "benchmarks", "examples", "tools")
-TOP_FILES = ("Makefile", "CMakeLists.txt", "setup.py", "pyproject.toml", "README.md", "MANIFEST.in")
+TOP_FILES = ("Makefile", "CMakeLists.txt", "setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "LICENSE",
+             "CHANGELOG.md")
 # Never in the sdist (build outputs, caches: MANIFEST.in prunes them); also skipped when
 # walking the file system.
 SKIP_DIRS = {"__pycache__", "build", ".pytest_cache"}
@@ -56,30 +60,68 @@ def _walked_files():
     return files
 
 
-def _build_sdist(tmp_path):
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory):
+    """(file names relative to the sdist's top directory, PKG-INFO text, setuptools' stderr)."""
+    tmp_path = tmp_path_factory.mktemp("sdist")
     # egg_info into tmp_path so that nothing (probreg.egg-info) is left in the repository.
-    subprocess.run(
+    build = subprocess.run(
         [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
          "sdist", "--dist-dir", str(tmp_path)],
-        cwd=ROOT, check=True, capture_output=True,
+        cwd=ROOT, check=True, capture_output=True, text=True,
     )
     (tarball,) = tmp_path.glob("probreg-*.tar.gz")
+    prefix = tarball.name[: -len(".tar.gz")] + "/"
     with tarfile.open(tarball) as tar:
         names = [m.name for m in tar.getmembers() if m.isfile()]
-    prefix = tarball.name[: -len(".tar.gz")] + "/"
+        pkg_info = tar.extractfile(prefix + "PKG-INFO").read().decode()
     assert all(n.startswith(prefix) for n in names), names
-    return {n[len(prefix):] for n in names}
+    return {n[len(prefix):] for n in names}, pkg_info, build.stderr
 
 
-def test_sdist_contains_sources_and_no_artefacts(tmp_path):
+def test_sdist_contains_sources_and_no_artefacts(sdist):
     expected = _git_files()
     if expected is None:
         expected = _walked_files()
-    for must in ("csrc/probreg.cpp", "tests/helpers.py", "Makefile", "CMakeLists.txt", "setup.py"):
+    for must in ("csrc/probreg.cpp", "tests/helpers.py", "Makefile", "CMakeLists.txt", "setup.py", "LICENSE",
+                 "tools/probreg_build_backend.py"):
         assert must in expected, must  # the expected list itself is sane
-    in_sdist = _build_sdist(tmp_path)
+    in_sdist = sdist[0]
 
     missing = sorted(expected - in_sdist)
     assert not missing, f"{len(missing)} files missing from the sdist (MANIFEST.in): {missing}"
     artefacts = sorted(n for n in in_sdist if _is_artefact(n))
     assert not artefacts, f"build artefacts in the sdist: {artefacts}"
+
+
+def _declared_version():
+    """__version__ of probreg/_version.py, read as source (not through setuptools)."""
+    with open(os.path.join(ROOT, "probreg", "_version.py")) as f:
+        tree = ast.parse(f.read())
+    (value,) = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                and [t.id for t in node.targets] == ["__version__"]]
+    return value
+
+
+def test_metadata_version_defined_once_and_mit_licence_in_spdx_form(sdist):
+    _, pkg_info, stderr = sdist
+    fields = [line.split(": ", 1) for line in pkg_info.split("\n\n")[0].splitlines() if ": " in line]
+    assert ["Version", _declared_version()] in fields, pkg_info
+    assert ["License-Expression", "MIT"] in fields and ["License-File", "LICENSE"] in fields, pkg_info
+    assert not any(key == "License" or value.startswith("License ::") for key, value in fields), pkg_info
+    assert "Deprecat" not in stderr, stderr  # e.g. the licence as a TOML table
+    with open(os.path.join(ROOT, "LICENSE")) as f:
+        assert f.readline().strip() == "MIT License"
+    # No second literal version anywhere in the package.
+    for name in os.listdir(os.path.join(ROOT, "probreg")):
+        if name.endswith(".py") and name != "_version.py":
+            with open(os.path.join(ROOT, "probreg", name)) as f:
+                assert "__version__ =" not in f.read(), name
+
+
+def test_py_typed_is_installed_with_the_package(tmp_path):
+    """build_py (the step that lays out the wheel's pure-Python part) copies py.typed."""
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert (tmp_path / "probreg" / "py.typed").is_file()
+    assert (tmp_path / "probreg" / "_version.py").is_file()

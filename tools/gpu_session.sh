@@ -1,6 +1,17 @@
 #!/usr/bin/env bash
-# GPU validation for a session that is lent a GPU (issue 5), in phases that each fit a
-# 10-minute command limit:
+# GPU validation for a session that is lent a GPU.
+#
+# The one command for a 15-minute device window (issue 18): everything in <= 6 minutes,
+# results in OUTDIR (at most 6 files, so they all come back from the device tool's $OUT):
+#
+#   bash tools/gpu_session.sh quick OUTDIR            # build (sm_90, MAX_JOBS=nproc), CUDA
+#                                                     # tests, memcheck subset, spd/nll/fuse
+#                                                     # benchmarks at 2^20/2^22/2^24 float32 with
+#                                                     # the copy bandwidth, OUTDIR/summary.md
+#   bash tools/gpu_session.sh quick OUTDIR --dry-run  # the same steps on the CPU, tiny sizes:
+#                                                     # run it here before spending GPU time
+#
+# Longer phases for a longer window, each fitting a 10-minute command limit:
 #
 #   OUT=/some/dir bash tools/gpu_session.sh build        # extension against the machine's torch
 #   OUT=/some/dir bash tools/gpu_session.sh test         # whole suite, CPU + CUDA
@@ -27,7 +38,7 @@ shift || true
 log() { tee -a "$OUT/$phase.log"; }
 
 environment() {
-  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv 2>/dev/null
 }
 
@@ -101,7 +112,76 @@ occupancy() {
   MAX_JOBS=16 python setup.py -q build_ext --inplace --force 2>&1 | tail -3
 }
 
+# ---- quick: the issue-18 check in one command ----
+# Each step runs under `timeout`, appends to OUTDIR/quick.log between a
+# "==== step NAME: ..." line and a "---- NAME exit RC after Ts" line (tools/gpu_summary.py
+# reads them), and a failed step does not stop the later ones. Steps in order of what the
+# acceptance needs first; the d = 3 benchmarks only run in the time that is left.
+QUICK_BUDGET_S=${QUICK_BUDGET_S:-345}
+
+step() {
+  local name=$1 limit=$2
+  shift 2
+  local t=$SECONDS
+  echo "==== step $name: timeout ${limit}s: $*"
+  if declare -F "$1" >/dev/null; then  # a function of this script: run it in a child bash
+    timeout --kill-after=10 "$limit" bash -c "$(declare -f "$1"); $*" 2>&1
+  else
+    timeout --kill-after=10 "$limit" "$@" 2>&1
+  fi
+  local rc=$?
+  echo "---- $name exit $rc after $((SECONDS - t))s (total $((SECONDS - QUICK_T0))s)"
+}
+
+quick_build() {
+  if [ "$QUICK_DRY_RUN" = 1 ]; then
+    MAX_JOBS=$(nproc) PROBREG_FORCE_CPU=1 python setup.py -q build_ext --inplace 2>&1 | tail -3
+  else
+    # sm_90 only; PROBREG_FORCE_CUDA: build the CUDA kernels even if the toolkit probe misses.
+    TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$(nproc) PROBREG_FORCE_CUDA=1 python setup.py -q build_ext --inplace 2>&1 | tail -5
+  fi
+  python -c "import probreg, torch; print('probreg', probreg.__version__, 'built; CUDA kernel registered:', torch._C._dispatch_has_kernel_for_dispatch_key('probreg::spd_from_raw', 'CUDA'))"
+}
+
+quick() {
+  local outdir=${1:?usage: tools/gpu_session.sh quick OUTDIR [--dry-run]}
+  export QUICK_DRY_RUN=0
+  [ "${2:-}" = "--dry-run" ] && QUICK_DRY_RUN=1
+  mkdir -p "$outdir"
+  outdir=$(cd "$outdir" && pwd)
+  QUICK_T0=$SECONDS
+  local device=cuda batches=20,22,24 budget=4 memcheck=(compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20)
+  if [ "$QUICK_DRY_RUN" = 1 ]; then
+    device=cpu batches=10,12 budget=0.5
+    command -v compute-sanitizer >/dev/null || memcheck=(echo "compute-sanitizer: not on this machine; would run:")
+  fi
+  # The memcheck subset: every CUDA kernel, forward and backward, once per op, float32.
+  local sanitize_k="cuda and float32 and not million and not on_host and not on_cpu"
+  {
+    environment
+    step build 120 quick_build
+    step tests 75 python -m pytest tests -q -p no:cacheprovider --maxfail=20 -rfE \
+      -k "cuda and not million and not on_host and not on_cpu"
+    step memcheck 45 "${memcheck[@]}" python -m pytest tests/test_spd.py tests/test_nll.py tests/test_fuse.py \
+      -q -x -p no:cacheprovider -k "$sanitize_k"
+    step bench 100 python -m benchmarks --device $device --suite spd --suite nll --suite fuse \
+      --batches $batches --dims 2 --covariances full --budget-s $budget --out "$outdir"
+    local left=$((QUICK_BUDGET_S - (SECONDS - QUICK_T0)))
+    if [ $left -gt 30 ]; then
+      step bench-d3 $left python -m benchmarks --device $device --suite spd --suite nll \
+        --batches $batches --dims 2,3 --covariances full --budget-s $budget --merge --out "$outdir"
+    else
+      echo "---- bench-d3 skipped: ${left}s left"
+    fi
+    step summary 30 python tools/gpu_summary.py "$outdir"
+  } > "$outdir/quick.log" 2>&1
+  cat "$outdir/summary.md" 2>/dev/null || tail -40 "$outdir/quick.log"
+  echo "quick: $((SECONDS - QUICK_T0))s; files in $outdir:"
+  ls "$outdir"
+}
+
 case "$phase" in
+  quick) quick "$@"; exit 0 ;;
   build) { environment; build; } 2>&1 | log ;;
   test) run_tests 2>&1 | log ;;
   sanitize) sanitize "$@" 2>&1 | log ;;
@@ -113,6 +193,6 @@ case "$phase" in
     bench 2>&1 | log
     profile 2>&1 | log
     ;;
-  *) echo "usage: tools/gpu_session.sh build|test|sanitize [tool]|bench [suite...] [--quick]|profile|occupancy [N]|all" >&2; exit 2 ;;
+  *) echo "usage: tools/gpu_session.sh quick OUTDIR [--dry-run]|build|test|sanitize [tool]|bench [suite...] [--quick]|profile|occupancy [N]|all" >&2; exit 2 ;;
 esac
 ls -la "$OUT"
