@@ -82,8 +82,12 @@ def _extension():
     sources = [os.path.join(csrc, "probreg.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     include_dirs = [os.path.join(ROOT, csrc, "include"), os.path.join(ROOT, csrc)]
     # No fast-math anywhere (the numerics rely on IEEE semantics); -fno-math-errno only
-    # drops errno writes so that sqrt vectorises.
-    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-Wno-psabi"] + _cpu_isa_flags() + _openmp_flags()
+    # drops errno writes so that sqrt vectorises. -ffp-contract=off: GCC would otherwise
+    # fuse a*b+c into an FMA wherever its inlining context allows, so the same item body
+    # inlined at two call sites (two SIMD blocks, a lane block and its pair) could round
+    # differently: results must not depend on an item's batch position or the thread
+    # count (tests/test_determinism.py). Explicit FMAs are unaffected.
+    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"] + _cpu_isa_flags() + _openmp_flags()
     # PROBREG_EXTRA_CXX_FLAGS: appended last (e.g. -O1 for `make sanitize`, whose ASan/UBSan
     # build takes tens of minutes at -O3).
     cxx_flags += shlex.split(os.environ.get("PROBREG_EXTRA_CXX_FLAGS", ""))

@@ -1,17 +1,24 @@
 // The batched CPU loop every CPU kernel uses, and the per-item loads/stores between the
 // storage dtype S and the compute type.
 //
-// An op writes ONE generic item body `fn(T zero, int64_t i) -> bool` that computes item
-// i (T a scalar compute type) or items i..i+kLaneWidth-1 (T = Lanes, SIMD). run_items
-// calls it on full blocks of lanes where the compute type is double, and falls back to
-// the scalar body item by item when the lane body returns false (some lane is NaN/Inf,
-// zero or outside the safe range: the scalar math handles those exactly) and for tails.
+// An op writes ONE generic item body `fn(T zero, I i)` that computes item i (T a scalar
+// compute type, I = int64_t) or the items of one lane block (T = Lanes, SIMD; I =
+// LaneBlock, up to kLaneWidth consecutive items). Where the compute type is double,
+// run_items runs EVERY item through the lane body, partial blocks included (their loads
+// replicate the last item into the unused lanes and their stores skip them), and
+// run_decomposed recomputes with the scalar body exactly the items whose matrix the SIMD
+// decomposition does not take (NaN/Inf, zero, or outside its range; the decision is per
+// item). The arithmetic applied to an item therefore depends on the item alone, never on
+// its batch position, its block neighbours or the thread count: results are bitwise
+// reproducible (tests/test_determinism.py).
 #pragma once
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "../checks.h"
@@ -54,12 +61,16 @@ inline bool emulate_cuda_float32() {
 constexpr int64_t kCpuGrain = 2048;
 
 #if defined(PROBREG_HAVE_LANES)
-// Items i..i+kLaneWidth-1: the lane body, or the scalar body item by item where it declines.
-template <typename ItemFn>
-inline void run_lane_block(ItemFn& fn, int64_t i) {
-  if (!fn(Lanes{}, i)) {
-    for (int64_t j = i; j < i + kLaneWidth; ++j) fn(double{}, j);
-  }
+// The items first .. first + count - 1 (1 <= count <= kLaneWidth) of a lane body.
+struct LaneBlock {
+  int64_t first;
+  int count;
+};
+
+// Calls block(LaneBlock) for consecutive blocks covering [begin, end).
+template <typename BlockFn>
+inline void for_each_lane_block(int64_t begin, int64_t end, BlockFn&& block) {
+  for (int64_t i = begin; i < end; i += kLaneWidth) block(LaneBlock{i, int(std::min<int64_t>(kLaneWidth, end - i))});
 }
 #endif
 
@@ -68,9 +79,7 @@ void run_items(int64_t n, ItemFn&& fn) {
 #if defined(PROBREG_HAVE_LANES)
   if constexpr (std::is_same_v<C, double>) {
     at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
-      int64_t i = begin;
-      for (; i + kLaneWidth <= end; i += kLaneWidth) run_lane_block(fn, i);
-      for (; i < end; ++i) fn(double{}, i);
+      for_each_lane_block(begin, end, [&](LaneBlock b) { fn(Lanes{}, b); });
     });
     return;
   }
@@ -119,29 +128,71 @@ inline void store_item(const T in[N], S* base, int64_t i) {
   for (int k = 0; k < N; ++k) base[i * N + k] = S(in[k]);
 }
 #if defined(PROBREG_HAVE_LANES)
-// The kLaneWidth items i0.. are kLaneWidth * N contiguous values: converted as N whole
-// vectors, then transposed with constant shuffles (lane_transpose.h).
+// kLaneWidth consecutive values of S as one vector of doubles, and back (whole-vector
+// conversions for float and double; element by element for the half types).
+typedef float LaneVecF __attribute__((vector_size(kLaneWidth * sizeof(float))));
+template <typename S>
+PROBREG_LANES_INLINE LaneVec load_lane_vec(const S* p) {
+  LaneVec v;
+  if constexpr (std::is_same_v<S, double>) {
+    std::memcpy(&v, p, sizeof(v));
+  } else if constexpr (std::is_same_v<S, float>) {
+    LaneVecF f;
+    std::memcpy(&f, p, sizeof(f));
+    v = __builtin_convertvector(f, LaneVec);
+  } else {
+    double values[kLaneWidth];
+    for (int e = 0; e < kLaneWidth; ++e) values[e] = double(p[e]);
+    std::memcpy(&v, values, sizeof(v));
+  }
+  return v;
+}
+template <typename S>
+PROBREG_LANES_INLINE void store_lane_vec(LaneVec v, S* p) {
+  if constexpr (std::is_same_v<S, double>) {
+    std::memcpy(p, &v, sizeof(v));
+  } else if constexpr (std::is_same_v<S, float>) {
+    const LaneVecF f = __builtin_convertvector(v, LaneVecF);
+    std::memcpy(p, &f, sizeof(f));
+  } else {
+    for (int e = 0; e < kLaneWidth; ++e) p[e] = S(v[e]);
+  }
+}
+
+// A full block's kLaneWidth * N values are contiguous: converted as N whole vectors, then
+// transposed with constant shuffles (lane_transpose.h). A partial block is staged through
+// a full-size buffer; its unused lanes repeat the block's last item (a valid input,
+// computed and discarded) and are never stored.
 template <int N, typename S>
-inline void load_item(const S* base, int64_t i0, Lanes out[N]) {
-  const S* block = base + i0 * N;
+PROBREG_LANES_INLINE void load_item(const S* base, LaneBlock b, Lanes out[N]) {
+  const S* block = base + b.first * N;
   LaneVec X[N];
-  for (int m = 0; m < N; ++m)
-    for (int e = 0; e < kLaneWidth; ++e) X[m][e] = double(block[m * kLaneWidth + e]);
+  if (b.count == kLaneWidth) {
+    for (int m = 0; m < N; ++m) X[m] = load_lane_vec(block + m * kLaneWidth);
+  } else {
+    S staged[kLaneWidth * N];
+    for (int e = 0; e < kLaneWidth * N; ++e) staged[e] = block[std::min(e / N, b.count - 1) * N + e % N];
+    for (int m = 0; m < N; ++m) X[m] = load_lane_vec(staged + m * kLaneWidth);
+  }
   aos_to_soa<N>(X, out);
 }
 template <int N, typename S>
-inline void store_item(const Lanes in[N], S* base, int64_t i0) {
-  S* block = base + i0 * N;
+PROBREG_LANES_INLINE void store_item(const Lanes in[N], S* base, LaneBlock b) {
   LaneVec X[N];
   soa_to_aos<N>(in, X);
-  for (int m = 0; m < N; ++m)
-    for (int e = 0; e < kLaneWidth; ++e) block[m * kLaneWidth + e] = S(X[m][e]);
+  S* block = base + b.first * N;
+  if (b.count == kLaneWidth) {
+    for (int m = 0; m < N; ++m) store_lane_vec(X[m], block + m * kLaneWidth);
+    return;
+  }
+  for (int v = 0; v < b.count * N; ++v) block[v] = S(X[v / kLaneWidth][v % kLaneWidth]);
 }
 #endif
 
 // D x D matrix item, symmetrised as (B + B^T)/2.
-template <int D, typename S, typename T>
-inline void load_symmetric_item(const S* base, int64_t i, T B[D][D]) {
+// I: int64_t (one item) or LaneBlock (lanes).
+template <int D, typename S, typename T, typename I>
+inline void load_symmetric_item(const S* base, I i, T B[D][D]) {
   T flat[D * D];
   load_item<D * D>(base, i, flat);
   for (int r = 0; r < D; ++r)
@@ -151,40 +202,38 @@ inline void load_symmetric_item(const S* base, int64_t i, T B[D][D]) {
     }
 }
 // Packed symmetric item (P = D(D+1)/2 values, packed.h) unpacked to B (D x D) in type L.
-template <int D, typename L, typename S>
-inline void load_packed_item(const S* base, int64_t i, L B[D][D]) {
+template <int D, typename L, typename S, typename I>
+inline void load_packed_item(const S* base, I i, L B[D][D]) {
   L raw[Packed<D>::P];
   load_item<Packed<D>::P>(base, i, raw);
   unpack_symmetric<D, L>(raw, B);
 }
-template <int D, typename S, typename T>
-inline void load_matrix_item(const S* base, int64_t i, T M[D][D]) {
+template <int D, typename S, typename T, typename I>
+inline void load_matrix_item(const S* base, I i, T M[D][D]) {
   load_item<D * D>(base, i, &M[0][0]);
 }
-template <int D, typename S, typename T>
-inline void store_matrix_item(const T M[D][D], S* base, int64_t i) {
+template <int D, typename S, typename T, typename I>
+inline void store_matrix_item(const T M[D][D], S* base, I i) {
   store_item<D * D>(&M[0][0], base, i);
 }
 
 // ---- eigen-decomposition for the item bodies ----
-// Scalar: always succeeds (symeig handles NaN/Inf, zero and extreme scales).
+// Scalar (symeig handles NaN/Inf, zero and extreme scales).
 template <int D, typename T>
-inline bool decompose(const T B[D][D], T l[D], T V[D][D]) {
+inline void decompose(const T B[D][D], T l[D], T V[D][D]) {
   symeig<D, T>(B, l, V);
-  return true;
 }
 // Mixed precision (MixedPrecision): eigenvalues in double, eigenvectors in float.
 template <int D>
-inline bool decompose(const double B[D][D], double l[D], float V[D][D]) {
+inline void decompose(const double B[D][D], double l[D], float V[D][D]) {
   symeig_mixed<D>(B, l, V);
-  return true;
 }
 #if defined(PROBREG_HAVE_LANES)
-// Lanes: only when every lane is finite, nonzero and inside SafeRange (the lanes
-// Jacobi's preconditions; `scale` = max|B_ij| per lane); otherwise false and the caller
-// recomputes the block item by item with the scalar path.
+// The lanes whose matrix the SIMD decomposition takes: finite, nonzero, max|B_ij| within
+// SafeRange<double> (1e-130..1e130: the precondition of symeig3_closed_form and of
+// symeig_core without rescaling). `scale` = max|B_ij| per lane.
 template <int D>
-inline bool lanes_decomposable(const Lanes B[D][D], Lanes& scale) {
+PROBREG_LANES_INLINE LaneMask lanes_decomposable(const Lanes B[D][D], Lanes& scale) {
   Lanes total(0.0);
   scale = Lanes(0.0);
   for (int r = 0; r < D; ++r)
@@ -193,35 +242,35 @@ inline bool lanes_decomposable(const Lanes B[D][D], Lanes& scale) {
       scale = pr_max(scale, m);
       total += m;  // NaN/Inf anywhere makes `total` fail the range test below
     }
-  return pr_all((scale > Lanes(SafeRange<double>::lo)) & (total < Lanes(SafeRange<double>::hi)));
+  return (scale > Lanes(SafeRange<double>::lo)) & (total < Lanes(SafeRange<double>::hi));
 }
 
+// Replaces the matrix of every lane outside `ok` by the identity (so that no lane's
+// arithmetic meets NaN, Inf or extreme scales; those lanes are recomputed by the scalar
+// body) and returns the bit mask of the valid lanes (j < count) outside `ok`.
 template <int D>
-inline bool decompose(const Lanes B[D][D], Lanes l[D], Lanes V[D][D]) {
-  Lanes scale;
-  if (!lanes_decomposable<D>(B, scale)) return false;
-  Lanes a[D][D];
-  for (int r = 0; r < D; ++r)
-    for (int c = 0; c < D; ++c) a[r][c] = B[r][c];
-  symeig_core<D, Lanes>(a, scale, l, V);
-  return true;
+PROBREG_LANES_INLINE unsigned sanitize_lanes(Lanes B[D][D], LaneMask ok, int count) {
+  unsigned declined = 0;
+  for (int j = 0; j < count; ++j)
+    if (ok.m[j] == 0) declined |= 1u << j;
+  if (declined != 0)
+    for (int r = 0; r < D; ++r)
+      for (int c = 0; c < D; ++c) B[r][c] = pr_where(ok, B[r][c], Lanes(r == c ? 1.0 : 0.0));
+  return declined;
 }
 
-// Two decomposable blocks at once (lane_pair.h): block k has matrix Bk with scale sk.
-template <int D>
-inline void decompose_pair(const Lanes B0[D][D], Lanes s0, const Lanes B1[D][D], Lanes s1, Lanes l0[D],
-                           Lanes V0[D][D], Lanes l1[D], Lanes V1[D][D]) {
-  LanePair a[D][D], l[D], V[D][D];
-  for (int r = 0; r < D; ++r)
-    for (int c = 0; c < D; ++c) a[r][c] = LanePair(B0[r][c], B1[r][c]);
-  symeig_core<D, LanePair>(a, LanePair(s0, s1), l, V);
-  for (int r = 0; r < D; ++r) {
-    l0[r] = l[r].first;
-    l1[r] = l[r].second;
-    for (int c = 0; c < D; ++c) {
-      V0[r][c] = V[r][c].first;
-      V1[r][c] = V[r][c].second;
-    }
+// Lane decomposition of a sanitized block: d = 3 in closed form (symeig.h), d = 1, 2 by
+// symeig_core (one rotation for d = 2). T = Lanes or LanePair (two blocks, lane_pair.h).
+template <int D, typename T>
+PROBREG_LANES_INLINE void decompose_lanes(const T B[D][D], T scale, T l[D], T V[D][D]) {
+  if constexpr (D == 3) {
+    symeig3_closed_form<T>(B, l, V);
+    sort_eigenpairs<D, T>(l, V);
+  } else {
+    T a[D][D];
+    for (int r = 0; r < D; ++r)
+      for (int c = 0; c < D; ++c) a[r][c] = B[r][c];
+    symeig_core<D, T>(a, scale, l, V);
   }
 }
 #endif
@@ -229,45 +278,83 @@ inline void decompose_pair(const Lanes B0[D][D], Lanes s0, const Lanes B1[D][D],
 // Runs an op whose item body is "symmetric matrix -> eigen-decomposition -> the rest":
 //   matrix(zero, i, B)     loads item(s) i and writes B (D x D, eigen type of zero)
 //   finish(zero, i, l, V)  everything after the decomposition, including the stores
-// with the compute types (Precision) and fallbacks of run_items. For D = 3 on the SIMD
-// path, two blocks are decomposed together (lane_pair.h: ~1.8x the Jacobi throughput).
+// with the compute types (Precision) of run_items. On the SIMD path, items the lane
+// decomposition does not take (lanes_decomposable) are recomputed by the scalar body,
+// item by item; for D = 3, two blocks are decomposed together (lane_pair.h), a lone
+// last block with an identity partner, so every item runs the same instructions.
 template <int D, typename C, typename MatrixFn, typename FinishFn>
 void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
-  auto one = [&](auto zero, int64_t i) {
+  auto scalar = [&](auto zero, int64_t i) {
     using T = typename Precision<decltype(zero)>::value;
     using L = typename Precision<decltype(zero)>::eigen;
     L B[D][D], l[D];
     T V[D][D];
     matrix(zero, i, B);
-    if (!decompose<D>(B, l, V)) return false;
+    decompose<D>(B, l, V);
     finish(zero, i, l, V);
-    return true;
   };
 #if defined(PROBREG_HAVE_LANES)
-  if constexpr (std::is_same_v<C, double> && D == 3) {
-    at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
-      int64_t i = begin;
-      for (; i + 2 * kLaneWidth <= end; i += 2 * kLaneWidth) {
-        Lanes B0[D][D], B1[D][D], s0, s1;
-        matrix(Lanes{}, i, B0);
-        matrix(Lanes{}, i + kLaneWidth, B1);
-        if (lanes_decomposable<D>(B0, s0) && lanes_decomposable<D>(B1, s1)) {
-          Lanes l0[D], V0[D][D], l1[D], V1[D][D];
-          decompose_pair<D>(B0, s0, B1, s1, l0, V0, l1, V1);
-          finish(Lanes{}, i, l0, V0);
-          finish(Lanes{}, i + kLaneWidth, l1, V1);
-        } else {
-          run_lane_block(one, i);
-          run_lane_block(one, i + kLaneWidth);
-        }
+  if constexpr (std::is_same_v<C, double>) {
+    // Loads block b (count 0: an identity placeholder) and sanitizes it.
+    auto load = [&](LaneBlock b, Lanes B[D][D], Lanes& scale) -> unsigned {
+      if (b.count == 0) {
+        for (int r = 0; r < D; ++r)
+          for (int c = 0; c < D; ++c) B[r][c] = Lanes(r == c ? 1.0 : 0.0);
+        scale = Lanes(1.0);
+        return 0;
       }
-      for (; i + kLaneWidth <= end; i += kLaneWidth) run_lane_block(one, i);
-      for (; i < end; ++i) one(double{}, i);
+      matrix(Lanes{}, b, B);
+      const LaneMask ok = lanes_decomposable<D>(B, scale);
+      scale = pr_where(ok, scale, Lanes(1.0));
+      return sanitize_lanes<D>(B, ok, b.count);
+    };
+    auto redo_declined = [&](LaneBlock b, unsigned declined) {
+      for (int j = 0; j < b.count; ++j)
+        if (declined & (1u << j)) scalar(double{}, b.first + j);
+    };
+    at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
+      if constexpr (D == 3) {
+        for (int64_t i = begin; i < end; i += 2 * kLaneWidth) {
+          const LaneBlock b0{i, int(std::min<int64_t>(kLaneWidth, end - i))};
+          const LaneBlock b1{i + kLaneWidth, int(std::clamp<int64_t>(end - i - kLaneWidth, 0, kLaneWidth))};
+          Lanes B0[D][D], B1[D][D], s0, s1;
+          const unsigned d0 = load(b0, B0, s0), d1 = load(b1, B1, s1);
+          LanePair B[D][D], l[D], V[D][D];
+          for (int r = 0; r < D; ++r)
+            for (int c = 0; c < D; ++c) B[r][c] = LanePair(B0[r][c], B1[r][c]);
+          decompose_lanes<D, LanePair>(B, LanePair(s0, s1), l, V);
+          Lanes l0[D], V0[D][D], l1[D], V1[D][D];
+          for (int r = 0; r < D; ++r) {
+            l0[r] = l[r].first;
+            l1[r] = l[r].second;
+            for (int c = 0; c < D; ++c) {
+              V0[r][c] = V[r][c].first;
+              V1[r][c] = V[r][c].second;
+            }
+          }
+          finish(Lanes{}, b0, l0, V0);
+          redo_declined(b0, d0);
+          if (b1.count > 0) {
+            finish(Lanes{}, b1, l1, V1);
+            redo_declined(b1, d1);
+          }
+        }
+      } else {
+        for_each_lane_block(begin, end, [&](LaneBlock b) {
+          Lanes B[D][D], scale, l[D], V[D][D];
+          const unsigned declined = load(b, B, scale);
+          decompose_lanes<D, Lanes>(B, scale, l, V);
+          finish(Lanes{}, b, l, V);
+          redo_declined(b, declined);
+        });
+      }
     });
     return;
   }
 #endif
-  run_items<C>(n, one);
+  at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) scalar(C{}, i);
+  });
 }
 
 template <int D, typename S, typename C = compute_t<S>, typename MatrixFn, typename FinishFn>

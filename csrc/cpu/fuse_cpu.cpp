@@ -2,15 +2,18 @@
 // csrc/include/probreg/fuse.h), problems spread over threads with at::parallel_for.
 // Forward, double compute type (float64 and float32 inputs): blocks of kLaneWidth problems
 // run the branch-free solver in lockstep on SIMD Lanes (each lane's result is its own
-// problem's; a block runs until its slowest problem stops), the tail item by item with the
-// scalar instantiation. Half types (float compute) and the backward (one pass per problem)
-// are scalar. A problem counts as converged only where its y fits the storage dtype (a
+// problem's; a block runs until its slowest problem stops). A partial last block repeats
+// its last problem in the unused lanes (solved and discarded), so every problem runs the
+// same lane arithmetic whatever its batch position or the thread count (bitwise
+// reproducible). Half types (float compute) and the backward (one pass per problem) are
+// scalar. A problem counts as converged only where its y fits the storage dtype (a
 // float32/half y beyond its range is stored as +-inf with converged = false).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -47,19 +50,21 @@ struct CpuFuseTerms {
 
 #if defined(PROBREG_HAVE_LANES)
 // kLaneWidth consecutive problems transposed once into lane-major form (estimate i of
-// problem first + j in lane j), so that every solver pass reads whole Lanes values.
-// Layout per estimate: A row-major (D*D), then v (D), then w.
+// problem first + j in lane j), so that every solver pass reads whole Lanes values; lanes
+// j >= count repeat problem first + count - 1. Layout per estimate: A row-major (D*D),
+// then v (D), then w.
 template <int D>
 struct CpuFuseLaneTerms {
   static constexpr int kStride = D * D + D + 1;
   const Lanes* buf;
   template <typename S>
-  static void transpose(const S* v, const S* A, const S* w, int64_t n, int64_t first, Lanes* out) {
+  static void transpose(const S* v, const S* A, const S* w, int64_t n, int64_t first, int count, Lanes* out) {
     for (int64_t i = 0; i < n; ++i) {
       Lanes* row = out + i * kStride;
       for (int k = 0; k < kStride; ++k) row[k] = Lanes(0.0);
       for (int j = 0; j < kLaneWidth; ++j) {
-        const int64_t e = (first + j) * n + i;  // estimate index in the flat (problems * n) layout
+        // estimate index in the flat (problems * n) layout
+        const int64_t e = (first + std::min(j, count - 1)) * n + i;
         for (int k = 0; k < D * D; ++k) row[k].v[j] = double(A[e * D * D + k]);
         for (int a = 0; a < D; ++a) row[D * D + a].v[j] = double(v[e * D + a]);
         row[D * D + D].v[j] = double(w[e]);
@@ -141,17 +146,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> huber_fuse_cpu(
 #if defined(PROBREG_HAVE_LANES)
         if constexpr (std::is_same_v<T, double>) {
           std::vector<Lanes> block(size_t(n) * CpuFuseLaneTerms<D>::kStride);
-          for (; p + kLaneWidth <= end; p += kLaneWidth) {
-            CpuFuseLaneTerms<D>::transpose(vp, ap, wp, n, p, block.data());
+          for (; p < end; p += kLaneWidth) {
+            const int count = int(std::min<int64_t>(kLaneWidth, end - p));
+            CpuFuseLaneTerms<D>::transpose(vp, ap, wp, n, p, count, block.data());
             const CpuFuseLaneTerms<D> terms{block.data()};
             Lanes init_c[D];
             if (ip != nullptr)
               for (int j = 0; j < kLaneWidth; ++j)
-                for (int a = 0; a < D; ++a) init_c[a].v[j] = double(ip[(p + j) * D + a]);
+                for (int a = 0; a < D; ++a) init_c[a].v[j] = double(ip[(p + std::min(j, count - 1)) * D + a]);
             FuseOutput<D, Lanes> o;
             fuse_solve<D, Lanes>(terms, n, Lanes(delta), ip != nullptr ? init_c : nullptr, int(max_iter),
                                  Lanes(tol), o);
-            for (int j = 0; j < kLaneWidth; ++j) {
+            for (int j = 0; j < count; ++j) {
               bool fits = true;
               for (int a = 0; a < D; ++a) {
                 yp[(p + j) * D + a] = scalar_t(o.y[a].v[j]);

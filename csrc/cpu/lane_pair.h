@@ -54,6 +54,7 @@ PROBREG_PAIR_COMPARE(<)
 PROBREG_PAIR_COMPARE(<=)
 PROBREG_PAIR_COMPARE(>)
 PROBREG_PAIR_COMPARE(>=)
+PROBREG_PAIR_COMPARE(!=)
 #undef PROBREG_PAIR_BINARY
 #undef PROBREG_PAIR_COMPARE
 
@@ -64,6 +65,11 @@ PROBREG_LANES_INLINE LanePair pr_where(PairMask m, LanePair x, LanePair y) {
 PROBREG_LANES_INLINE bool pr_any(PairMask m) { return pr_any(m.first | m.second); }
 PROBREG_LANES_INLINE LanePair pr_abs(LanePair x) { return {pr_abs(x.first), pr_abs(x.second)}; }
 PROBREG_LANES_INLINE LanePair pr_sqrt(LanePair x) { return {pr_sqrt(x.first), pr_sqrt(x.second)}; }
+PROBREG_LANES_INLINE LanePair pr_rsqrt(LanePair x) { return {pr_rsqrt(x.first), pr_rsqrt(x.second)}; }
+PROBREG_LANES_INLINE LanePair pr_min(LanePair x, LanePair y) { return {pr_min(x.first, y.first), pr_min(x.second, y.second)}; }
+PROBREG_LANES_INLINE LanePair pow2_rsqrt_scale(LanePair x, LanePair& up) {
+  return {pow2_rsqrt_scale(x.first, up.first), pow2_rsqrt_scale(x.second, up.second)};
+}
 
 template <>
 struct Eps<LanePair> {

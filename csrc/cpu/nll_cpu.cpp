@@ -24,7 +24,7 @@ namespace {
 #define PROBREG_NLL_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-// The upstream gradient of item i (scalar) or items i..i+7 (lanes); stride 0 reads the
+// The upstream gradient of item i (scalar) or of a lane block; stride 0 reads the
 // one broadcast value (nll_checks.h NllGradLoss).
 template <typename S>
 inline void load_grad_loss(const S* base, int64_t stride, int64_t i, double out[1]) {
@@ -32,7 +32,7 @@ inline void load_grad_loss(const S* base, int64_t stride, int64_t i, double out[
 }
 #if defined(PROBREG_HAVE_LANES)
 template <typename S>
-inline void load_grad_loss(const S* base, int64_t stride, int64_t i, Lanes out[1]) {
+inline void load_grad_loss(const S* base, int64_t stride, LaneBlock i, Lanes out[1]) {
   if (stride == 0) {
     out[0] = Lanes(double(base[0]));
   } else {
@@ -43,14 +43,14 @@ inline void load_grad_loss(const S* base, int64_t stride, int64_t i, Lanes out[1
 
 // Full-covariance pred rows (loc (D), packed B (P)): B for the decomposition (the eigen
 // type of the caller), and loc and the target y in the value type T.
-template <int D, typename S, typename L>
-inline void load_full_row_matrix(const S* pred, int64_t i, L B[D][D]) {
+template <int D, typename S, typename L, typename I>
+inline void load_full_row_matrix(const S* pred, I i, L B[D][D]) {
   L row[D + Packed<D>::P];
   load_item<D + Packed<D>::P>(pred, i, row);
   unpack_symmetric<D, L>(row + D, B);
 }
-template <int D, typename S, typename T>
-inline void load_full_row_vectors(const S* pred, const S* target, int64_t i, T loc[D], T y[D]) {
+template <int D, typename S, typename T, typename I>
+inline void load_full_row_vectors(const S* pred, const S* target, I i, T loc[D], T y[D]) {
   T row[D + Packed<D>::P];
   load_item<D + Packed<D>::P>(pred, i, row);
   for (int k = 0; k < D; ++k) loc[k] = row[k];
@@ -92,8 +92,8 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
       if (emulated) return;
       if constexpr (Cov == kCovarianceFull) {
         run_decomposed<D, double>(
-            n, [&](auto zero, int64_t i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
-            [&](auto zero, int64_t i, const auto& l, const auto& V) {
+            n, [&](auto zero, auto i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
+            [&](auto zero, auto i, const auto& l, const auto& V) {
               using T = value_t<decltype(zero)>;
               using L = eigen_t<decltype(zero)>;
               T loc[D], y[D];
@@ -102,7 +102,7 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
               store_item<1>(out, lp, i);
             });
       } else {
-        run_items<double>(n, [&](auto zero, int64_t i) {
+        run_items<double>(n, [&](auto zero, auto i) {
           using T = decltype(zero);
           const T dl(delta), th(theta);
           T row[W], y[D], out[1];
@@ -114,7 +114,6 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
             out[0] = huber_nll_identity<D, F, T>(row, y, dl);
           }
           store_item<1>(out, lp, i);
-          return true;
         });
       }
     });
@@ -156,8 +155,8 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
       if (emulated) return;
       if constexpr (Cov == kCovarianceFull) {
         run_decomposed<D, double>(
-            n, [&](auto zero, int64_t i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
-            [&](auto zero, int64_t i, const auto& l, const auto& V) {
+            n, [&](auto zero, auto i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
+            [&](auto zero, auto i, const auto& l, const auto& V) {
               using T = value_t<decltype(zero)>;
               using L = eigen_t<decltype(zero)>;
               T loc[D], y[D], g_loc[D], gB[D][D], g_raw[Packed<D>::P], g_y[D];
@@ -176,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
               if (need_grad_target) store_item<D>(gy, gtp, i);
             });
       } else {
-        run_items<double>(n, [&](auto zero, int64_t i) {
+        run_items<double>(n, [&](auto zero, auto i) {
           using T = decltype(zero);
           const T dl(delta), th(theta);
           T row[W], y[D], go[1], grow[W], gy[D];
@@ -190,7 +189,6 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
           }
           store_item<W>(grow, gpp, i);
           if (need_grad_target) store_item<D>(gy, gtp, i);
-          return true;
         });
       }
     });

@@ -19,7 +19,7 @@ namespace {
 // backward, how its gradient is stored): matrix(zero, i, B) as in run_decomposed.
 template <int D, typename S, typename MatrixFn>
 void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
-  run_decomposed_for<D, S>(n, matrix, [&](auto zero, int64_t i, const auto& l, const auto& V) {
+  run_decomposed_for<D, S>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) {
     using T = value_t<decltype(zero)>;
     using L = eigen_t<decltype(zero)>;
     T Am[D][D];
@@ -28,10 +28,10 @@ void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
   });
 }
 
-// store_grad(i, gB): gB the symmetric dL/dB (D x D) of item(s) i.
+// store_grad(i, gB): gB the symmetric dL/dB (D x D) of item(s) i (cpu_loop.h index).
 template <int D, typename S, typename MatrixFn, typename StoreFn>
 void spd_backward_items(int64_t n, MatrixFn&& matrix, const S* grad_A, double theta, StoreFn&& store_grad) {
-  run_decomposed_for<D, S>(n, matrix, [&](auto zero, int64_t i, const auto& l, const auto& V) {
+  run_decomposed_for<D, S>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) {
     using T = value_t<decltype(zero)>;
     using L = eigen_t<decltype(zero)>;
     T gAm[D][D], gBm[D][D];
@@ -51,8 +51,8 @@ std::tuple<at::Tensor, at::Tensor> symeig_cpu(const at::Tensor& B_in) {
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       run_decomposed<D, compute_t<scalar_t>>(
-          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); },
-          [&](auto, int64_t i, const auto& l, const auto& Vm) {
+          n, [&](auto, auto i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); },
+          [&](auto, auto i, const auto& l, const auto& Vm) {
             store_item<D>(l, lp, i);
             store_matrix_item<D>(Vm, vp, i);
           });
@@ -73,7 +73,7 @@ at::Tensor symeig_backward_cpu(const at::Tensor& gL_in, const at::Tensor& gV_in,
     scalar_t* out = a.gB.mutable_data_ptr<scalar_t>();
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_items<compute_t<scalar_t>>(n, [&](auto zero, int64_t i) {
+      run_items<compute_t<scalar_t>>(n, [&](auto zero, auto i) {
         using T = decltype(zero);
         T l[D], gl[D], Vm[D][D], gVm[D][D], g[D][D];
         load_item<D>(lp, i, l);
@@ -82,7 +82,6 @@ at::Tensor symeig_backward_cpu(const at::Tensor& gL_in, const at::Tensor& gV_in,
         load_matrix_item<D>(gvp, i, gVm);
         symeig_backward<D, T>(l, Vm, gl, gVm, g);
         store_matrix_item<D>(g, out, i);
-        return true;
       });
     });
   });
@@ -98,7 +97,7 @@ at::Tensor spd_remap_cpu(const at::Tensor& B_in, double theta) {
     dispatch_dim(args.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       spd_forward_items<D, scalar_t>(
-          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); }, a, theta);
+          n, [&](auto, auto i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); }, a, theta);
     });
   });
   return args.A;
@@ -114,8 +113,8 @@ at::Tensor spd_remap_backward_cpu(const at::Tensor& gA_in, const at::Tensor& B_i
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       spd_backward_items<D, scalar_t>(
-          n, [&](auto, int64_t i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); }, ga, theta,
-          [&](int64_t i, const auto& gBm) { store_matrix_item<D>(gBm, gb, i); });
+          n, [&](auto, auto i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); }, ga, theta,
+          [&](auto i, const auto& gBm) { store_matrix_item<D>(gBm, gb, i); });
     });
   });
   return a.gB;
@@ -130,7 +129,7 @@ at::Tensor spd_from_raw_cpu(const at::Tensor& raw_in, double theta) {
     dispatch_dim(args.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
       spd_forward_items<D, scalar_t>(
-          n, [&](auto zero, int64_t i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); }, a,
+          n, [&](auto zero, auto i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); }, a,
           theta);
     });
   });
@@ -149,8 +148,8 @@ at::Tensor spd_from_raw_backward_cpu(const at::Tensor& gA_in, const at::Tensor& 
       constexpr int D = decltype(dim)::value;
       constexpr int P = Packed<D>::P;
       spd_backward_items<D, scalar_t>(
-          n, [&](auto zero, int64_t i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); }, ga,
-          theta, [&](int64_t i, const auto& gBm) {
+          n, [&](auto zero, auto i, auto& Bm) { load_packed_item<D, eigen_t<decltype(zero)>>(r, i, Bm); }, ga,
+          theta, [&](auto i, const auto& gBm) {
             using T = std::remove_cv_t<std::remove_reference_t<decltype(gBm[0][0])>>;
             T g[P];
             pack_symmetric_grad<D, T>(gBm, g);

@@ -36,6 +36,8 @@
 // sqrt(1 + |y|^2) + sqrt(d) / theta in the v parameterisation).
 #pragma once
 
+#include <cstring>
+
 #include "lanes.h"  // the SIMD overloads below (host only; empty under nvcc)
 #include "macros.h"
 #include "packed.h"
@@ -54,16 +56,6 @@ struct NllLayout {
   static constexpr int width = D + cov_params;
 };
 
-// Smallest normal number of the compute type (the SIMD lanes hold doubles).
-template <typename T>
-struct MinNormal {
-  static constexpr double value = DBL_MIN;
-};
-template <>
-struct MinNormal<float> {
-  static constexpr float value = FLT_MIN;
-};
-
 // s = ||p||_2 with scaling by max|p_i| (no overflow or underflow of the squares for any
 // finite p; the scale is floored at the smallest normal number so that its reciprocal
 // stays finite for subnormal p), and the unit direction u = p / s computed from the
@@ -75,15 +67,17 @@ PROBREG_HOST_DEVICE T norm_and_direction(const T p[D], T u[D]) {
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i) m = pr_max(m, pr_abs(p[i]));
   const T unit = pr_where(m > T(0), pr_max(m, T(MinNormal<T>::value)), T(1));
-  const T inv = T(1) / unit;
+  const T inv = T(1) / unit;  // exact division: 1/unit may be subnormal (float)
   T ss = T(0);
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i) {
     u[i] = p[i] * inv;
     ss += u[i] * u[i];
   }
-  const T root = pr_sqrt(ss);
-  const T inv_root = T(1) / pr_where(ss > T(0), root, T(1));  // ss >= 4e-32 unless p = 0
+  // ss in [1, D] up to rounding, >= 4e-32 for subnormal p (double; 1e-14 in float), 0
+  // only for p = 0: a normal number for the reciprocal square root.
+  const T inv_root = pr_rsqrt(pr_where(ss > T(0), ss, T(1)));
+  const T root = ss * inv_root;
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i) u[i] *= inv_root;
   return unit * root;
@@ -142,12 +136,28 @@ PROBREG_HOST_DEVICE T family_rho_prime(T s, T delta) {
 }
 
 // ---------------------------------------------------------------- log-determinant
-// x = m 2^e with m in [1/2, 1) (x > 0 finite); returns m, writes e as a T.
-template <typename T>
-PROBREG_HOST_DEVICE T split_exponent(T x, T& e) {
-  int k;
-  const T m = pr_frexp(x, &k);
-  e = T(k);
+// x = m 2^e with m in [1/2, 1) (x > 0 finite, subnormal included); returns m, writes e as a
+// T. Bit operations, no libm (the Lanes overload below does the same per lane).
+PROBREG_HOST_DEVICE double split_exponent(double x, double& e) {
+  const bool sub = x < DBL_MIN;
+  const double xs = sub ? x * 18014398509481984.0 : x;  // * 2^54
+  unsigned long long bits;
+  memcpy(&bits, &xs, sizeof(bits));
+  e = double(int((bits >> 52) & 0x7ff) - (sub ? 1022 + 54 : 1022));
+  bits = (bits & 0x000fffffffffffffULL) | 0x3fe0000000000000ULL;
+  double m;
+  memcpy(&m, &bits, sizeof(m));
+  return m;
+}
+PROBREG_HOST_DEVICE float split_exponent(float x, float& e) {
+  const bool sub = x < FLT_MIN;
+  const float xs = sub ? x * 16777216.0f : x;  // * 2^24
+  unsigned int bits;
+  memcpy(&bits, &xs, sizeof(bits));
+  e = float(int((bits >> 23) & 0xff) - (sub ? 126 + 24 : 126));
+  bits = (bits & 0x007fffffU) | 0x3f000000U;
+  float m;
+  memcpy(&m, &bits, sizeof(m));
   return m;
 }
 #if defined(PROBREG_HAVE_LANES)
@@ -163,8 +173,30 @@ PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {
 }
 #endif
 
+// log(f) for f in [sqrt(1/2), sqrt(2)): 2 atanh(s), s = (f - 1)/(f + 1), |s| <= 0.1716,
+// by its odd series: to s^25 in double (truncation < 1e-20 relative), s^9 in float.
+template <typename T>
+PROBREG_HOST_DEVICE T log_near_one(T f) {
+  const T s = (f - T(1)) * pr_recip(f + T(1));
+  const T s2 = s * s;
+  T p;
+  if constexpr (Eps<T>::value > 1e-10) {  // float
+    p = T(2.0 / 9.0);
+    p = p * s2 + T(2.0 / 7.0);
+  } else {
+    p = T(2.0 / 25.0);
+    PROBREG_UNROLL
+    for (int k = 23; k >= 7; k -= 2) p = p * s2 + T(2.0 / k);
+  }
+  p = p * s2 + T(2.0 / 5.0);
+  p = p * s2 + T(2.0 / 3.0);
+  p = p * s2 + T(2.0);
+  return p * s;
+}
+
 // sum_j log x_j for positive finite x_j with ONE logarithm: log(prod m_j) + (sum e_j) ln 2,
-// x_j = m_j 2^e_j, prod m_j in [2^-D, 1) (no overflow or underflow at any scale).
+// x_j = m_j 2^e_j, prod m_j in [2^-D, 1) (no overflow or underflow at any scale), split
+// once more to f in [sqrt(1/2), sqrt(2)) for log_near_one (no libm log).
 template <int D, typename T>
 PROBREG_HOST_DEVICE T sum_log_positive(const T x[D]) {
   T prod = T(1), esum = T(0);
@@ -174,30 +206,39 @@ PROBREG_HOST_DEVICE T sum_log_positive(const T x[D]) {
     prod *= split_exponent(x[j], e);
     esum += e;
   }
+  T e;
+  const T f = split_exponent(prod, e);  // [1/2, 1)
+  const auto low = f < T(0.70710678118654752440);
+  esum += pr_where(low, e - T(1), e);
   // ln 2 split in two (Cody-Waite) so that esum * ln2 is exact to double rounding.
-  return (pr_log(prod) + esum * T(1.90821492927058770002e-10)) + esum * T(6.93147180369123816490e-01);
+  return (log_near_one(pr_where(low, f * T(2), f)) + esum * T(1.90821492927058770002e-10)) +
+         esum * T(6.93147180369123816490e-01);
 }
 
 // -log|A| = -sum_j log g(l_j), with log g(l) = log max(l, theta) + min(l/theta - 1, 0)
 // (equal to log l above theta and l/theta - 1 + log theta below): one logarithm per
 // matrix instead of one per eigenvalue. NaN eigenvalues propagate (the 0 * l term).
 template <int D, typename T>
-PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], T theta) {
+PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], const Theta<T>& theta) {
   T x[D];
   T rest = T(0);
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
-    x[j] = pr_max(l[j], theta);
+    x[j] = pr_max(l[j], theta.value);
     rest += remap_exponent(l[j], theta) + T(0) * l[j];
   }
   return -(sum_log_positive<D>(x) + rest);
 }
+template <int D, typename T>
+PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], T theta) {
+  return neg_log_det_remap<D>(l, Theta<T>(theta));
+}
 
 // d log g(l) / dl = g'(l) / g(l) = 1/l (l > theta), 1/theta otherwise: finite everywhere.
 template <typename T>
-PROBREG_HOST_DEVICE T remap_log_g_prime(T l, T theta) {
-  const auto linear = l > theta;
-  return T(1) / pr_where(linear, l, theta);
+PROBREG_HOST_DEVICE T remap_log_g_prime(T l, const Theta<T>& theta) {
+  const auto linear = l > theta.value;
+  return pr_where(linear, pr_recip(pr_where(linear, l, T(1))), theta.inv);
 }
 
 // Exactly 0 where the upstream gradient is 0 (masked items), x elsewhere.
@@ -211,7 +252,8 @@ PROBREG_HOST_DEVICE T masked_grad(T go, T x) {
 // theta in L, the rest in T (L = T except the CUDA float32 path, spectral.h).
 template <int D, int F, typename T, typename L = T>
 PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T loc[D], const T y[D],
-                                         T delta, L theta, bool mu_param) {
+                                         T delta, L theta_value, bool mu_param) {
+  const Theta<L> theta(theta_value);
   T z[D];
   PROBREG_UNROLL
   for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
@@ -234,12 +276,13 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T 
 // B (D x D) and y (D), scaled by the upstream gradient go.
 template <int D, int F, typename T, typename L = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][D], const T loc[D],
-                                                     const T y[D], T go, T delta, L theta, bool mu_param,
+                                                     const T y[D], T go, T delta, L theta_value, bool mu_param,
                                                      T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
+  const Theta<L> theta(theta_value);
   T z[D];
   PROBREG_UNROLL
   for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
-  T e[D], g[D], q[D], p[D];
+  T h[D], e[D], g[D], q[D], p[D];
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
     T qj = T(0), vj = T(0);
@@ -248,7 +291,8 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
       qj += V[k][j] * z[k];
       vj += V[k][j] * loc[k];
     }
-    e[j] = remap_exp_factor<T>(l[j], theta);
+    h[j] = remap_half_exp_factor<T>(l[j], theta);
+    e[j] = h[j] * h[j];
     g[j] = remap_g_from(l[j], e[j], theta);
     q[j] = qj;
     p[j] = mu_param ? g[j] * qj : g[j] * qj - vj;
@@ -282,7 +326,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
       if (i == j) {
         M[i][i] = t[i] * q[i] * remap_g_prime_from(l[i], e[i], theta) - go * T(remap_log_g_prime(l[i], theta));
       } else {
-        const T kij = remap_divided_difference(l[i], l[j], e[i], e[j], theta);
+        const T kij = remap_divided_difference(l[i], l[j], h[i], h[j], theta);
         M[i][j] = T(0.5) * (t[i] * q[j] + q[i] * t[j]) * kij;
         M[j][i] = M[i][j];
       }
@@ -298,8 +342,9 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
 // ---------------------------------------------------------------- diagonal covariance
 // b: the D raw diagonal values, A = diag(g(b)).
 template <int D, int F, typename T>
-PROBREG_HOST_DEVICE T huber_nll_diagonal(const T b[D], const T loc[D], const T y[D], T delta, T theta,
+PROBREG_HOST_DEVICE T huber_nll_diagonal(const T b[D], const T loc[D], const T y[D], T delta, T theta_value,
                                          bool mu_param) {
+  const Theta<T> theta(theta_value);
   T p[D];
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
@@ -311,8 +356,9 @@ PROBREG_HOST_DEVICE T huber_nll_diagonal(const T b[D], const T loc[D], const T y
 
 template <int D, int F, typename T>
 PROBREG_HOST_DEVICE void huber_nll_diagonal_backward(const T b[D], const T loc[D], const T y[D], T go,
-                                                     T delta, T theta, bool mu_param, T grad_loc[D],
+                                                     T delta, T theta_value, bool mu_param, T grad_loc[D],
                                                      T grad_b[D], T grad_y[D]) {
+  const Theta<T> theta(theta_value);
   T e[D], g[D], z[D], p[D];
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {

@@ -47,12 +47,43 @@ PROBREG_HOST_DEVICE float pr_abs(float x) { return fabsf(x); }
 PROBREG_HOST_DEVICE double pr_abs(double x) { return fabs(x); }
 PROBREG_HOST_DEVICE float pr_hypot(float x, float y) { return hypotf(x, y); }
 PROBREG_HOST_DEVICE double pr_hypot(double x, double y) { return hypot(x, y); }
-PROBREG_HOST_DEVICE float pr_acos(float x) { return acosf(x); }
-PROBREG_HOST_DEVICE double pr_acos(double x) { return acos(x); }
 PROBREG_HOST_DEVICE float pr_frexp(float x, int* e) { return frexpf(x, e); }
 PROBREG_HOST_DEVICE double pr_frexp(double x, int* e) { return frexp(x, e); }
 PROBREG_HOST_DEVICE float pr_ldexp(float x, int e) { return ldexpf(x, e); }
 PROBREG_HOST_DEVICE double pr_ldexp(double x, int e) { return ldexp(x, e); }
+// 1/sqrt(x) and 1/x for POSITIVE NORMAL x with a normal result (callers guarantee it):
+// where they are fast approximations (the CPU SIMD lanes, lanes.h; CUDA below) other
+// inputs give unspecified results. CUDA: the special-function unit's estimate refined
+// by Newton steps to a few ulp (double: two steps from the ~2^-22 MUFU.RSQ64H / RCP64H
+// estimate; float: rsqrtf, <= 2 ulp, and rcp.approx, <= 1 ulp, as they are), a few
+// instructions instead of the IEEE sequences with their special-case branches. Host:
+// the correctly rounded 1/sqrt(x) and 1/x.
+#if defined(__CUDA_ARCH__)
+PROBREG_HOST_DEVICE float pr_rsqrt(float x) { return rsqrtf(x); }
+PROBREG_HOST_DEVICE double pr_rsqrt(double x) {
+  double y;
+  asm("rsqrt.approx.ftz.f64 %0, %1;" : "=d"(y) : "d"(x));
+  const double half_x = 0.5 * x;
+  y = y * (1.5 - half_x * y * y);  // relative error e -> 1.5 e^2
+  return y * (1.5 - half_x * y * y);
+}
+PROBREG_HOST_DEVICE float pr_recip(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+PROBREG_HOST_DEVICE double pr_recip(double x) {
+  double y;
+  asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(y) : "d"(x));
+  y = y + y * (1.0 - x * y);  // relative error e -> e^2
+  return y + y * (1.0 - x * y);
+}
+#else
+PROBREG_HOST_DEVICE float pr_rsqrt(float x) { return 1.0f / sqrtf(x); }
+PROBREG_HOST_DEVICE double pr_rsqrt(double x) { return 1.0 / sqrt(x); }
+PROBREG_HOST_DEVICE float pr_recip(float x) { return 1.0f / x; }
+PROBREG_HOST_DEVICE double pr_recip(double x) { return 1.0 / x; }
+#endif
 #if defined(__CUDA_ARCH__)
 PROBREG_HOST_DEVICE bool pr_isfinite(float x) { return isfinite(x); }
 PROBREG_HOST_DEVICE bool pr_isfinite(double x) { return isfinite(x); }
@@ -94,6 +125,16 @@ struct Eps<float> {
 template <>
 struct Eps<double> {
   static constexpr double value = DBL_EPSILON;
+};
+
+// Smallest normal number of the compute type (the SIMD lanes hold doubles).
+template <typename T>
+struct MinNormal {
+  static constexpr double value = DBL_MIN;
+};
+template <>
+struct MinNormal<float> {
+  static constexpr float value = FLT_MIN;
 };
 
 template <typename T>

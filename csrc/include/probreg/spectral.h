@@ -24,13 +24,22 @@
 
 namespace probreg {
 
-// min(l/theta - 1, 0), the exponent of g's exponential branch, formed as
-// (l - theta) * (1/theta): one reciprocal per launch (loop-invariant, hoisted out of the
-// item loop), no division per eigenvalue, and a relative rather than absolute rounding
-// error where l is near theta. NaN l gives 0 (callers propagate NaN separately).
+// theta and its reciprocal, formed once per item by the entry points below (pr_recip, a
+// few ulp: theta is a positive normal number) and passed to the helpers, so that no
+// helper divides by theta.
 template <typename L>
-PROBREG_HOST_DEVICE L remap_exponent(L l, L theta) {
-  return pr_min((l - theta) * (L(1) / theta), L(0));
+struct Theta {
+  L value, inv;
+  PROBREG_HOST_DEVICE explicit Theta(L theta) : value(theta), inv(pr_recip(theta)) {}
+};
+
+// min(l/theta - 1, 0), the exponent of g's exponential branch, formed as
+// (l - theta) * (1/theta): no division per eigenvalue, and a relative rather than
+// absolute rounding error where l is near theta. NaN l gives 0 (callers propagate NaN
+// separately).
+template <typename L>
+PROBREG_HOST_DEVICE L remap_exponent(L l, const Theta<L>& theta) {
+  return pr_min((l - theta.value) * theta.inv, L(0));
 }
 
 // exp(min(l/theta - 1, 0)): the exponential factor of g on its exponential branch
@@ -41,8 +50,7 @@ PROBREG_HOST_DEVICE L remap_exponent(L l, L theta) {
 // dropped z_lo^2/2 is far below T's precision). z is floored at -150, where exp
 // underflows float, so z_hi is always finite.
 template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_exp_factor(L l, L theta) {
-  const L z = remap_exponent(l, theta);
+PROBREG_HOST_DEVICE T exp_factor_of(L z) {
   if constexpr (std::is_same_v<T, L>) {
     return pr_exp(z);
   } else {
@@ -52,30 +60,36 @@ PROBREG_HOST_DEVICE T remap_exp_factor(L l, L theta) {
     return pr_exp(z_hi) * (T(1) + z_lo);
   }
 }
+template <typename T, typename L>
+PROBREG_HOST_DEVICE T remap_exp_factor(L l, const Theta<L>& theta) {
+  return exp_factor_of<T>(remap_exponent(l, theta));
+}
+
+// exp(min(l/theta - 1, 0) / 2), the square root of remap_exp_factor: the backward
+// computes it once per eigenvalue, squares it for g and g' (h^2 rounds once more than
+// exp(z); its underflow is exp(z)'s) and multiplies two of them for the divided
+// differences of a pair on the exponential branch, instead of two square roots per pair.
+template <typename T, typename L>
+PROBREG_HOST_DEVICE T remap_half_exp_factor(L l, const Theta<L>& theta) {
+  return exp_factor_of<T>(remap_exponent(l, theta) * L(0.5));
+}
 
 // g(l) given e = remap_exp_factor(l, theta).
 template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_g_from(L l, T e, L theta) {
-  return pr_where(l > theta, T(l), T(theta) * e);
+PROBREG_HOST_DEVICE T remap_g_from(L l, T e, const Theta<L>& theta) {
+  return pr_where(l > theta.value, T(l), T(theta.value) * e);
 }
 
 // g(l) in T (= L unless given: remap_g<double, float>(l, theta)).
 template <typename L, typename T = L>
-PROBREG_HOST_DEVICE T remap_g(L l, L theta) {
+PROBREG_HOST_DEVICE T remap_g(L l, const Theta<L>& theta) {
   return remap_g_from(l, remap_exp_factor<T>(l, theta), theta);
 }
 
 // g'(l) given e = remap_exp_factor(l, theta).
 template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_g_prime_from(L l, T e, L theta) {
-  return pr_where(l > theta, T(1), e);
-}
-
-// log g(l), exact on the exponential branch (no log of an underflowed g).
-template <typename T>
-PROBREG_HOST_DEVICE T remap_log_g(T l, T theta, T log_theta) {
-  const auto linear = l > theta;
-  return pr_where(linear, pr_log(pr_where(linear, l, T(1))), (l - theta) * (T(1) / theta) + log_theta);
+PROBREG_HOST_DEVICE T remap_g_prime_from(L l, T e, const Theta<L>& theta) {
+  return pr_where(l > theta.value, T(1), e);
 }
 
 // sinh(x)/x for 0 <= x <= 1: its Taylor series sum x^2k/(2k+1)! to k = 9
@@ -119,43 +133,51 @@ PROBREG_HOST_DEVICE T expm1_nonpositive_from(T z, T e) {
 }
 
 // Divided difference K(li, lj) = (g(li) - g(lj)) / (li - lj), and g'(li) at li == lj,
-// given ei, ej = remap_exp_factor(li / lj). Symmetric in its arguments. Every branch is
-// evaluated and one is selected (branch-free); no tie threshold, no cancellation.
+// given hi_, hj_ = remap_half_exp_factor(li / lj). Symmetric in its arguments. Every branch
+// is evaluated and one is selected (branch-free); no tie threshold, no cancellation.
 // Mixed types: the differences gap, hi - theta and z_lo are formed in L (exact where
 // they cancel) before rounding to T.
 template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T ei, T ej, L theta) {
+PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T half_i, T half_j, const Theta<L>& theta) {
   const auto i_is_hi = li >= lj;
   const L hi = pr_where(i_is_hi, li, lj);
   const L lo = pr_where(i_is_hi, lj, li);
-  const T e_hi = pr_where(i_is_hi, ei, ej);
-  const T e_lo = pr_where(i_is_hi, ej, ei);
+  const T h_hi = pr_where(i_is_hi, half_i, half_j);
+  const T h_lo = pr_where(i_is_hi, half_j, half_i);
+  const T e_hi = h_hi * h_hi;
+  const T e_lo = h_lo * h_lo;
   const T gap = T(hi - lo);
-  const T theta_t = T(theta);
-  const auto both_linear = lo > theta;
-  const auto mixed = (hi > theta) & (lo <= theta);
+  const T theta_t = T(theta.value);
+  const auto both_linear = lo > theta.value;
+  const auto mixed = (hi > theta.value) & (lo <= theta.value);
   // hi > theta >= lo: (hi - theta) + theta (1 - exp((lo - theta)/theta)), both terms
   // >= 0, over gap >= hi - theta > 0.
   const T z_lo = T(remap_exponent(lo, theta));
-  // The mixed and far branches never apply to the same pair and both need gap > 0:
-  // one reciprocal serves both.
-  const T inv_gap = T(1) / pr_where(gap > T(0), gap, T(1));
-  const T k_mixed = (T(hi - theta) - theta_t * expm1_nonpositive_from(z_lo, e_lo)) * inv_gap;
+  // The mixed and far branches never apply to the same pair and both need gap > 0 (a
+  // normal number wherever they apply: gap >= hi - theta, or > 2 theta): one reciprocal
+  // serves both (pr_recip needs a normal gap with a normal reciprocal; beyond that, 1/gap
+  // is 0 to T's precision).
+  const auto normal = gap > T(MinNormal<T>::value);
+  const auto huge = gap > T(1.0 / MinNormal<T>::value);
+  const T inv_gap = pr_where(huge, T(0), pr_recip(pr_where(normal, pr_min(gap, T(1.0 / MinNormal<T>::value)), T(1))));
+  const T k_mixed = (T(hi - theta.value) - theta_t * expm1_nonpositive_from(z_lo, e_lo)) * inv_gap;
   // Both on the exponential branch, m the mean and h the half gap:
-  // K = exp(m/theta - 1) sinh(h/theta)/(h/theta), exp(m/theta - 1) = sqrt(e_hi e_lo)
-  // (taken as a product of square roots so it cannot underflow early). For h/theta > 1
-  // the plain quotient has no cancellation.
-  const T x = gap * T(L(0.5) / theta);
+  // K = exp(m/theta - 1) sinh(h/theta)/(h/theta), exp(m/theta - 1) = h_hi h_lo
+  // (a product of half factors, so it cannot underflow early). For h/theta > 1 the plain
+  // quotient has no cancellation.
+  const T x = gap * T(L(0.5) * theta.inv);
   const auto far = x > T(1);
-  const T k_near = pr_sqrt(e_hi) * pr_sqrt(e_lo) * sinhc_unit(pr_min(x, T(1)));
+  const T k_near = h_hi * h_lo * sinhc_unit(pr_min(x, T(1)));
   const T k_far = theta_t * (e_hi - e_lo) * inv_gap;
   const T k_exp = pr_where(far, k_far, k_near);
   return pr_where(both_linear, T(1), pr_where(mixed, k_mixed, k_exp));
 }
 
 template <typename T>
-PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T theta) {
-  return remap_divided_difference(li, lj, remap_exp_factor<T>(li, theta), remap_exp_factor<T>(lj, theta), theta);
+PROBREG_HOST_DEVICE T remap_divided_difference(T li, T lj, T theta_value) {
+  const Theta<T> theta(theta_value);
+  return remap_divided_difference(li, lj, remap_half_exp_factor<T>(li, theta), remap_half_exp_factor<T>(lj, theta),
+                                  theta);
 }
 
 // out = V M V^T for a symmetric D x D matrix M given in the eigenbasis (V's columns):
@@ -201,7 +223,8 @@ PROBREG_HOST_DEVICE void compose_spectral(const T V[D][D], const T f[D], T A[D][
 
 // Forward of the spectral remap from the eigen-decomposition: A = V diag(g(l)) V^T.
 template <int D, typename T, typename L = T>
-PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], L theta, T A[D][D]) {
+PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], L theta_value, T A[D][D]) {
+  const Theta<L> theta(theta_value);
   T gl[D];
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i) gl[i] = remap_g<L, T>(l[i], theta);
@@ -212,7 +235,8 @@ PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], L 
 // gradient dL/dA (any square matrix; it is symmetrised). Writes the symmetric dL/dB.
 template <int D, typename T, typename L = T>
 PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], const T gA[D][D],
-                                                L theta, T gB[D][D]) {
+                                                L theta_value, T gB[D][D]) {
+  const Theta<L> theta(theta_value);
   T GV[D][D];  // sym(gA) V
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i)
@@ -223,9 +247,9 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], c
       for (int k = 0; k < D; ++k) acc += T(0.5) * (gA[i][k] + gA[k][i]) * V[k][j];
       GV[i][j] = acc;
     }
-  T e[D];  // one exponential per eigenvalue, shared by every K entry
+  T h[D];  // one (half) exponential per eigenvalue, shared by every K entry
   PROBREG_UNROLL
-  for (int i = 0; i < D; ++i) e[i] = remap_exp_factor<T>(l[i], theta);
+  for (int i = 0; i < D; ++i) h[i] = remap_half_exp_factor<T>(l[i], theta);
   T M[D][D];  // (V^T sym(gA) V) o K
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i)
@@ -234,8 +258,8 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], c
       T acc = T(0);
       PROBREG_UNROLL
       for (int k = 0; k < D; ++k) acc += V[k][i] * GV[k][j];
-      const T kij = (i == j) ? remap_g_prime_from(l[i], e[i], theta)
-                             : remap_divided_difference(l[i], l[j], e[i], e[j], theta);
+      const T kij = (i == j) ? remap_g_prime_from(l[i], h[i] * h[i], theta)
+                             : remap_divided_difference(l[i], l[j], h[i], h[j], theta);
       M[i][j] = acc * kij;
       M[j][i] = M[i][j];
     }

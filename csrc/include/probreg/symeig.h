@@ -15,6 +15,7 @@
 // input order. A NaN or Inf entry makes every output of that matrix NaN.
 #pragma once
 
+#include <cstring>
 #include <type_traits>
 
 #include "macros.h"
@@ -49,10 +50,12 @@ PROBREG_HOST_DEVICE T max_abs_entry(const T B[D][D]) {
 // One Jacobi rotation in the (p, q) plane that zeroes a[p][q] (p < q), accumulated into
 // the columns p, q of V. Classic stable choice |phi| <= pi/4: with x = a_qq - a_pp,
 // y = 2 a_pq, h = sqrt(x^2 + y^2), w = |x| + h (no cancellation):
-//   t = tan(phi) = sgn(x) y / w,  c = w / sqrt(w^2 + y^2),  s = sgn(x) y / sqrt(w^2 + y^2),
-// and the diagonal update a_pp -= t a_pq, a_qq += t a_pq. This is the textbook rotation
-// rewritten so the dependent chain is sqrt -> sqrt -> div (t's division runs alongside).
-// Squares cannot over/underflow: entries are within SafeRange of max|B_ij| (symeig).
+//   t = tan(phi) = sgn(x) y / w,  c = w / n,  s = sgn(x) y / n,  n^2 = w^2 + y^2 = 2 h w,
+// and the diagonal update a_pp -= t a_pq, a_qq += t a_pq. Two reciprocal square roots
+// and no division: h = z / sqrt(z) (z = x^2 + y^2), 1/n = 1/sqrt(2 h w), and
+// t = y / w = 2 h y / n^2 (the SIMD lanes' pr_rsqrt is a few instructions, lanes.h).
+// Squares cannot over/underflow: entries are within SafeRange of max|B_ij| (symeig), so
+// z >= (2 negligible)^2 is a normal number where the rotation applies.
 // Where |a_pq| <= negligible the rotation is the identity (t = 0) and a_pq is dropped.
 // Returns the mask of lanes that rotated.
 template <int D, typename T>
@@ -61,11 +64,13 @@ PROBREG_HOST_DEVICE auto jacobi_rotate(T a[D][D], T V[D][D], int p, int q, T neg
   const auto active = pr_abs(apq) > negligible;
   const T x = a[q][q] - a[p][p];
   const T y = pr_where(x < T(0), T(-2) * apq, T(2) * apq);  // sgn(x) * 2 a_pq, sgn(0) = +1
-  const T w = pr_abs(x) + pr_sqrt(x * x + y * y);
-  const T inv_norm = T(1) / pr_sqrt(w * w + y * y);
+  const T z = pr_where(active, x * x + y * y, T(1));
+  const T h = z * pr_rsqrt(z);
+  const T w = pr_abs(x) + h;
+  const T inv_norm = pr_rsqrt(T(2) * h * w);
   const T c = pr_where(active, w * inv_norm, T(1));
   const T s = pr_where(active, y * inv_norm, T(0));
-  const T t = pr_where(active, y / w, T(0));
+  const T t = pr_where(active, T(2) * h * y * inv_norm * inv_norm, T(0));
   const T shift = t * apq;
   a[p][p] -= shift;
   a[q][q] += shift;
@@ -172,129 +177,209 @@ PROBREG_HOST_DEVICE void symeig(const T B[D][D], T l[D], T V[D][D]) {
   }
 }
 
-// cos(x) for 0 <= x <= pi/6: its Taylor series to x^10 (truncation < 1e-12).
+// cos(acos(x) / 3) for 0 <= x <= 1, without acos: the largest root of 4c^3 - 3c = x is
+// analytic on [0, 1] (its nearest singularity is at x = -1), so its Chebyshev
+// interpolant in u = 2x - 1, written as a polynomial, converges fast: degree 18 in
+// double (error 1.2e-16), degree 8 in float (1.8e-9). Branch-free in T.
 template <typename T>
-PROBREG_HOST_DEVICE T cos_sixth_pi(T x) {
-  const T x2 = x * x;
-  T c = T(-1.0 / 3628800.0);  // -1/10!
-  c = c * x2 + T(1.0 / 40320.0);
-  c = c * x2 + T(-1.0 / 720.0);
-  c = c * x2 + T(1.0 / 24.0);
-  c = c * x2 + T(-0.5);
-  return c * x2 + T(1);
+PROBREG_HOST_DEVICE T cos_third_acos(T x) {
+  const T u = T(2) * x - T(1);
+  T c;
+  if constexpr (Eps<T>::value > 1e-10) {  // float
+    c = T(-1.1830242244174324e-06);
+    c = c * u + T(4.323750525886311e-06);
+    c = c * u + T(-1.363549260432252e-05);
+    c = c * u + T(5.4368007097610814e-05);
+    c = c * u + T(-0.00023368930890791412);
+    c = c * u + T(0.0011068093153735262);
+    c = c * u + T(-0.006431410664297061);
+    c = c * u + T(0.06582179562331245);
+    return c * u + T(0.9396926207859084);
+  } else {
+    c = T(-7.735658098734745e-12);
+    c = c * u + T(2.520259132434053e-11);
+    c = c * u + T(-4.576602098929384e-11);
+    c = c * u + T(1.519045707836425e-10);
+    c = c * u + T(-5.812979784190751e-10);
+    c = c * u + T(1.9510098713100844e-09);
+    c = c * u + T(-6.52777227104142e-09);
+    c = c * u + T(2.236175871754495e-08);
+    c = c * u + T(-7.764866727359298e-08);
+    c = c * u + T(2.7368261594825763e-07);
+    c = c * u + T(-9.83537028433641e-07);
+    c = c * u + T(3.6232882101634036e-06);
+    c = c * u + T(-1.3791278346508278e-05);
+    c = c * u + T(5.4914418801357915e-05);
+    c = c * u + T(-0.00023364527941077302);
+    c = c * u + T(0.0011066549558275303);
+    c = c * u + T(-0.00643141398766414);
+    c = c * u + T(0.06582180727244992);
+    return c * u + T(0.9396926207859084);
+  }
 }
 
-// Non-iterative float estimate of the eigenvectors of a finite symmetric 3x3 `a` with
-// trace zero up to rounding and entries of order 1 (symeig_mixed's first stage passes
-// B - tr(B)/3 I, shifted in double, scaled to an eigenvalue spread p in [0.28, 0.58));
-// columns of V in any order:
-//  1. the isolated extreme eigenvalue lam, from the trigonometric solution for a/p
-//     (p^2 = tr(a^2)/6), whose eigenvalues are 2 cos(phi + 2 pi k/3), phi = acos(det/2)/3:
-//     the largest (k = 0) when det >= 0, else the smallest; that one is at least sqrt(3) p
-//     from both others, so a - lam I has rank 2 with both nonzero singular values
-//     >= ~sqrt(3) p (a trace of rounding size moves lam by O(eps_f p), within the
-//     residual below);
-//  2. its eigenvector v0: the largest cross product of two rows of a - lam I;
-//  3. an orthonormal basis U, W of the plane orthogonal to v0, and the 2x2 compression
-//     [U W]^T a [U W] diagonalised by one Jacobi rotation (exact for 2x2), which gives the
-//     other two columns.
-// Float rounding perturbs a by O(eps_f p); lam is then within O(eps_f p) of an
-// eigenvalue, and every column has a residual ||a v - (v^T a v) v|| = O(eps_f p): what
-// symeig_mixed's double refinement needs, in straight-line code instead of a
-// data-dependent loop of about three float Jacobi sweeps. Where p is below 16 eps_f
-// (only a = 0 as symeig_mixed calls it) every orthonormal basis has such residuals: V = I.
+// c = x cross y.
 template <typename T>
-PROBREG_HOST_DEVICE void symeig3_estimate(const T a[3][3], T V[3][3]) {
-  const T a00 = a[0][0], a11 = a[1][1], a22 = a[2][2];
-  const T off2 = a[0][1] * a[0][1] + a[0][2] * a[0][2] + a[1][2] * a[1][2];
-  const T p = pr_sqrt((a00 * a00 + a11 * a11 + a22 * a22 + T(2) * off2) * T(1.0 / 6.0));
+PROBREG_HOST_DEVICE void cross3(const T x[3], const T y[3], T c[3]) {
+  c[0] = x[1] * y[2] - x[2] * y[1];
+  c[1] = x[2] * y[0] - x[0] * y[2];
+  c[2] = x[0] * y[1] - x[1] * y[0];
+}
+
+// Closed-form eigen-decomposition a = V diag(lam) V^T of a finite symmetric 3x3 `a` with
+// trace zero up to rounding and eigenvalue spread p = sqrt(tr(a^2) / 6) in [0.28, 0.58)
+// (callers shift and scale by a power of two); where p <= 16 eps or the caller's mask
+// `valid` is false, V = I and lam = diag(a). Columns in no particular order (callers sort).
+// Straight-line and branch-free in T (float on the CUDA mixed path, the double SIMD
+// lanes on the CPU):
+//  1. the isolated extreme eigenvalue, from the trigonometric solution for a/p,
+//     whose eigenvalues are 2 cos(phi + 2 pi k/3), phi = acos(r)/3, r = det(a) / (2 p^3):
+//     the largest (k = 0) when r >= 0, else minus that of -a/p; it is at least sqrt(3) p
+//     from both others and its derivative in r is bounded, so it is within O(eps p) of an
+//     eigenvalue (a trace of rounding size moves it by O(eps p) too);
+//  2. its eigenvector v0: the largest cross product of two rows of a minus it times I (rank 2,
+//     both nonzero singular values >= ~sqrt(3) p);
+//  3. an orthonormal basis U, W of the plane orthogonal to v0 (U: v0 crossed with an axis
+//     on which v0's component is not the largest of the first two, |U|^2 >= 1/2 before
+//     normalising; W = v0 x U), and the 2x2 compression [U W]^T a [U W] diagonalised by
+//     one Jacobi rotation, which gives the other two columns.
+// Backward stable: V is orthonormal to O(eps) and every column has a residual
+// ||a v - (v^T a v) v|| = O(eps p), with no iteration and no special case at
+// clustered or repeated eigenvalues (the 2x2 rotation is exact inside the plane).
+template <typename T, typename Mask>
+PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], Mask valid, T lam[3], T V[3][3]) {
+  const T a00 = a[0][0], a11 = a[1][1], a22 = a[2][2], a01 = a[0][1], a02 = a[0][2], a12 = a[1][2];
+  const T p2 = (a00 * a00 + a11 * a11 + a22 * a22 + T(2) * (a01 * a01 + a02 * a02 + a12 * a12)) * T(1.0 / 6.0);
+  const T eps = T(Eps<T>::value);
+  const auto spread = (p2 > T(256) * eps * eps) & valid;
+  const T inv_p = pr_rsqrt(pr_where(spread, p2, T(1)));
+  const T p = p2 * inv_p;
+  const T det = a00 * (a11 * a22 - a12 * a12) - a01 * (a01 * a22 - a12 * a02) + a02 * (a01 * a12 - a11 * a02);
+  const T r = det * (T(0.5) * inv_p * inv_p * inv_p);
+  const T extreme = pr_where(r >= T(0), T(2) * p, T(-2) * p) * cos_third_acos(pr_min(pr_abs(r), T(1)));
+  const T m0[3] = {a00 - extreme, a01, a02}, m1[3] = {a01, a11 - extreme, a12}, m2[3] = {a02, a12, a22 - extreme};
+  T v0[3], c1[3], c2[3];
+  cross3(m0, m1, v0);
+  cross3(m0, m2, c1);
+  cross3(m1, m2, c2);
+  T n = v0[0] * v0[0] + v0[1] * v0[1] + v0[2] * v0[2];
+  const T n1 = c1[0] * c1[0] + c1[1] * c1[1] + c1[2] * c1[2];
+  const T n2 = c2[0] * c2[0] + c2[1] * c2[1] + c2[2] * c2[2];
+  const auto take1 = n1 > n;
+  n = pr_where(take1, n1, n);
+  const auto take2 = n2 > n;
+  n = pr_where(take2, n2, n);
+  const T inv_n = pr_rsqrt(pr_where(spread, n, T(1)));
   PROBREG_UNROLL
-  for (int i = 0; i < 3; ++i)
-    PROBREG_UNROLL
-    for (int j = 0; j < 3; ++j) V[i][j] = T(i == j ? 1.0 : 0.0);
-  if (!(p > T(16) * Eps<T>::value)) return;
-  const T det = a00 * (a11 * a22 - a[1][2] * a[1][2]) - a[0][1] * (a[0][1] * a22 - a[1][2] * a[0][2]) +
-                a[0][2] * (a[0][1] * a[1][2] - a11 * a[0][2]);
-  const T r = pr_min(pr_max(det / (T(2) * p * p * p), T(-1)), T(1));
-  // 2 cos(acos(|r|)/3) is the largest eigenvalue of a/p for det >= 0, and minus the
-  // smallest otherwise (the eigenvalues of -a/p); acos(|r|)/3 <= pi/6.
-  const T lam = (r >= T(0) ? T(2) : T(-2)) * p * cos_sixth_pi(pr_acos(pr_abs(r)) * T(1.0 / 3.0));
-  // Rows of a - lam I and their pairwise cross products; the largest spans the null space.
-  const T m[3][3] = {{a[0][0] - lam, a[0][1], a[0][2]},
-                     {a[0][1], a[1][1] - lam, a[1][2]},
-                     {a[0][2], a[1][2], a[2][2] - lam}};
-  T v0[3] = {T(0), T(0), T(0)}, best = T(-1);  // the first product always wins (n >= 0)
-  PROBREG_UNROLL
-  for (int k = 0; k < 3; ++k) {
-    const T* x = m[k == 2 ? 1 : 0];
-    const T* y = m[k == 0 ? 1 : 2];
-    const T c[3] = {x[1] * y[2] - x[2] * y[1], x[2] * y[0] - x[0] * y[2], x[0] * y[1] - x[1] * y[0]};
-    const T n = c[0] * c[0] + c[1] * c[1] + c[2] * c[2];
-    const bool larger = n > best;
-    best = larger ? n : best;
-    PROBREG_UNROLL
-    for (int i = 0; i < 3; ++i) v0[i] = larger ? c[i] : v0[i];
-  }
-  const T inv_v0 = T(1) / pr_sqrt(best);
-  PROBREG_UNROLL
-  for (int i = 0; i < 3; ++i) v0[i] *= inv_v0;
-  // U: v0 crossed with the axis of a component of v0 that is no larger than another one
-  // (|U|^2 >= 1/2 before normalising); W = v0 x U.
-  T U[3];
-  if (pr_abs(v0[0]) > pr_abs(v0[1])) {
-    const T s = T(1) / pr_sqrt(v0[0] * v0[0] + v0[2] * v0[2]);
-    U[0] = -v0[2] * s;
-    U[1] = T(0);
-    U[2] = v0[0] * s;
-  } else {
-    const T s = T(1) / pr_sqrt(v0[1] * v0[1] + v0[2] * v0[2]);
-    U[0] = T(0);
-    U[1] = v0[2] * s;
-    U[2] = -v0[1] * s;
-  }
-  const T W[3] = {v0[1] * U[2] - v0[2] * U[1], v0[2] * U[0] - v0[0] * U[2], v0[0] * U[1] - v0[1] * U[0]};
+  for (int i = 0; i < 3; ++i) v0[i] = pr_where(take2, c2[i], pr_where(take1, c1[i], v0[i])) * inv_n;
+  const auto first = pr_abs(v0[0]) > pr_abs(v0[1]);
+  const T v22 = v0[2] * v0[2];
+  const T su = pr_rsqrt(pr_where(first, v0[0] * v0[0], v0[1] * v0[1]) + v22);
+  const T U[3] = {pr_where(first, -v0[2] * su, T(0)), pr_where(first, T(0), v0[2] * su),
+                  pr_where(first, v0[0], -v0[1]) * su};
+  T W[3];
+  cross3(v0, U, W);
   T aU[3], aW[3];
   PROBREG_UNROLL
   for (int i = 0; i < 3; ++i) {
     aU[i] = a[i][0] * U[0] + a[i][1] * U[1] + a[i][2] * U[2];
     aW[i] = a[i][0] * W[0] + a[i][1] * W[1] + a[i][2] * W[2];
   }
-  T c2[2][2], l2[2], V2[2][2];
-  c2[0][0] = U[0] * aU[0] + U[1] * aU[1] + U[2] * aU[2];
-  c2[1][1] = W[0] * aW[0] + W[1] * aW[1] + W[2] * aW[2];
-  c2[0][1] = c2[1][0] = U[0] * aW[0] + U[1] * aW[1] + U[2] * aW[2];
-  symeig_core<2, T>(c2, T(1), l2, V2);
+  // The 2x2 compression [[al, be], [be, ga]] and its Jacobi rotation (as jacobi_rotate):
+  // x = ga - al, y = sgn(x) 2 be, h = sqrt(x^2 + y^2), w = |x| + h, cos = w / n, sin = y / n
+  // with n^2 = w^2 + y^2 = 2 h w. Where h <= eps (a multiple of the identity to O(eps p)
+  // in the plane) every rotation is exact: the identity.
+  const T al = U[0] * aU[0] + U[1] * aU[1] + U[2] * aU[2];
+  const T ga = W[0] * aW[0] + W[1] * aW[1] + W[2] * aW[2];
+  const T be = U[0] * aW[0] + U[1] * aW[1] + U[2] * aW[2];
+  const T x = ga - al;
+  const T y = pr_where(x < T(0), T(-2) * be, T(2) * be);
+  const T z = x * x + y * y;
+  const auto rotates = z > eps * eps;
+  const T h = z * pr_rsqrt(pr_where(rotates, z, T(1)));
+  const T w = pr_abs(x) + h;
+  const T inv_norm = pr_rsqrt(pr_where(rotates, T(2) * h * w, T(1)));
+  const T c = pr_where(rotates, w * inv_norm, T(1));
+  const T sn = pr_where(rotates, y * inv_norm, T(0));
+  // The eigenvalues: the Rayleigh quotient of v0, and the 2x2's diagonal after the
+  // rotation, al - t be and ga + t be with t = tan = y / w = 2 h y / n^2.
+  const T t_be = pr_where(rotates, T(2) * h * y * inv_norm * inv_norm, T(0)) * be;
+  T av0[3];
+  PROBREG_UNROLL
+  for (int i = 0; i < 3; ++i) av0[i] = a[i][0] * v0[0] + a[i][1] * v0[1] + a[i][2] * v0[2];
+  lam[0] = pr_where(spread, v0[0] * av0[0] + v0[1] * av0[1] + v0[2] * av0[2], a00);
+  lam[1] = pr_where(spread, al - t_be, a11);
+  lam[2] = pr_where(spread, ga + t_be, a22);
   PROBREG_UNROLL
   for (int i = 0; i < 3; ++i) {
-    V[i][0] = v0[i];
-    V[i][1] = V2[0][0] * U[i] + V2[1][0] * W[i];
-    V[i][2] = V2[0][1] * U[i] + V2[1][1] * W[i];
+    V[i][0] = pr_where(spread, v0[i], T(i == 0 ? 1.0 : 0.0));
+    V[i][1] = pr_where(spread, c * U[i] - sn * W[i], T(i == 1 ? 1.0 : 0.0));
+    V[i][2] = pr_where(spread, sn * U[i] + c * W[i], T(i == 2 ? 1.0 : 0.0));
   }
 }
 
-// out = op(X) Y in double for D x D matrices of any element types, op(X) = X^T when
-// Transpose, else X.
-template <int D, bool Transpose, typename X, typename Y>
-PROBREG_HOST_DEVICE void product_double(const X x[D][D], const Y y[D][D], double out[D][D]) {
+// down = 2^-floor(e/2) and up = 1/down for positive normal x = f 2^e, f in [1/2, 1): x
+// times down^2 is in [1/2, 2), so a matrix scaled by down has its sum of squares there.
+// Bit operations (lanes.h has the SIMD form).
+PROBREG_HOST_DEVICE double pow2_rsqrt_scale(double x, double& up) {
+  unsigned long long bits;
+  memcpy(&bits, &x, sizeof(bits));
+  const int e = int((bits >> 52) & 0x7ff) - 1022;
+  const int half = (e + 2048) / 2 - 1024;  // floor(e / 2), no shift of a negative int
+  bits = (unsigned long long)(1023 + half) << 52;
+  memcpy(&up, &bits, sizeof(up));
+  bits = (unsigned long long)(1023 - half) << 52;
+  double down;
+  memcpy(&down, &bits, sizeof(down));
+  return down;
+}
+
+// Eigen-decomposition of a finite symmetric 3x3 B in closed form (the CPU SIMD lanes'
+// d = 3 path and the CUDA float32 path): B - q I (q = tr(B)/3) scaled by a power of two
+// to an eigenvalue spread in [0.28, 0.58), symeig3_trace_free, and l = q + lam scaled
+// back. Backward stable like Jacobi: residual and orthogonality O(eps), eigenvalues
+// within O(eps ||B||). Columns UNSORTED: callers sort (sort_eigenpairs), in the type
+// they keep V in. Needs max|B_ij| in [SafeRange<double>::lo, hi] (1e-130..1e130;
+// every finite float32 matrix qualifies): squares of the shifted entries neither
+// overflow nor underflow where they matter (a spread below 1e-150, dropped as zero, is
+// < eps/16 max|B_ij| there). B = c I gives V = I and l = c exactly.
+template <typename T>
+PROBREG_HOST_DEVICE void symeig3_closed_form(const T B[3][3], T l[3], T V[3][3]) {
+  const T q = (B[0][0] + B[1][1] + B[2][2]) * T(1.0 / 3.0);
+  T shifted[3][3], p2 = T(0);
   PROBREG_UNROLL
-  for (int i = 0; i < D; ++i)
+  for (int i = 0; i < 3; ++i)
     PROBREG_UNROLL
-    for (int j = 0; j < D; ++j) {
-      double acc = 0.0;
-      PROBREG_UNROLL
-      for (int k = 0; k < D; ++k) acc += double(Transpose ? x[k][i] : x[i][k]) * double(y[k][j]);
-      out[i][j] = acc;
+    for (int j = 0; j < 3; ++j) {
+      shifted[i][j] = i == j ? B[i][j] - q : B[i][j];
+      p2 += shifted[i][j] * shifted[i][j];
     }
+  // Spread 0: B = c I exactly (then V = I and l = q + (c - q) = c, whatever q's
+  // rounding), or a spread below 1e-150 (c I to within eps/16 max|B_ij|).
+  const auto general = (B[0][1] != T(0)) | (B[0][2] != T(0)) | (B[1][2] != T(0)) | (B[0][0] != B[1][1]) |
+                       (B[1][1] != B[2][2]);
+  const auto spread = (p2 > T(1e-300)) & general;
+  T up;
+  const T down = pow2_rsqrt_scale(pr_where(spread, p2, T(1)), up);
+  T a[3][3], lam[3];
+  PROBREG_UNROLL
+  for (int i = 0; i < 3; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < 3; ++j) a[i][j] = shifted[i][j] * down;
+  symeig3_trace_free<T>(a, spread, lam, V);
+  PROBREG_UNROLL
+  for (int k = 0; k < 3; ++k) l[k] = q + lam[k] * up;
 }
 
 // symeig_mixed for d = 2, in closed form: the eigenvalues m -+ r in double (m the mean
 // of the diagonal, h half its difference c - a, r = sqrt(h^2 + b^2): errors
 // O(eps_d ||B||)), the eigenvectors from the Jacobi rotation that zeroes b, whose tangent
 // is sgn(h) b / (|h| + r) (sgn(0) = +1; no cancellation), in double and rounded to
-// float. Conventions of symeig<2>: l ascending; b = 0 with
-// a <= c gives V = I (B = c I included), and with a > c the swapped identity; the
-// rotation is exact however small b is (symeig<2> drops b below eps_d/16 ||B||); NaN or
-// Inf anywhere makes every output NaN.
+// float. Conventions of symeig<2>: l ascending; b = 0 with a <= c gives V = I (B = c I
+// included), and with a > c the swapped identity; the rotation is exact however small
+// b is (symeig<2> drops b below eps_d/16 ||B||); NaN or Inf anywhere makes every output
+// NaN. Two reciprocal square roots (pr_rsqrt), no division: for float32 inputs b != 0
+// means b^2 >= 1e-90, a normal double.
 PROBREG_HOST_DEVICE void symeig2_mixed(const double B[2][2], double l[2], float V[2][2]) {
   const double a = B[0][0], b = B[0][1], c = B[1][1];
   if (!(pr_isfinite(a) && pr_isfinite(b) && pr_isfinite(c))) {
@@ -304,13 +389,15 @@ PROBREG_HOST_DEVICE void symeig2_mixed(const double B[2][2], double l[2], float 
     return;
   }
   const double m = 0.5 * (a + c), h = 0.5 * (c - a);
-  const double r = pr_sqrt(h * h + b * b);
+  const bool rotates = b != 0.0;
+  const double z = rotates ? h * h + b * b : 1.0;
+  const double r = rotates ? z * pr_rsqrt(z) : pr_abs(h);
   // cos = w / n, sin = sgn(h) b / n with w = |h| + r and n^2 = w^2 + b^2 = 2 r w; b != 0
   // implies r >= |b| > 0 and w >= r, so 1/n is finite. Each rounds to float within an
   // ulp.
   const double w = pr_abs(h) + r;
-  const double inv_n = b == 0.0 ? 0.0 : 1.0 / pr_sqrt(2.0 * r * w);
-  const float cs = b == 0.0 ? 1.0f : float(w * inv_n);
+  const double inv_n = rotates ? pr_rsqrt(2.0 * r * w) : 0.0;
+  const float cs = rotates ? float(w * inv_n) : 1.0f;
   const float sn = float((h < 0.0 ? -b : b) * inv_n);
   // The rotation's first column (cs, -sn) has eigenvalue m - sgn(h) r, its second (sn, cs)
   // m + sgn(h) r: for h < 0 the columns swap to keep l ascending.
@@ -323,81 +410,39 @@ PROBREG_HOST_DEVICE void symeig2_mixed(const double B[2][2], double l[2], float 
   V[1][1] = swap ? -sn : cs;
 }
 
-// Mixed-precision eigen-decomposition (the CUDA kernels' float32 path): B in double
-// (the exact float32 inputs), eigenvalues l in double, eigenvectors V in float, at a
-// fraction of the double cost for d = 3:
-//  1. symeig3_estimate in float on (B - tr(B)/3 I) scaled by a power of two to an
-//     eigenvalue spread p near 1 (no float overflow or underflow for any float input):
-//     eigenvectors with residuals O(eps_f p) <= O(eps_f ||B||), non-iteratively;
-//  2. its eigenvectors re-orthonormalised in double by one Newton-Schulz step,
-//     Q = V (3I - V^T V)/2 (orthonormal to ~eps_f^2 from ~eps_f);
-//  3. C = Q^T B Q in double is diagonal up to ~eps_f ||B||; one double Jacobi sweep
-//     on C (quadratic convergence; exact rotations inside clusters) leaves ~eps_f^2,
-//     accumulated into Q;  4. l = diag(C) sorted ascending, V = float(Q).
-// Eigenvalues are then accurate to ~eps_d ||B|| (what g's exponential needs at
-// l = -80 theta) and each eigenvector to ~eps_f: rounding V to float perturbs
-// A = V g V^T by O(eps_f ||A||), with no 1/gap or l/theta amplification.
-// d = 2: symeig2_mixed (closed form); d = 1: symeig<1, double>. NaN/Inf or zero B: as symeig.
+// Mixed-precision eigen-decomposition (the CUDA kernels' float32 path): B in double (the
+// exact float32 inputs), eigenvalues l in double, eigenvectors V in double rounded to
+// float. d = 3: symeig3_closed_form in double (every finite float32 matrix is within its
+// range; straight-line code, no iteration); eigenvalues accurate to ~eps_d ||B||, which
+// is what g's exponential needs at l = -80 theta, and rounding V to float perturbs
+// A = V g V^T by O(eps_f ||A||), with no 1/gap or l/theta amplification. d = 2:
+// symeig2_mixed (closed form); d = 1: symeig<1, double>. NaN/Inf anywhere: every output
+// NaN, as symeig; B = 0: V = I, l = 0.
 template <int D>
 PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V[D][D]) {
   if constexpr (D == 2) {
     symeig2_mixed(B, l, V);
-    return;
+  } else if constexpr (D == 1) {
+    double Q[1][1];
+    symeig<1, double>(B, l, Q);
+    V[0][0] = float(Q[0][0]);
+  } else {
+    double total = 0.0;  // NaN or Inf anywhere makes it non-finite
+    PROBREG_UNROLL
+    for (int i = 0; i < D; ++i)
+      PROBREG_UNROLL
+      for (int j = i; j < D; ++j) total += pr_abs(B[i][j]);
+    double Q[D][D];
+    symeig3_closed_form<double>(B, l, Q);
+    const double poison = 0.0 * total;  // NaN where B has a NaN or Inf, else 0
+    PROBREG_UNROLL
+    for (int i = 0; i < D; ++i) {
+      l[i] += poison;
+      PROBREG_UNROLL
+      for (int j = 0; j < D; ++j) V[i][j] = float(Q[i][j]) + float(poison);
+    }
+    sort_eigenpairs<D, double, float>(l, V);
   }
-  double Q[D][D];
-  const double scale = max_abs_entry<D, double>(B);
-  if (D == 1 || !pr_isfinite(scale) || scale == 0.0) {
-    symeig<D, double>(B, l, Q);
-  } else if constexpr (D == 3) {
-    // The float stage sees B shifted to trace zero and scaled by a power of two near the
-    // eigenvalue spread p = sqrt(tr((B - q I)^2) / 6), in double: its rounding is
-    // then relative to p, not to ||B||, so clusters that are tight relative to ||B|| keep
-    // their internal structure in float. p = 0 only for B = q I (V = I is exact).
-    const double q = (B[0][0] + B[1][1] + B[2][2]) * (1.0 / 3.0);  // any shift near the mean
-    double shifted[D][D], p2 = 0.0;
-    PROBREG_UNROLL
-    for (int i = 0; i < D; ++i)
-      PROBREG_UNROLL
-      for (int j = 0; j < D; ++j) {
-        shifted[i][j] = i == j ? B[i][j] - q : B[i][j];
-        p2 += shifted[i][j] * shifted[i][j];
-      }
-    int exponent = 0;
-    if (p2 > 0.0) pr_frexp(p2, &exponent);  // 6 p^2 = f 2^exponent, f in [1/2, 1)
-    const int half = exponent / 2 - (exponent < 0 && exponent % 2 != 0);  // floor(exponent / 2)
-    const double down = pr_ldexp(1.0, -half);  // p * down in [0.28, 0.58)
-    float a[D][D], Vf[D][D];
-    PROBREG_UNROLL
-    for (int i = 0; i < D; ++i)
-      PROBREG_UNROLL
-      for (int j = 0; j < D; ++j) a[i][j] = float(shifted[i][j] * down);
-    symeig3_estimate<float>(a, Vf);
-    double G[D][D], H[D][D], BQ[D][D], C[D][D];
-    product_double<D, true>(Vf, Vf, G);  // V^T V
-    PROBREG_UNROLL
-    for (int i = 0; i < D; ++i)
-      PROBREG_UNROLL
-      for (int j = 0; j < D; ++j) H[i][j] = (i == j ? 1.5 : 0.0) - 0.5 * G[i][j];
-    product_double<D, false>(Vf, H, Q);  // Newton-Schulz: Q = V (3I - V^T V) / 2
-    product_double<D, false>(B, Q, BQ);
-    product_double<D, true>(Q, BQ, C);  // Q^T B Q, made exactly symmetric below
-    PROBREG_UNROLL
-    for (int i = 0; i < D; ++i)
-      PROBREG_UNROLL
-      for (int j = i + 1; j < D; ++j) C[j][i] = C[i][j];
-    const double negligible = Eps<double>::value * 0.0625 * scale;
-    PROBREG_UNROLL
-    for (int p = 0; p + 1 < D; ++p)
-      PROBREG_UNROLL
-      for (int q = p + 1; q < D; ++q) jacobi_rotate<D, double>(C, Q, p, q, negligible);
-    PROBREG_UNROLL
-    for (int i = 0; i < D; ++i) l[i] = C[i][i];
-    sort_eigenpairs<D, double, double>(l, Q);
-  }
-  PROBREG_UNROLL
-  for (int i = 0; i < D; ++i)
-    PROBREG_UNROLL
-    for (int j = 0; j < D; ++j) V[i][j] = float(Q[i][j]);
 }
 
 // Eigenvalues in L, eigenvectors in T: symeig when T = L, symeig_mixed for (float, double).
