@@ -42,10 +42,12 @@ def _layout_tables(d: int):
     # break the graph).
     rows = [i for i in range(d) for _ in range(i, d)]
     cols = [j for i in range(d) for j in range(i, d)]
-    index = [[0] * d for _ in range(d)]
-    for k, (i, j) in enumerate(zip(rows, cols)):
-        index[i][j] = index[j][i] = k
-    flat_index = [index[i][j] for i in range(d) for j in range(d)]
+    # Packed position of (i, j), i <= j: the rows above i hold d + (d-1) + ... + (d-i+1)
+    # entries. Written without list mutation (torch < 2.10's dynamo cannot trace it).
+    def packed(i: int, j: int) -> int:
+        return i * d - i * (i - 1) // 2 + (j - i)
+
+    flat_index = [packed(min(i, j), max(i, j)) for i in range(d) for j in range(d)]
     unpack_scale = [1.0 if i == j else 1.0 / math.sqrt(2.0) for i in range(d) for j in range(d)]
     pack_scale = [1.0 if i == j else math.sqrt(2.0) for i, j in zip(rows, cols)]
     return rows, cols, flat_index, unpack_scale, pack_scale
