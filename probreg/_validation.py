@@ -60,6 +60,7 @@ def real(value, name: str, op: str, what: str, *, low=None, low_open: bool = Fal
     symbolic value under torch.compile)."""
     if not _is_real(value):
         _fail(op, name, what, value)
+    value = _as_number(value)  # numpy scalars as Python floats: no comparison in float32 against a wider bound
     ok = True
     if low is not None:
         ok = (value > low) if low_open else (value >= low)
@@ -67,7 +68,7 @@ def real(value, name: str, op: str, what: str, *, low=None, low_open: bool = Fal
         ok = (value < high) if high_open else (value <= high)
     if not ok:
         _fail(op, name, what, value)
-    return _as_number(value)
+    return value
 
 
 def positive_finite(value, name: str, op: str, what: str = "a finite real number > 0"):

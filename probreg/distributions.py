@@ -307,7 +307,7 @@ class HuberL2(Distribution):
         loc = self.loc
         if isinstance(p, bool) or (isinstance(p, torch.Tensor) and p.dtype == torch.bool):
             raise ValueError(f"HuberL2.region_radius: p must be probabilities in [0, 1], got {p!r}")
-        if isinstance(p, numbers.Real):  # one radius, a graph constant under torch.compile
+        if check._is_real(p):  # one radius, a graph constant under torch.compile
             return torch.full((), huber_region_radius(self._d, self.delta, p), dtype=loc.dtype, device=loc.device)
         values = torch.as_tensor(p).detach().to(device="cpu", dtype=torch.float64)
         if not bool(((values >= 0) & (values <= 1)).all()):

@@ -25,38 +25,29 @@ soft-argmax), which then moves with the network instead of being a constant.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Optional
 
 import torch
 from torch import nn
 
+from . import _validation as check
 from .distributions import HuberL2
-from .nll import COVARIANCE_CODES, HuberNLLLoss, _weighted_reduce, pred_width
+from .nll import COVARIANCE_CODES, HuberNLLLoss, _check_weight, _weighted_reduce, pred_width
 from .spd import spd_from_raw
 
 __all__ = ["PredictionHead", "OutlierMixtureNLLLoss", "raw_for_precision"]
 
 _NAME = "probreg.nn.PredictionHead"
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{_NAME}: {name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
-        raise ValueError(f"{_NAME}: {name} must be a finite number > 0, got {value!r}")
-    return float(value)
+_LOSS_NAME = "probreg.nn.OutlierMixtureNLLLoss"
 
 
 def raw_for_precision(precision: float, theta: float) -> float:
     """The raw eigenvalue l with g_theta(l) = precision: g^-1(a) = a for a > theta, else
-    theta (1 + log(a / theta)). A raw B = l I gives A = precision * I."""
-    precision = float(precision)
-    theta = float(theta)
+    theta (1 + log(a / theta)). A raw B = l I gives A = precision * I.
+    precision, theta: finite real numbers > 0 (Python or numpy)."""
+    op = "probreg.nn.raw_for_precision"
+    precision = check.positive_finite(precision, "precision", op)
+    theta = check.positive_finite(theta, "theta", op)
     if precision > theta:
         return precision
     return theta * (1.0 + math.log(precision / theta))
@@ -89,9 +80,11 @@ class PredictionHead(nn.Module):
             distribution() (the head's output does not depend on it).
         device, dtype: of the linear layer's parameters.
 
-    forward(features, location=None) -> pred (..., K, W). location: an optional base
-    location (..., K, d) (e.g. from a soft-argmax) broadcastable with features' batch
-    shape; the head adds its learned offset to it (see the module docstring).
+    forward(features, location=None) -> pred (..., K, W). features: (..., F) in the
+    parameters' dtype (as torch.nn.Linear; autocast excepted) and device. location: an
+    optional base location (..., K, d) (e.g. from a soft-argmax) broadcastable with
+    features' batch shape, on the same device; the head adds its learned offset to it (see
+    the module docstring); a location of another floating dtype computes in the wider one.
     """
 
     def __init__(
@@ -110,29 +103,38 @@ class PredictionHead(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.num_targets = _positive_int(num_targets, "num_targets")
-        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not 1 <= dim <= 3:
-            raise ValueError(f"{_NAME}: dim must be 1, 2 or 3, got {dim!r}")
-        self.dim = int(dim)
-        if covariance not in COVARIANCE_CODES:
-            raise ValueError(f"{_NAME}: covariance must be one of {tuple(COVARIANCE_CODES)}, got {covariance!r}")
-        if parameterization not in ("v", "mu"):
-            raise ValueError(f"{_NAME}: parameterization must be 'v' or 'mu', got {parameterization!r}")
-        self.covariance = covariance
-        self.parameterization = parameterization
-        self.init_precision = _positive_float(init_precision, "init_precision")
-        self.theta = self.init_precision / 4.0 if theta is None else _positive_float(theta, "theta")
-        self.delta = _positive_float(delta, "delta")
-        self.width = pred_width(self.dim, covariance)
+        self.in_features = check.integer(in_features, "in_features", _NAME, low=1)
+        self.num_targets = check.integer(num_targets, "num_targets", _NAME, low=1)
+        self.dim = check.integer(dim, "dim", _NAME, low=1, high=3)
+        self.covariance = check.choice(covariance, "covariance", _NAME, COVARIANCE_CODES)
+        self.parameterization = check.choice(parameterization, "parameterization", _NAME, ("v", "mu"))
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"{_NAME}: dtype must be a floating-point torch.dtype, got {dtype!r}")
+        # init_precision and its reciprocal (the unit of the location output) must both be
+        # normal numbers of the parameters' dtype: [tiny, 1 / tiny]
+        tiny = torch.finfo(dtype or torch.get_default_dtype()).tiny
+        self.init_precision = check.real(init_precision, "init_precision", _NAME,
+                                         f"a real number in [{tiny:g}, {1 / tiny:g}] (the parameters' dtype)",
+                                         low=tiny, high=1 / tiny)
+        self.theta = self.init_precision / 4.0 if theta is None else check.positive_finite(theta, "theta", _NAME)
+        self.delta = check.positive_finite(delta, "delta", _NAME)
+        self.width = pred_width(self.dim, self.covariance)
         self.linear = nn.Linear(self.in_features, self.num_targets * self.width, device=device, dtype=dtype)
+        if isinstance(init_location, torch.Tensor):
+            check.tensor(init_location, "init_location", _NAME, shape_text="broadcastable to (num_targets, dim)")
+        elif check._is_real(init_location):
+            init_location = check.real(init_location, "init_location", _NAME, "a finite real number or tensor",
+                                       low=-math.inf, low_open=True, high=math.inf, high_open=True)
+        else:
+            raise TypeError(f"{_NAME}: init_location must be a real number or a floating-point tensor "
+                            f"broadcastable to (num_targets, dim), got {type(init_location).__name__}")
         try:
             location = torch.as_tensor(init_location, dtype=self.linear.weight.dtype, device=self.linear.weight.device)
             location = torch.broadcast_to(location, (self.num_targets, self.dim)).clone()
-        except (RuntimeError, TypeError, ValueError) as exc:
+        except RuntimeError as exc:
             raise ValueError(
                 f"{_NAME}: init_location must be a number or broadcastable to (num_targets, dim) = "
-                f"({self.num_targets}, {self.dim}), got {init_location!r}"
+                f"({self.num_targets}, {self.dim}), got shape {tuple(init_location.shape)}"
             ) from exc
         if not bool(torch.isfinite(location).all()):
             raise ValueError(f"{_NAME}: init_location must be finite, got {init_location!r}")
@@ -173,18 +175,30 @@ class PredictionHead(nn.Module):
                 bias[:, diagonal] = unit
 
     def forward(self, features: torch.Tensor, location: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not isinstance(features, torch.Tensor) or features.dim() < 1 or features.shape[-1] != self.in_features:
-            raise ValueError(f"{_NAME}: features must have shape (..., {self.in_features}), got "
-                             f"{tuple(getattr(features, 'shape', ()))}")
         K, d = self.num_targets, self.dim
+        weight = self.linear.weight
+        check.tensor(features, "features", _NAME, min_dim=1, shape_text=f"(..., {self.in_features})")
+        if features.shape[-1] != self.in_features:
+            raise ValueError(f"{_NAME}: features must have shape (..., {self.in_features}), got {tuple(features.shape)}")
+        check.same_device([("the head's weight", weight), ("features", features)], _NAME)
+        if features.dtype != weight.dtype and not torch.is_autocast_enabled(features.device.type):
+            raise TypeError(f"{_NAME}: features must have the dtype of the head's parameters ({weight.dtype}; "
+                            f"convert one with .to()), got {features.dtype}")
+        if location is not None:
+            check.tensor(location, "location", _NAME, min_dim=2, shape_text=f"(..., {K}, {d})")
+            if location.shape[-2:] != (K, d):
+                raise ValueError(f"{_NAME}: location must have shape (..., {K}, {d}), got {tuple(location.shape)}")
+            check.same_device([("features", features), ("location", location)], _NAME)
+            try:
+                torch.broadcast_shapes(location.shape[:-2], features.shape[:-1])
+            except RuntimeError:
+                raise ValueError(f"{_NAME}: location's batch shape {tuple(location.shape[:-2])} does not broadcast "
+                                 f"with features' batch shape {tuple(features.shape[:-1])}") from None
         z = self.linear(features).unflatten(-1, (K, self.width))
-        if location is None:
-            base = self.init_location
-        else:
-            if not isinstance(location, torch.Tensor) or location.dim() < 2 or location.shape[-2:] != (K, d):
-                raise ValueError(f"{_NAME}: location must have shape (..., {K}, {d}), got "
-                                 f"{tuple(getattr(location, 'shape', ()))}")
-            base = location
+        base = self.init_location if location is None else location
+        if base.dtype != z.dtype:  # mixed dtypes compute in the wider one (as huber_nll)
+            common = torch.promote_types(base.dtype, z.dtype)
+            z, base = z.to(common), base.to(common)
         p = self.init_precision
         cov_raw = z[..., d:] * p
         if self.parameterization == "mu" or self.covariance == "identity":  # identity: A = I, v = mu
@@ -269,30 +283,30 @@ class OutlierMixtureNLLLoss(nn.Module):
                  *, parameterization: str = "v", family: str = "huber", covariance: str = "full",
                  reduction: str = "mean") -> None:
         super().__init__()
-        name = "probreg.nn.OutlierMixtureNLLLoss"
-        if isinstance(outlier_fraction, bool) or not isinstance(outlier_fraction, numbers.Real) or not (
-                0 < outlier_fraction < 1):
-            raise ValueError(f"{name}: outlier_fraction must be in (0, 1), got {outlier_fraction!r}")
-        if isinstance(outlier_log_density, bool) or not isinstance(outlier_log_density, numbers.Real) or not (
-                -math.inf < outlier_log_density < math.inf):
-            raise ValueError(f"{name}: outlier_log_density must be a finite number (log of the outlier density), "
-                             f"got {outlier_log_density!r}")
+        name = _LOSS_NAME
+        outlier_fraction = check.real(outlier_fraction, "outlier_fraction", name, "a real number in (0, 1)",
+                                      low=0.0, low_open=True, high=1.0, high_open=True)
+        outlier_log_density = check.real(outlier_log_density, "outlier_log_density", name,
+                                         "a finite real number (log of the outlier density)",
+                                         low=-math.inf, low_open=True, high=math.inf, high_open=True)
         # the per-target NLL, validated by HuberNLLLoss (delta, theta, family, covariance, parameterization)
         self.nll = HuberNLLLoss(delta, theta, parameterization=parameterization, family=family,
                                 covariance=covariance, reduction="none", normalized=True)
-        if reduction not in ("none", "sum", "mean"):
-            raise ValueError(f"{name}: reduction must be one of ('none', 'sum', 'mean'), got {reduction!r}")
+        check.choice(reduction, "reduction", name, ("none", "sum", "mean"))
         self.outlier_fraction = float(outlier_fraction)
         self.outlier_log_density = float(outlier_log_density)
         self.reduction = reduction
 
     def _log_terms(self, pred, target):
         inlier = math.log1p(-self.outlier_fraction) - self.nll(pred, target)
-        outlier = torch.full_like(inlier, math.log(self.outlier_fraction) + self.outlier_log_density)
+        # a float64 constant rounded to the loss dtype (+-inf beyond its range, not an overflow error)
+        constant = torch.tensor(math.log(self.outlier_fraction) + self.outlier_log_density, dtype=torch.float64)
+        outlier = constant.to(dtype=inlier.dtype, device=inlier.device).expand_as(inlier)
         return inlier, outlier
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-        inlier, outlier = self._log_terms(pred, target)
+        inlier, outlier = self._log_terms(pred, target)  # validates pred and target (huber_nll)
+        weight = _check_weight(weight, inlier.shape, inlier.dtype, inlier.device, _LOSS_NAME)
         return _weighted_reduce(-torch.logaddexp(inlier, outlier), weight, self.reduction, None)
 
     @torch.no_grad()

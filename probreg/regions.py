@@ -17,19 +17,16 @@ for every delta > 0 (delta = inf: the chi_d quantiles of the Gaussian) and p in 
 from __future__ import annotations
 
 import math
-import numbers
 
+from . import _validation as check
 from .normalizer import _LOG2, _constant_under_compile, _log_huber_moment, _log_lower_gamma, _log_upper_gamma
 
 __all__ = ["huber_radius_cdf", "huber_region_radius"]
 
 
-def _check(d, delta, name: str):
-    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
-        raise ValueError(f"{name}: d must be an integer >= 1, got {d!r}")
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not float(delta) > 0:
-        raise ValueError(f"{name}: delta must be a number > 0 (inf: Gaussian), got {delta!r}")
-    return int(d), float(delta)
+def _check(d, delta, op: str):
+    """d an int >= 1, delta in (0, inf] (Python or numpy numbers; not bool, NaN or a tensor)."""
+    return check.integer(d, "d", op, low=1), check.positive(delta, "delta", op, "a real number > 0 (inf: Gaussian)")
 
 
 def _log_sub(a: float, b: float) -> float:
@@ -71,9 +68,9 @@ def _log_density(d: int, delta: float, s: float) -> float:
 @_constant_under_compile
 def huber_radius_cdf(d: int, delta: float, s: float) -> float:
     """P(||A (y - mu)|| <= s) under the L2 Huber distribution in R^d (float64)."""
-    d, delta = _check(d, delta, "huber_radius_cdf")
-    if isinstance(s, bool) or not isinstance(s, numbers.Real) or math.isnan(s):
-        raise ValueError(f"huber_radius_cdf: s must be a real number, got {s!r}")
+    op = "probreg.huber_radius_cdf"
+    d, delta = _check(d, delta, op)
+    s = check.real(s, "s", op, "a real number (not NaN; +-inf allowed)", low=-math.inf)
     if s <= 0:
         return 0.0
     if math.isinf(s):
@@ -94,10 +91,9 @@ def huber_region_radius(d: int, delta: float, p: float) -> float:
         s_p as a float (~1e-14 relative accuracy). The region {y : ||A (y - mu)|| <= s_p}
         is the ellipsoid with semi-axes s_p / (singular values of A).
     """
-    d, delta = _check(d, delta, "huber_region_radius")
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"huber_region_radius: p must be a probability in [0, 1], got {p!r}")
-    p = float(p)
+    op = "probreg.huber_region_radius"
+    d, delta = _check(d, delta, op)
+    p = check.real(p, "p", op, "a probability in [0, 1]", low=0.0, high=1.0)
     if p == 0.0:
         return 0.0
     if p == 1.0:

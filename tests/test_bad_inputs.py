@@ -7,7 +7,8 @@ silently wrong, nothing out of bounds.
   directions, and never reports converged = True with y = +-inf;
 - the normalisers are exact over the whole delta range (against mpmath quadrature);
 - the public functions' cases of the issue, one by one (scalar and tensor arguments,
-  the negative-weight rule, the empty-batch mean).
+  the negative-weight rule, the empty-batch mean), probreg.nn and the region radius
+  included.
 The property-based sweep over every public function is tests/test_hostile_sweep.py.
 """
 from __future__ import annotations
@@ -447,6 +448,65 @@ ISSUE_CASES = {
 }
 
 
+# probreg.nn and the region-radius functions: the same table (callable, exception type, regex)
+def _head(**kwargs):
+    return probreg.PredictionHead(4, 2, 2, **kwargs)
+
+
+def _mixture_inputs(n=3):
+    pred, target = _pred_target(n)
+    return probreg.nn.OutlierMixtureNLLLoss(0.1, -1.4), pred, target
+
+
+NN_CASES = {
+    # raw_for_precision validated nothing: True and "1" gave 1.0, 0 a bare "math domain error", NaN a NaN
+    "raw_for_precision precision=True": (lambda: probreg.nn.raw_for_precision(True, 0.5), ValueError, "precision"),
+    "raw_for_precision precision='1'": (lambda: probreg.nn.raw_for_precision("1", 0.5), ValueError, "precision"),
+    "raw_for_precision precision=0": (lambda: probreg.nn.raw_for_precision(0, 0.5), ValueError, "precision"),
+    "raw_for_precision precision=nan": (lambda: probreg.nn.raw_for_precision(math.nan, 0.5), ValueError, "precision"),
+    "raw_for_precision theta=0": (lambda: probreg.nn.raw_for_precision(1.0, 0), ValueError, "theta"),
+    "raw_for_precision theta=nan": (lambda: probreg.nn.raw_for_precision(1.0, math.nan), ValueError, "theta"),
+    # OutlierMixtureNLLLoss passed weight on unchecked: negative and complex weights were used
+    # (complex with a warning), a list was accepted, wrong shapes gave raw expand errors
+    "OutlierMixtureNLLLoss negative weight": (
+        lambda: (lambda L, p, t: L(p, t, -torch.ones(3, dtype=F64)))(*_mixture_inputs()), ValueError, "weight must be >= 0"),
+    "OutlierMixtureNLLLoss complex weight": (
+        lambda: (lambda L, p, t: L(p, t, torch.ones(3, dtype=torch.complex64)))(*_mixture_inputs()), TypeError, "weight"),
+    "OutlierMixtureNLLLoss weight (N, 1)": (
+        lambda: (lambda L, p, t: L(p, t, torch.ones(3, 1)))(*_mixture_inputs()), ValueError, "weight must be broadcastable"),
+    "OutlierMixtureNLLLoss weight (N + 1,)": (
+        lambda: (lambda L, p, t: L(p, t, torch.ones(4)))(*_mixture_inputs()), ValueError, "weight must be broadcastable"),
+    "OutlierMixtureNLLLoss weight list": (
+        lambda: (lambda L, p, t: L(p, t, [1.0, 1.0, 1.0]))(*_mixture_inputs()), ValueError, "weight"),
+    "OutlierMixtureNLLLoss reduction=['mean']": (
+        lambda: probreg.nn.OutlierMixtureNLLLoss(0.1, 0.0, reduction=["mean"]), ValueError, "reduction"),
+    # PredictionHead: unclear errors or bad values accepted
+    "PredictionHead covariance=['full']": (lambda: _head(covariance=["full"]), ValueError, "covariance"),  # was unhashable
+    "PredictionHead init_location=True": (lambda: _head(init_location=True), TypeError, "init_location"),  # was accepted
+    "PredictionHead init_location int tensor": (
+        lambda: _head(init_location=torch.ones(2, 2, dtype=torch.int64)), TypeError, "init_location"),
+    "PredictionHead init_precision=1e-320": (lambda: _head(init_precision=1e-320), ValueError, "init_precision"),  # 1/p = inf
+    "PredictionHead init_precision=1e300": (lambda: _head(init_precision=1e300), ValueError, "init_precision"),
+    "PredictionHead dtype=int64": (lambda: _head(dtype=torch.int64), TypeError, "dtype"),  # a torch autograd error
+    "PredictionHead features int": (lambda: _head()(torch.ones(3, 4, dtype=torch.int64)), TypeError, "features"),
+    "PredictionHead features float64 on a float32 head": (
+        lambda: _head()(torch.ones(3, 4, dtype=F64)), TypeError, "features"),  # was a bare mat1/mat2 error
+    "PredictionHead features list": (lambda: _head()([[1.0, 2.0, 3.0, 4.0]]), TypeError, "features"),
+    "PredictionHead features on meta": (lambda: _head()(torch.ones(3, 4, device="meta")), ValueError, "features"),
+    "PredictionHead location int": (
+        lambda: _head()(torch.ones(3, 4), torch.ones(3, 2, 2, dtype=torch.int64)), TypeError, "location"),
+    "PredictionHead location batch mismatch": (
+        lambda: _head()(torch.ones(3, 4), torch.ones(4, 2, 2)), ValueError, "location"),  # was a bare broadcast error
+    "PredictionHead location on meta": (
+        lambda: _head()(torch.ones(3, 4), torch.ones(3, 2, 2, device="meta")), ValueError, "location"),
+    "huber_region_radius d=True": (lambda: probreg.huber_region_radius(True, 1.0, 0.5), ValueError, "d must"),
+    "huber_region_radius p=nan": (lambda: probreg.huber_region_radius(2, 1.0, math.nan), ValueError, "p must"),
+    "huber_region_radius delta=nan": (lambda: probreg.huber_region_radius(2, math.nan, 0.5), ValueError, "delta must"),
+    "huber_radius_cdf s=True": (lambda: probreg.huber_radius_cdf(2, 1.0, True), ValueError, "s must"),
+}
+
+ISSUE_CASES.update(NN_CASES)
+
 @pytest.mark.parametrize("case", list(ISSUE_CASES))
 def test_issue_case_raises_a_clear_error(case):
     fn, exc, pattern = ISSUE_CASES[case]
@@ -517,3 +577,49 @@ def test_mean_over_an_empty_batch_is_zero(weighted, normalized):
     assert pred.grad.shape == pred.shape
     pred, target = _pred_target(3)
     assert float(probreg.huber_nll(pred, target, weight=torch.zeros(3, dtype=F64), normalized=normalized)) == 0.0
+
+
+def test_nn_and_region_numbers_accept_numpy_scalars():
+    assert probreg.huber_region_radius(np.int64(2), np.float32(1.0), np.float64(0.5)) == probreg.huber_region_radius(
+        2, float(np.float32(1.0)), 0.5)
+    assert probreg.huber_radius_cdf(np.int32(3), np.float64(0.7), np.float32(1.5)) == probreg.huber_radius_cdf(
+        3, 0.7, float(np.float32(1.5)))
+    assert probreg.nn.raw_for_precision(np.float32(0.25), np.float64(0.5)) == probreg.nn.raw_for_precision(0.25, 0.5)
+    head = probreg.PredictionHead(np.int64(4), np.int32(2), np.int64(2), init_precision=np.float32(2.0),
+                                  theta=np.float64(0.3), delta=np.float32(1.5), init_location=np.float64(0.5))
+    assert (head.in_features, head.num_targets, head.dim, head.init_precision) == (4, 2, 2, 2.0)
+    loss = probreg.nn.OutlierMixtureNLLLoss(np.float32(0.25), np.float64(-1.0))
+    assert loss.outlier_fraction == 0.25
+
+
+def test_huber_l2_region_radius_of_a_number():
+    """HuberL2.region_radius(0.9) raised NameError (numbers no longer imported after a merge)."""
+    dist = probreg.HuberL2(torch.zeros(2, dtype=F64), raw=torch.tensor([1.0, 0.0, 1.0], dtype=F64), delta=0.7, theta=0.1)
+    assert dist.region_radius(0.9).item() == probreg.huber_region_radius(2, 0.7, 0.9)
+    assert dist.region_radius(np.float32(0.5)).item() == probreg.huber_region_radius(2, 0.7, float(np.float32(0.5)))
+
+
+def test_prediction_head_location_dtypes_promote_alike():
+    """A float64 location on a float32 head: the 'mu' layout promoted to float64 while 'v'
+    raised a bare matmul dtype error; both now compute in the wider dtype (as huber_nll)."""
+    features, location = torch.randn(3, 4), torch.randn(3, 2, 2, dtype=F64)
+    for parameterization in ("v", "mu"):
+        head = probreg.PredictionHead(4, 2, 2, parameterization=parameterization)
+        with torch.no_grad():
+            head.linear.weight.normal_()
+        out = head(features, location)
+        assert out.dtype == F64
+        head64 = probreg.PredictionHead(4, 2, 2, parameterization=parameterization, dtype=F64)
+        with torch.no_grad():
+            head64.linear.weight.copy_(head.linear.weight)
+            head64.linear.bias.copy_(head.linear.bias)
+        torch.testing.assert_close(out, head64(features.double(), location), rtol=1e-6, atol=1e-6)
+
+
+def test_outlier_mixture_huge_outlier_log_density_in_float32():
+    """log(eps) + log u beyond float32's range: the per-target loss is -inf there (the
+    constant rounded to the loss dtype), not an overflow RuntimeError."""
+    loss = probreg.nn.OutlierMixtureNLLLoss(0.1, 1e300, reduction="none")
+    pred, target = _pred_target()
+    out = loss(pred.float(), target.float())
+    assert out.dtype == torch.float32 and bool((out == -math.inf).all())

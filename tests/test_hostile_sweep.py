@@ -1,5 +1,5 @@
 """Property-based hostile-input sweep (issue 15) over every public function: probreg.__all__,
-the public functions of probreg.wiberg / ebm / gum, and every torch.ops.probreg operator
+the public functions of probreg.wiberg / ebm / gum / nn, and every torch.ops.probreg operator
 (backward operators included).
 
 Each example draws one function's arguments: each tensor argument in a dtype (float64,
@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 import probreg
 from probreg import ebm, gum, reference, wiberg
+from probreg.nll import pred_width
 
 ops = torch.ops.probreg
 F64 = torch.float64
@@ -417,6 +418,274 @@ def huber_l2_case(draw):
 
     return Case(call, (loc_arg,), kw, bad=bad, reference=ref, compare=compare, label="HuberL2")
 
+
+# ---------------------------------------------------------------- probability regions
+def _quad_radial_masses(d: int, delta: float, s: float):
+    """(P(R <= s), P(R > s)) of the radial density r^(d-1) exp(-h_delta(r)) / m by scipy
+    quadrature, split at delta (where h changes form); each side integrated directly, so
+    the smaller one keeps its relative accuracy."""
+    from scipy.integrate import quad
+
+    def density(r):
+        return r ** (d - 1) * math.exp(-(0.5 * r * r if r <= delta else delta * (r - 0.5 * delta)))
+
+    def integral(a, b):
+        pieces = ((a, min(b, delta)), (max(a, delta), b))
+        return sum(quad(density, lo, hi, epsabs=0, epsrel=1e-13, limit=200)[0] for lo, hi in pieces if hi > lo)
+
+    s = max(s, 0.0)
+    total = integral(0.0, math.inf)
+    return integral(0.0, s) / total, integral(s, math.inf) / total
+
+
+REGION_DELTAS = [0.3, 1.0, 4.0, math.inf]
+
+
+def _region_args(draw, names):
+    """(d, delta) drawn as Python or numpy numbers, or one of them made bad."""
+    d = draw(st.sampled_from([1, 2, 3, 6]))
+    delta = draw(st.sampled_from(REGION_DELTAS))
+    bad = draw(choose_bad(names))
+    d_arg = draw(st.sampled_from([0, -1, 1.5, True, "2", None])) if bad == "d" else draw(st.sampled_from(number_variants(d)))
+    delta_arg = (draw(st.sampled_from([0.0, -1.0, math.nan, True, "1", None, torch.tensor(1.0)])) if bad == "delta"
+                 else draw(st.sampled_from(number_variants(delta))))
+    return d, d_arg, delta_arg, bad
+
+
+RADII = [-1.0, 0.0, 0.3, 1.3, 3.0, 12.0, math.inf]
+PROBABILITIES = [0.0, 1e-6, 0.1, 0.5, 0.9, 1 - 1e-6, 1.0]
+
+
+def _region_case(draw, fn, name: str, values, bad_values, reference_of):
+    """fn(d, delta, x): a valid example evaluates every x of `values` (each a Python or
+    numpy number) for one drawn (d, delta); a bad one makes d, delta or x bad."""
+    d, d_arg, delta_arg, bad = _region_args(draw, ["d", "delta", name])
+    if bad is not None:
+        x = draw(st.sampled_from(bad_values)) if bad == name else values[len(values) // 2]
+        return Case(fn, (d_arg, delta_arg, x), bad=bad, label=fn.__name__)
+    xs = [draw(st.sampled_from(number_variants(x))) for x in values]
+
+    def compare(outs, refs):
+        for x, out, r in zip(xs, outs, refs):
+            assert isinstance(out, float)
+            assert out == r or math.isclose(out, r, rel_tol=1e-8, abs_tol=1e-13), (d, delta_arg, x, out, r)
+
+    return Case(lambda: [fn(d_arg, delta_arg, x) for x in xs],
+                reference=lambda: [reference_of(d, float(delta_arg), float(x)) for x in xs], compare=compare,
+                label=fn.__name__)
+
+
+def _cdf_reference(d: int, delta: float, s: float) -> float:
+    return 1.0 if s == math.inf else _quad_radial_masses(d, delta, s)[0]
+
+
+def _radius_reference(d: int, delta: float, p: float) -> float:
+    """The root of the quadrature CDF (of the tail for p > 1/2) by Brent's method."""
+    from scipy.optimize import brentq
+
+    if p in (0.0, 1.0):
+        return 0.0 if p == 0.0 else math.inf
+    side = 0 if p <= 0.5 else 1
+    target = p if side == 0 else 1.0 - p
+
+    def f(s):  # increasing in s
+        return (_quad_radial_masses(d, delta, s)[side] - target) * (1 if side == 0 else -1)
+
+    hi = 1.0
+    while f(hi) < 0:
+        hi *= 2
+    return brentq(f, 0.0, hi, xtol=1e-300, rtol=1e-13)
+
+
+@st.composite
+def radius_cdf_case(draw):
+    return _region_case(draw, probreg.huber_radius_cdf, "s", RADII,
+                        [math.nan, True, "1", None, 1j, torch.tensor(1.0)], _cdf_reference)
+
+
+@st.composite
+def region_radius_case(draw):
+    return _region_case(draw, probreg.huber_region_radius, "p", PROBABILITIES,
+                        [-0.1, 1.1, math.nan, math.inf, True, "0.5", None, torch.tensor(0.5)], _radius_reference)
+
+
+# ---------------------------------------------------------------- probreg.nn
+def _g(raw: torch.Tensor, theta: float) -> torch.Tensor:
+    """The eigenvalue remap g_theta (huber_nll's docstring), elementwise."""
+    return torch.where(raw > theta, raw, theta * torch.exp(raw / theta - 1))
+
+
+@st.composite
+def prediction_head_case(draw):
+    seed = draw(st.integers(0, 99))
+    F_, K, d = draw(st.sampled_from([1, 3])), draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2, 3]))
+    n = draw(st.sampled_from([0, 1, 5]))
+    covariance = draw(st.sampled_from(COVARIANCES))
+    parameterization = draw(st.sampled_from(("v", "mu")))
+    init = dict(in_features=F_, num_targets=K, dim=d, covariance=covariance, parameterization=parameterization,
+                init_precision=draw(st.sampled_from([0.5, 2.0])), theta=draw(st.sampled_from([None, 0.3])),
+                delta=1.0, init_location=draw(st.sampled_from([0.0, 1.5, "tensor"])))
+    if init["init_location"] == "tensor":
+        init["init_location"] = torch.randn(K, d, generator=gen(seed + 3), dtype=F64)
+    features = torch.randn(n, F_, generator=gen(seed), dtype=F64)
+    location = torch.randn(n, K, d, generator=gen(seed + 1), dtype=F64) if draw(st.booleans()) else None
+    names = ["in_features", "num_targets", "dim", "covariance", "parameterization", "init_precision", "theta",
+             "delta", "init_location", "features", "location"]
+    bad = draw(choose_bad(names))
+    dtype = F64
+    if bad in ("in_features", "num_targets"):
+        init[bad] = draw(st.sampled_from(BAD_NUMBERS["int>=1"]))
+    elif bad == "dim":
+        init["dim"] = draw(st.sampled_from([0, 4, 2.0, True, "2", None]))
+    elif bad in ("covariance", "parameterization"):
+        init[bad] = draw(st.sampled_from(["cauchy", ["full"], None, 3]))
+    elif bad in ("init_precision", "theta", "delta"):
+        init[bad] = draw(st.sampled_from(BAD_NUMBERS["positive_finite"] + ([1e-320, 1e300] if bad == "init_precision" else [])))
+    elif bad == "init_location":
+        init["init_location"] = draw(st.sampled_from([math.nan, math.inf, "a", True, None, torch.zeros(K + 1, d + 1),
+                                                      torch.zeros(K, d, dtype=torch.int64)]))
+    elif bad == "features":
+        features = draw(st.sampled_from([x for _, x in bad_tensors(features, [
+            ("last dim + 1", torch.zeros(n, F_ + 1, dtype=F64)), ("0-d", torch.tensor(1.0, dtype=F64)),
+            ("another float dtype", features.float())])]))
+    elif bad == "location":
+        base = torch.zeros(n, K, d, dtype=F64)
+        location = draw(st.sampled_from([x for _, x in bad_tensors(base, [
+            ("K + 1", torch.zeros(n, K + 1, d, dtype=F64)), ("d + 1", torch.zeros(n, K, d + 1, dtype=F64)),
+            ("batch + 2", torch.zeros(n + 2, K, d, dtype=F64)), ("(K,)", torch.zeros(K, dtype=F64))])]))
+    else:
+        dtype = draw(st.sampled_from(FLOATS))
+        features = draw(tensor_variant(features, dtypes=(dtype,)))
+        if location is not None:
+            location = draw(tensor_variant(location, dtypes=(draw(st.sampled_from([dtype, F64])),)))
+        for k in ("in_features", "num_targets", "dim", "init_precision"):
+            init[k] = draw(st.sampled_from(number_variants(init[k])))
+    # a valid example checks every (covariance, parameterization) layout, a bad one the drawn one
+    layouts = [(c, m) for c in COVARIANCES for m in ("v", "mu")] if bad is None else [(init["covariance"], init["parameterization"])]
+    weights = {c: 0.5 * torch.randn(K * pred_width(d, c), F_, generator=gen(seed + 2), dtype=F64) for c in COVARIANCES}
+    biases = {}
+
+    def call(features, location):
+        outs = []
+        for c, m in layouts:
+            head = probreg.PredictionHead(**{**init, "covariance": c, "parameterization": m}, dtype=dtype)
+            with torch.no_grad():
+                head.linear.weight.copy_(weights[c])  # random weights (zero at initialisation)
+            biases[c] = head.linear.bias.detach().to(F64).clone()
+            outs.append(head(features, location))
+        return outs
+
+    def ref():
+        """The module docstring's map written out: z = W f + b, raw = p z_cov, mu = base +
+        z_loc / p or v = A base + z_loc with A = g(raw) (full: reference.spd_from_raw)."""
+        p = float(init["init_precision"])
+        theta = p / 4 if init["theta"] is None else init["theta"]
+        loc0 = torch.as_tensor(init["init_location"], dtype=F64).to(dtype).to(F64)  # the buffer's values
+        base = torch.broadcast_to(loc0, (K, d)) if location is None else canon(location)
+        refs = []
+        for c, m in layouts:
+            W = weights[c].to(dtype).to(F64)  # the weights as the head holds them
+            z = (canon(features) @ W.mT + biases[c]).unflatten(-1, (K, -1))
+            raw = p * z[..., d:]
+            if m == "mu" or c == "identity":
+                loc = base + z[..., :d] / p
+            else:
+                A = reference.spd_from_raw(raw, theta) if c == "full" else torch.diag_embed(_g(raw, theta))
+                loc = (A @ base.unsqueeze(-1)).squeeze(-1) + z[..., :d]
+            loc = torch.broadcast_to(loc, torch.broadcast_shapes(loc.shape, z.shape[:-1] + (d,)))
+            refs.append(torch.cat([loc, raw.expand(loc.shape[:-1] + raw.shape[-1:])], -1))
+        return refs
+
+    def compare(outs, refs):
+        for (c, m), out, r in zip(layouts, outs, refs):
+            close(out, r, compute_dtype(features), f"PredictionHead({c}, {m})")
+
+    return Case(call, (features, location), bad=bad, reference=ref, compare=compare, label="PredictionHead")
+
+
+@st.composite
+def outlier_mixture_case(draw):
+    seed = draw(st.integers(0, 99))
+    n, d = draw(st.sampled_from([0, 1, 6])), draw(st.sampled_from([1, 2, 3]))
+    covariance = draw(st.sampled_from(COVARIANCES))
+    options = dict(parameterization=draw(st.sampled_from(("v", "mu"))), family=draw(st.sampled_from(("huber", "gauss"))),
+                   covariance=covariance, reduction=draw(st.sampled_from(("none", "sum", "mean"))))
+    init = dict(outlier_fraction=draw(st.sampled_from([1e-6, 0.1, 0.9])),
+                outlier_log_density=draw(st.sampled_from([-50.0, -1.4, 3.0])),
+                delta=draw(st.sampled_from([0.5, 2.0])), theta=draw(st.sampled_from([0.2, 1.0])))
+    args = dict(pred=torch.randn(n, pred_width(d, covariance), generator=gen(seed), dtype=F64),
+                target=2 * torch.randn(n, d, generator=gen(seed + 1), dtype=F64),
+                weight=torch.rand(n, generator=gen(seed + 2), dtype=F64) if draw(st.booleans()) else None)
+    bad = draw(choose_bad(["outlier_fraction", "outlier_log_density", "delta", "reduction", "pred", "target", "weight"]))
+    if bad == "outlier_fraction":
+        init[bad] = draw(st.sampled_from([0.0, 1.0, -0.1, math.nan, True, "0.1", None]))
+    elif bad == "outlier_log_density":
+        init[bad] = draw(st.sampled_from([math.nan, math.inf, -math.inf, True, "1", None]))
+    elif bad == "delta":
+        init[bad] = draw(st.sampled_from(BAD_NUMBERS["nonnegative_finite"]))
+    elif bad == "reduction":
+        options["reduction"] = draw(st.sampled_from(["max", ["mean"], None]))
+    elif bad in ("pred", "target"):
+        x = args[bad]
+        args[bad] = draw(st.sampled_from([t for _, t in bad_tensors(x, [
+            ("batch + 1", torch.zeros(n + 1, x.shape[1], dtype=F64)), ("0-d", torch.tensor(1.0, dtype=F64))])]))
+    elif bad == "weight":
+        args["weight"] = draw(st.sampled_from([torch.ones(n, 1, dtype=F64), torch.ones(n + 2, dtype=F64),
+                                               torch.ones(n, dtype=torch.complex64), [1.0] * (n + 2), "1", -1.0,
+                                               -torch.ones(n, dtype=F64) if n else -torch.ones(1, dtype=F64)]))
+    else:
+        dtype = draw(st.sampled_from(FLOATS))
+        args["pred"] = draw(tensor_variant(args["pred"], dtypes=(dtype,)))
+        args["target"] = draw(tensor_variant(args["target"], dtypes=(dtype,)))
+        if args["weight"] is not None:
+            args["weight"] = draw(st.sampled_from([draw(tensor_variant(args["weight"])), args["weight"] > 0.5]))
+        for k in ("outlier_fraction", "outlier_log_density", "delta"):
+            init[k] = draw(st.sampled_from(number_variants(init[k])))
+
+    def call(pred, target, weight):
+        return probreg.nn.OutlierMixtureNLLLoss(**init, **options)(pred, target, weight)
+
+    def ref():
+        """-log((1 - eps) p + eps u) per target from the NLL reference, then the weighted reduction."""
+        eps, log_u = float(init["outlier_fraction"]), float(init["outlier_log_density"])
+        nll = reference.huber_nll_reference(canon(args["pred"]), canon(args["target"]), float(init["delta"]),
+                                            float(init["theta"]), reduction="none",
+                                            **{k: v for k, v in options.items() if k != "reduction"})
+        loss = -torch.logaddexp(math.log1p(-eps) - nll, torch.full_like(nll, math.log(eps) + log_u))
+        w = torch.ones_like(loss) if args["weight"] is None else canon(args["weight"]).expand_as(loss)
+        weighted = torch.where(w != 0, w * loss, torch.zeros_like(loss))
+        if options["reduction"] == "none":
+            return weighted
+        if options["reduction"] == "sum":
+            return weighted.sum()
+        return weighted.sum() / w.sum() if w.sum() != 0 else torch.zeros((), dtype=F64)
+
+    return Case(call, kwargs=args, bad=bad, reference=ref,
+                compare=lambda out, r: close(out, r, compute_dtype(args["pred"], args["target"]), "OutlierMixtureNLLLoss"),
+                label="OutlierMixtureNLLLoss")
+
+
+@st.composite
+def raw_for_precision_case(draw):
+    """A valid example checks the whole grid (both branches of g^-1, near and at theta) with
+    each number drawn as a Python or numpy scalar; a bad one makes one argument bad."""
+    grid = [(a, t) for a in (1e-3, 0.3, 0.45, 0.5, 0.95, 2.0, 1e5) for t in (0.1, 0.5, 1.0)]
+    bad = draw(choose_bad(["precision", "theta"]))
+    if bad:
+        args = dict(precision=2.0, theta=0.5)
+        args[bad] = draw(st.sampled_from(BAD_NUMBERS["positive_finite"] + [torch.tensor(1.0)]))
+        return Case(probreg.nn.raw_for_precision, kwargs=args, bad=bad, label="raw_for_precision")
+    pairs = [(draw(st.sampled_from(number_variants(a))), draw(st.sampled_from(number_variants(t)))) for a, t in grid]
+
+    def compare(outs, _):
+        """The defining property g_theta(raw) = precision."""
+        for (a, t), out in zip(pairs, outs):
+            assert isinstance(out, float)
+            back = _g(torch.tensor(out, dtype=F64), float(t)).item()
+            assert math.isclose(back, float(a), rel_tol=1e-12), (a, t, out, back)
+
+    return Case(lambda: [probreg.nn.raw_for_precision(a, t) for a, t in pairs], reference=lambda: None,
+                compare=compare, label="raw_for_precision")
 
 # ---------------------------------------------------------------- fusion
 def _fuse_problem(seed, batch, n, d):
@@ -1115,6 +1384,11 @@ SWEEP = {
     "huber_log_normalizer": (normalizer_case(False), 25),
     "huber_variance_factor": (normalizer_case(True), 25),
     "HuberL2": (huber_l2_case(), 25),
+    "huber_radius_cdf": (radius_cdf_case(), 25),
+    "huber_region_radius": (region_radius_case(), 25),
+    "PredictionHead": (prediction_head_case(), 60),
+    "nn.OutlierMixtureNLLLoss": (outlier_mixture_case(), 80),
+    "nn.raw_for_precision": (raw_for_precision_case(), 20),
     "huber_fuse": (fuse_case(), 40),
     "fuse_predictions": (fuse_predictions_case(), 25),
     "wiberg.argmin": (argmin_case("argmin"), 20),
@@ -1146,8 +1420,9 @@ def test_the_sweep_covers_every_public_function():
 
     covered = set(SWEEP) | {"gum.responsibilities"}  # test_gum_responsibilities_hostile
     expected = public(probreg) | {f"ops.{op}" for op in OP_NAMES}
-    for module in (wiberg, ebm, gum):
+    for module in (wiberg, ebm, gum, probreg.nn):
         expected |= public(module, module.__name__.split(".")[-1] + ".")
+    expected -= {"nn.PredictionHead"}  # exported at the top level too: swept as PredictionHead
     assert expected - covered == set()
     schemas = {s.name.split("::")[1] for s in torch._C._jit_get_all_schemas() if s.name.startswith("probreg::")}
     assert schemas - {"_log_normalizer"} == set(OP_NAMES)  # _log_normalizer: a compile helper, no tensors
