@@ -11,6 +11,7 @@ isolation would need a second torch to compile against, so the in-tree build bac
 """
 import glob
 import os
+import runpy
 import shlex
 import sys
 
@@ -21,7 +22,7 @@ try:
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError as exc:  # pragma: no cover - explained to the user
     raise SystemExit(
-        "probreg builds against an installed PyTorch (>= 2.4). Install torch first, then "
+        "probreg builds against an installed PyTorch (>= 2.9.1). Install torch first, then "
         "`pip install --no-build-isolation .` (build isolation would fetch a second torch)."
     ) from exc
 
@@ -31,6 +32,9 @@ except ImportError as exc:  # pragma: no cover - explained to the user
 # build compiles from build/temp.*).
 ROOT = os.path.dirname(os.path.abspath(__file__))
 os.chdir(ROOT)
+MIN_TORCH_VERSION = runpy.run_path(os.path.join("probreg", "_version.py"))["MIN_TORCH_VERSION"]
+if torch.__version__ < MIN_TORCH_VERSION:
+    raise SystemExit(f"probreg needs torch >= {MIN_TORCH_VERSION}; the installed torch is {torch.__version__}.")
 
 
 def _want_cuda() -> bool:

@@ -8,6 +8,11 @@ import importlib.util
 
 import torch
 
+from ._version import MIN_TORCH_VERSION
+
+if torch.__version__ < MIN_TORCH_VERSION:  # torch.__version__ is a TorchVersion: compares as a version
+    raise ImportError(f"probreg needs torch >= {MIN_TORCH_VERSION}; this is torch {torch.__version__}")
+
 try:
     from . import _C  # noqa: F401  (loading the library runs the TORCH_LIBRARY registrations)
 except ImportError as exc:

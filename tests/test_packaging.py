@@ -94,19 +94,19 @@ def test_sdist_contains_sources_and_no_artefacts(sdist):
     assert not artefacts, f"build artefacts in the sdist: {artefacts}"
 
 
-def _declared_version():
-    """__version__ of probreg/_version.py, read as source (not through setuptools)."""
+def _declared(name="__version__"):
+    """A string constant of probreg/_version.py, read as source (not through setuptools)."""
     with open(os.path.join(ROOT, "probreg", "_version.py")) as f:
         tree = ast.parse(f.read())
     (value,) = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                and [t.id for t in node.targets] == ["__version__"]]
+                and [t.id for t in node.targets] == [name]]
     return value
 
 
 def test_metadata_version_defined_once_and_mit_licence_in_spdx_form(sdist):
     _, pkg_info, stderr = sdist
     fields = [line.split(": ", 1) for line in pkg_info.split("\n\n")[0].splitlines() if ": " in line]
-    assert ["Version", _declared_version()] in fields, pkg_info
+    assert ["Version", _declared()] in fields, pkg_info
     assert ["License-Expression", "MIT"] in fields and ["License-File", "LICENSE"] in fields, pkg_info
     assert not any(key == "License" or value.startswith("License ::") for key, value in fields), pkg_info
     assert "Deprecat" not in stderr, stderr  # e.g. the licence as a TOML table
@@ -117,6 +117,17 @@ def test_metadata_version_defined_once_and_mit_licence_in_spdx_form(sdist):
         if name.endswith(".py") and name != "_version.py":
             with open(os.path.join(ROOT, "probreg", name)) as f:
                 assert "__version__ =" not in f.read(), name
+
+
+def test_lowest_torch_declared_once_and_stated_in_the_metadata_and_readme(sdist):
+    """probreg/_version.py's MIN_TORCH_VERSION (the lowest torch tools/check_torch_version.sh
+    has passed) is the Requires-Dist bound, and the README's Install section states it."""
+    _, pkg_info, _ = sdist
+    lowest = _declared("MIN_TORCH_VERSION")
+    assert f"Requires-Dist: torch>={lowest}" in pkg_info, pkg_info
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert f"It needs torch >= {lowest}," in readme
 
 
 def test_py_typed_is_installed_with_the_package(tmp_path):
