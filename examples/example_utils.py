@@ -11,6 +11,13 @@ import sys
 
 import torch
 
+# Examples import this module first (from their own directory). The installed probreg is
+# used when there is one; otherwise the checkout this file lives in (built in place).
+try:
+    import probreg  # noqa: F401
+except ModuleNotFoundError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 DEFAULT_OUT = os.path.join("examples", "output")
 
 

@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import example_utils  # noqa: E402
 from probreg.nn import PredictionHead  # noqa: E402

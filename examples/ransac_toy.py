@@ -33,12 +33,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-    from probreg import wiberg
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from probreg import wiberg
-import example_utils  # noqa: E402
+import example_utils  # noqa: E402  (first: it locates probreg)
+from probreg import wiberg  # noqa: E402
 
 DTYPE = torch.float64
 NUM_INLIERS = 10

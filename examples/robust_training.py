@@ -46,12 +46,8 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-try:
-    import probreg
-except ImportError:  # running from a checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import probreg
-import example_utils  # noqa: E402
+import example_utils  # noqa: E402  (first: it locates probreg)
+import probreg  # noqa: E402
 from probreg import ebm, gum  # noqa: E402
 from probreg.nn import PredictionHead  # noqa: E402
 
