@@ -3,7 +3,8 @@
 //
 // An op writes ONE generic item body `fn(T zero, I i)` that computes item i (T a scalar
 // compute type, I = int64_t) or the items of one lane block (T = Lanes, SIMD; I =
-// LaneBlock, up to kLaneWidth consecutive items). Where the compute type is double,
+// LaneBlock, up to kLaneWidth consecutive items; run_decomposed also T = LanePair,
+// I = LaneBlockPair, two blocks). Where the compute type is double,
 // run_items runs EVERY item through the lane body, partial blocks included (their loads
 // replicate the last item into the unused lanes and their stores skip them), and
 // run_decomposed recomputes with the scalar body exactly the items whose matrix the SIMD
@@ -189,6 +190,30 @@ PROBREG_LANES_INLINE void store_item(const Lanes in[N], S* base, LaneBlock b) {
 }
 #endif
 
+#if defined(PROBREG_HAVE_LANES)
+// Two lane blocks computed together as one LanePair body (run_decomposed).
+struct LaneBlockPair {
+  LaneBlock first, second;
+};
+template <int N, typename S>
+PROBREG_LANES_INLINE void load_item(const S* base, LaneBlockPair b, LanePair out[N]) {
+  Lanes x[N], y[N];
+  load_item<N>(base, b.first, x);
+  load_item<N>(base, b.second, y);
+  for (int k = 0; k < N; ++k) out[k] = LanePair(x[k], y[k]);
+}
+template <int N, typename S>
+PROBREG_LANES_INLINE void store_item(const LanePair in[N], S* base, LaneBlockPair b) {
+  Lanes x[N], y[N];
+  for (int k = 0; k < N; ++k) {
+    x[k] = in[k].first;
+    y[k] = in[k].second;
+  }
+  store_item<N>(x, base, b.first);
+  store_item<N>(y, base, b.second);
+}
+#endif
+
 // D x D matrix item, symmetrised as (B + B^T)/2.
 // I: int64_t (one item) or LaneBlock (lanes).
 template <int D, typename S, typename T, typename I>
@@ -275,13 +300,23 @@ PROBREG_LANES_INLINE void decompose_lanes(const T B[D][D], T scale, T l[D], T V[
 }
 #endif
 
+// Whether run_decomposed runs lane blocks in pairs (lane_pair.h): with AVX-512's 32
+// vector registers; with AVX2's 16 a pair's live values spill (1.4x slower than single
+// blocks, measured).
+#if defined(__AVX512F__)
+constexpr bool kPairLaneBlocks = true;
+#else
+constexpr bool kPairLaneBlocks = false;
+#endif
+
 // Runs an op whose item body is "symmetric matrix -> eigen-decomposition -> the rest":
 //   matrix(zero, i, B)     loads item(s) i and writes B (D x D, eigen type of zero)
 //   finish(zero, i, l, V)  everything after the decomposition, including the stores
-// with the compute types (Precision) of run_items. On the SIMD path, items the lane
-// decomposition does not take (lanes_decomposable) are recomputed by the scalar body,
-// item by item; for D = 3, two blocks are decomposed together (lane_pair.h), a lone
-// last block with an identity partner, so every item runs the same instructions.
+// with the compute types (Precision) of run_items. On the SIMD path, consecutive blocks
+// run in pairs (kPairLaneBlocks), the whole body on LanePair (zero = LanePair,
+// i = LaneBlockPair; lane_pair.h), and a task's odd last block alone on Lanes (the same
+// per-lane arithmetic); items the lane decomposition does not take (lanes_decomposable) are
+// recomputed by the scalar body, item by item.
 template <int D, typename C, typename MatrixFn, typename FinishFn>
 void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
   auto scalar = [&](auto zero, int64_t i) {
@@ -313,40 +348,27 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
         if (declined & (1u << j)) scalar(double{}, b.first + j);
     };
     at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
-      if constexpr (D == 3) {
-        for (int64_t i = begin; i < end; i += 2 * kLaneWidth) {
-          const LaneBlock b0{i, int(std::min<int64_t>(kLaneWidth, end - i))};
-          const LaneBlock b1{i + kLaneWidth, int(std::clamp<int64_t>(end - i - kLaneWidth, 0, kLaneWidth))};
-          Lanes B0[D][D], B1[D][D], s0, s1;
-          const unsigned d0 = load(b0, B0, s0), d1 = load(b1, B1, s1);
-          LanePair B[D][D], l[D], V[D][D];
-          for (int r = 0; r < D; ++r)
-            for (int c = 0; c < D; ++c) B[r][c] = LanePair(B0[r][c], B1[r][c]);
-          decompose_lanes<D, LanePair>(B, LanePair(s0, s1), l, V);
-          Lanes l0[D], V0[D][D], l1[D], V1[D][D];
-          for (int r = 0; r < D; ++r) {
-            l0[r] = l[r].first;
-            l1[r] = l[r].second;
-            for (int c = 0; c < D; ++c) {
-              V0[r][c] = V[r][c].first;
-              V1[r][c] = V[r][c].second;
-            }
-          }
-          finish(Lanes{}, b0, l0, V0);
-          redo_declined(b0, d0);
-          if (b1.count > 0) {
-            finish(Lanes{}, b1, l1, V1);
-            redo_declined(b1, d1);
-          }
-        }
-      } else {
-        for_each_lane_block(begin, end, [&](LaneBlock b) {
-          Lanes B[D][D], scale, l[D], V[D][D];
-          const unsigned declined = load(b, B, scale);
-          decompose_lanes<D, Lanes>(B, scale, l, V);
-          finish(Lanes{}, b, l, V);
-          redo_declined(b, declined);
-        });
+      int64_t i = begin;
+      for (; kPairLaneBlocks && i + kLaneWidth < end; i += 2 * kLaneWidth) {
+        const LaneBlock b0{i, kLaneWidth};
+        const LaneBlock b1{i + kLaneWidth, int(std::min<int64_t>(kLaneWidth, end - i - kLaneWidth))};
+        Lanes B0[D][D], B1[D][D], s0, s1;
+        const unsigned d0 = load(b0, B0, s0), d1 = load(b1, B1, s1);
+        LanePair B[D][D], l[D], V[D][D];
+        for (int r = 0; r < D; ++r)
+          for (int c = 0; c < D; ++c) B[r][c] = LanePair(B0[r][c], B1[r][c]);
+        decompose_lanes<D, LanePair>(B, LanePair(s0, s1), l, V);
+        finish(LanePair{}, LaneBlockPair{b0, b1}, l, V);
+        redo_declined(b0, d0);
+        redo_declined(b1, d1);
+      }
+      for (; i < end; i += kLaneWidth) {
+        const LaneBlock b{i, int(std::min<int64_t>(kLaneWidth, end - i))};
+        Lanes B[D][D], scale, l[D], V[D][D];
+        const unsigned declined = load(b, B, scale);
+        decompose_lanes<D, Lanes>(B, scale, l, V);
+        finish(Lanes{}, b, l, V);
+        redo_declined(b, declined);
       }
     });
     return;

@@ -39,6 +39,11 @@ inline void load_grad_loss(const S* base, int64_t stride, LaneBlock i, Lanes out
     load_item<1>(base, i, out);
   }
 }
+template <typename S>
+inline void load_grad_loss(const S* base, int64_t stride, LaneBlockPair i, LanePair out[1]) {
+  load_grad_loss(base, stride, i.first, &out[0].first);
+  load_grad_loss(base, stride, i.second, &out[0].second);
+}
 #endif
 
 // Full-covariance pred rows (loc (D), packed B (P)): B for the decomposition (the eigen

@@ -182,15 +182,15 @@ PROBREG_HOST_DEVICE T log_near_one(T f) {
   T p;
   if constexpr (Eps<T>::value > 1e-10) {  // float
     p = T(2.0 / 9.0);
-    p = p * s2 + T(2.0 / 7.0);
+    p = pr_fma(p, s2, T(2.0 / 7.0));
   } else {
     p = T(2.0 / 25.0);
     PROBREG_UNROLL
-    for (int k = 23; k >= 7; k -= 2) p = p * s2 + T(2.0 / k);
+    for (int k = 23; k >= 7; k -= 2) p = pr_fma(p, s2, T(2.0 / k));
   }
-  p = p * s2 + T(2.0 / 5.0);
-  p = p * s2 + T(2.0 / 3.0);
-  p = p * s2 + T(2.0);
+  p = pr_fma(p, s2, T(2.0 / 5.0));
+  p = pr_fma(p, s2, T(2.0 / 3.0));
+  p = pr_fma(p, s2, T(2.0));
   return p * s;
 }
 

@@ -17,9 +17,11 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__FMA__)
 #include <immintrin.h>
 #endif
+
+#include "macros.h"
 
 #define PROBREG_LANES_INLINE inline __attribute__((always_inline))
 
@@ -72,6 +74,24 @@ PROBREG_LANES_INLINE Lanes pr_sqrt(Lanes x) {
   Lanes r;
   for (int i = 0; i < kLaneWidth; ++i) r.v[i] = __builtin_sqrt(x.v[i]);
   return r;
+}
+// a * b + c per lane: fused (one rounding) where the build has FMA (setup.py: -mfma with
+// AVX2 and AVX-512), a * b + c otherwise, like the scalar pr_fma (macros.h).
+PROBREG_LANES_INLINE Lanes pr_fma(Lanes a, Lanes b, Lanes c) {
+#if defined(__AVX512F__)
+  return Lanes((LaneVec)_mm512_fmadd_pd((__m512d)a.v, (__m512d)b.v, (__m512d)c.v));
+#elif defined(__FMA__) && !defined(PROBREG_TEST_NOFMA)
+  typedef double Half __attribute__((vector_size(kLaneWidth / 2 * sizeof(double))));
+  const Half lo = (Half)_mm256_fmadd_pd((__m256d)__builtin_shufflevector(a.v, a.v, 0, 1, 2, 3),
+                                        (__m256d)__builtin_shufflevector(b.v, b.v, 0, 1, 2, 3),
+                                        (__m256d)__builtin_shufflevector(c.v, c.v, 0, 1, 2, 3));
+  const Half hi = (Half)_mm256_fmadd_pd((__m256d)__builtin_shufflevector(a.v, a.v, 4, 5, 6, 7),
+                                        (__m256d)__builtin_shufflevector(b.v, b.v, 4, 5, 6, 7),
+                                        (__m256d)__builtin_shufflevector(c.v, c.v, 4, 5, 6, 7));
+  return Lanes(__builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7));
+#else
+  return a * b + c;
+#endif
 }
 PROBREG_LANES_INLINE Lanes pr_abs(Lanes x) {
   const LaneBits sign_off = LaneBits{} + INT64_MAX;
@@ -138,12 +158,11 @@ PROBREG_LANES_INLINE Lanes pr_exp(Lanes x) {
   const LaneVec n = t - shifter;
   const LaneBits k = to_bits(t) - to_bits(LaneVec{} + shifter);  // n as int64
   const LaneVec r = (xc - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-  LaneVec p = LaneVec{} + 1.0 / 6227020800.0;  // 1/13!
-  const double inv_fact[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
-                               1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,     1.0 / 120.0,
-                               1.0 / 24.0,        1.0 / 6.0,        0.5,             1.0,
-                               1.0};
-  for (int i = 0; i < 13; ++i) p = p * r + inv_fact[i];
+  constexpr double inv_factorials[] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                       1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,
+                                       1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,        0.5,
+                                       1.0,                1.0};  // 1/13!, ..., 1/0!
+  const LaneVec p = horner(Lanes(r), inv_factorials).v;
   const LaneBits k1 = k >> 1;
   const LaneBits k2 = k - k1;
   LaneVec out = p * pow2(k1) * pow2(k2);
@@ -154,13 +173,7 @@ PROBREG_LANES_INLINE Lanes pr_exp(Lanes x) {
 // expm1(x): Taylor series to x^16 for |x| < 0.5 (truncation < 1e-19 relative), else
 // exp(x) - 1 (no harmful cancellation there).
 PROBREG_LANES_INLINE Lanes pr_expm1(Lanes x) {
-  LaneVec p = LaneVec{} + 1.0 / 20922789888000.0;  // 1/16!
-  double fact = 20922789888000.0;
-  for (int n = 15; n >= 1; --n) {
-    fact /= (n + 1);
-    p = p * x.v + 1.0 / fact;  // coefficients 1/15!, ..., 1/1!
-  }
-  const Lanes series(p * x.v);
+  const Lanes series = expm1_taylor(x);
   const Lanes big = pr_exp(x) - 1.0;
   return pr_where(pr_abs(x) < 0.5, series, big);
 }

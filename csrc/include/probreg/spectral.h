@@ -96,40 +96,19 @@ PROBREG_HOST_DEVICE T remap_g_prime_from(L l, T e, const Theta<L>& theta) {
 // (truncation < 1e-17).
 template <typename T>
 PROBREG_HOST_DEVICE T sinhc_unit(T x) {
-  const T x2 = x * x;
-  T p = T(1.0 / 121645100408832000.0);  // 1/19!
-  p = p * x2 + T(1.0 / 355687428096000.0);
-  p = p * x2 + T(1.0 / 1307674368000.0);
-  p = p * x2 + T(1.0 / 6227020800.0);
-  p = p * x2 + T(1.0 / 39916800.0);
-  p = p * x2 + T(1.0 / 362880.0);
-  p = p * x2 + T(1.0 / 5040.0);
-  p = p * x2 + T(1.0 / 120.0);
-  p = p * x2 + T(1.0 / 6.0);
-  return p * x2 + T(1);
+  constexpr double inv_odd_factorials[] = {1.0 / 121645100408832000.0, 1.0 / 355687428096000.0,
+                                           1.0 / 1307674368000.0,      1.0 / 6227020800.0,
+                                           1.0 / 39916800.0,           1.0 / 362880.0,
+                                           1.0 / 5040.0,               1.0 / 120.0,
+                                           1.0 / 6.0,                  1.0};  // 1/19!, ..., 1/1!
+  return horner(x * x, inv_odd_factorials);
 }
 
 // expm1(z) for z <= 0 given e = exp(z): Taylor series to z^16 for |z| < 1/2 (truncation
 // < 1e-19 relative), e - 1 otherwise (no harmful cancellation there).
 template <typename T>
 PROBREG_HOST_DEVICE T expm1_nonpositive_from(T z, T e) {
-  T p = T(1.0 / 20922789888000.0);  // 1/16!
-  p = p * z + T(1.0 / 1307674368000.0);
-  p = p * z + T(1.0 / 87178291200.0);
-  p = p * z + T(1.0 / 6227020800.0);
-  p = p * z + T(1.0 / 479001600.0);
-  p = p * z + T(1.0 / 39916800.0);
-  p = p * z + T(1.0 / 3628800.0);
-  p = p * z + T(1.0 / 362880.0);
-  p = p * z + T(1.0 / 40320.0);
-  p = p * z + T(1.0 / 5040.0);
-  p = p * z + T(1.0 / 720.0);
-  p = p * z + T(1.0 / 120.0);
-  p = p * z + T(1.0 / 24.0);
-  p = p * z + T(1.0 / 6.0);
-  p = p * z + T(0.5);
-  p = p * z + T(1);
-  return pr_where(z > T(-0.5), p * z, e - T(1));
+  return pr_where(z > T(-0.5), expm1_taylor(z), e - T(1));
 }
 
 // Divided difference K(li, lj) = (g(li) - g(lj)) / (li - lj), and g'(li) at li == lj,
