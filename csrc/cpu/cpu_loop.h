@@ -275,9 +275,7 @@ PROBREG_LANES_INLINE LaneMask lanes_decomposable(const Lanes B[D][D], Lanes& sca
 // body) and returns the bit mask of the valid lanes (j < count) outside `ok`.
 template <int D>
 PROBREG_LANES_INLINE unsigned sanitize_lanes(Lanes B[D][D], LaneMask ok, int count) {
-  unsigned declined = 0;
-  for (int j = 0; j < count; ++j)
-    if (ok.m[j] == 0) declined |= 1u << j;
+  const unsigned declined = ~pr_mask_bits(ok) & ((1u << count) - 1);
   if (declined != 0)
     for (int r = 0; r < D; ++r)
       for (int c = 0; c < D; ++c) B[r][c] = pr_where(ok, B[r][c], Lanes(r == c ? 1.0 : 0.0));

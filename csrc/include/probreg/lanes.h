@@ -64,6 +64,16 @@ PROBREG_LANES_INLINE bool pr_any(LaneMask c) {
   for (int i = 0; i < kLaneWidth; ++i) acc |= c.m[i];
   return acc != 0;
 }
+// Bit j set where lane j of c is true.
+PROBREG_LANES_INLINE unsigned pr_mask_bits(LaneMask c) {
+#if defined(__AVX512DQ__)
+  return unsigned(_mm512_movepi64_mask((__m512i)c.m));
+#else
+  unsigned bits = 0;
+  for (int i = 0; i < kLaneWidth; ++i) bits |= unsigned(c.m[i] != 0) << i;
+  return bits;
+#endif
+}
 PROBREG_LANES_INLINE bool pr_all(LaneMask c) {
   int64_t acc = -1;
   for (int i = 0; i < kLaneWidth; ++i) acc &= c.m[i];
