@@ -284,9 +284,11 @@ PROBREG_LANES_INLINE unsigned sanitize_lanes(Lanes B[D][D], LaneMask ok, int cou
 
 // Lane decomposition of a sanitized block: d = 3 in closed form (symeig.h), d = 1, 2 by
 // symeig_core (one rotation for d = 2). T = Lanes or LanePair (two blocks, lane_pair.h).
-template <int D, typename T>
+template <int D, typename T, bool Reflection = false>
 PROBREG_LANES_INLINE void decompose_lanes(const T B[D][D], T scale, T l[D], T V[D][D]) {
-  if constexpr (D == 3) {
+  if constexpr (D == 2 && Reflection) {
+    symeig2_reflection<T>(B, l, V);
+  } else if constexpr (D == 3) {
     symeig3_closed_form<T>(B, l, V);
     sort_eigenpairs<D, T>(l, V);
   } else {
@@ -307,6 +309,13 @@ constexpr bool kPairLaneBlocks = true;
 constexpr bool kPairLaneBlocks = false;
 #endif
 
+// Whether run_decomposed<D, C, Reflection> hands finish the 2x2 reflection frame (l, N)
+// of symeig2_reflection in place of (l, V), for compute-type tag Zero: d = 2 ops that ask
+// for it, on the SIMD lanes and their scalar fallback (double); the CUDA float32
+// emulation (MixedPrecision) keeps the CUDA kernels' eigenvectors.
+template <int D, typename Zero, bool Reflection>
+constexpr bool reflection_frame = Reflection && D == 2 && !std::is_same_v<Zero, MixedPrecision>;
+
 // Runs an op whose item body is "symmetric matrix -> eigen-decomposition -> the rest":
 //   matrix(zero, i, B)     loads item(s) i and writes B (D x D, eigen type of zero)
 //   finish(zero, i, l, V)  everything after the decomposition, including the stores
@@ -315,7 +324,7 @@ constexpr bool kPairLaneBlocks = false;
 // i = LaneBlockPair; lane_pair.h), and a task's odd last block alone on Lanes (the same
 // per-lane arithmetic); items the lane decomposition does not take (lanes_decomposable) are
 // recomputed by the scalar body, item by item.
-template <int D, typename C, typename MatrixFn, typename FinishFn>
+template <int D, typename C, bool Reflection = false, typename MatrixFn, typename FinishFn>
 void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
   auto scalar = [&](auto zero, int64_t i) {
     using T = typename Precision<decltype(zero)>::value;
@@ -323,8 +332,14 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
     L B[D][D], l[D];
     T V[D][D];
     matrix(zero, i, B);
-    decompose<D>(B, l, V);
-    finish(zero, i, l, V);
+    decompose<D>(B, l, V);  // symeig: NaN/Inf, zero and extreme scales included
+    if constexpr (reflection_frame<D, decltype(zero), Reflection>) {
+      T N[D][D];
+      reflection_from_eigenvectors<T>(V, N);
+      finish(zero, i, l, N);
+    } else {
+      finish(zero, i, l, V);
+    }
   };
 #if defined(PROBREG_HAVE_LANES)
   if constexpr (std::is_same_v<C, double>) {
@@ -355,7 +370,7 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
         LanePair B[D][D], l[D], V[D][D];
         for (int r = 0; r < D; ++r)
           for (int c = 0; c < D; ++c) B[r][c] = LanePair(B0[r][c], B1[r][c]);
-        decompose_lanes<D, LanePair>(B, LanePair(s0, s1), l, V);
+        decompose_lanes<D, LanePair, Reflection>(B, LanePair(s0, s1), l, V);
         finish(LanePair{}, LaneBlockPair{b0, b1}, l, V);
         redo_declined(b0, d0);
         redo_declined(b1, d1);
@@ -364,7 +379,7 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
         const LaneBlock b{i, int(std::min<int64_t>(kLaneWidth, end - i))};
         Lanes B[D][D], scale, l[D], V[D][D];
         const unsigned declined = load(b, B, scale);
-        decompose_lanes<D, Lanes>(B, scale, l, V);
+        decompose_lanes<D, Lanes, Reflection>(B, scale, l, V);
         finish(Lanes{}, b, l, V);
         redo_declined(b, declined);
       }
@@ -377,9 +392,9 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
   });
 }
 
-template <int D, typename S, typename C = compute_t<S>, typename MatrixFn, typename FinishFn>
+template <int D, typename S, bool Reflection = false, typename MatrixFn, typename FinishFn>
 void run_decomposed_for(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
-  with_compute_type<S, C>([&](auto tag) { run_decomposed<D, decltype(tag)>(n, matrix, finish); });
+  with_compute_type<S>([&](auto tag) { run_decomposed<D, decltype(tag), Reflection>(n, matrix, finish); });
 }
 
 }  // namespace probreg

@@ -17,13 +17,20 @@ namespace {
 
 // spd_remap and spd_from_raw differ only in how an item's matrix is loaded (and, in the
 // backward, how its gradient is stored): matrix(zero, i, B) as in run_decomposed.
+// d = 2 runs on the reflection frame (l, N) of symeig2_reflection where cpu_loop.h offers
+// it (reflection_frame): no rotation, and a few arithmetic operations in place of the
+// eigenvector products.
 template <int D, typename S, typename MatrixFn>
 void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
-  run_decomposed_for<D, S>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) {
+  run_decomposed_for<D, S, true>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) {
     using T = value_t<decltype(zero)>;
     using L = eigen_t<decltype(zero)>;
     T Am[D][D];
-    spd_remap_forward_eig<D, T, L>(l, V, L(theta), Am);
+    if constexpr (reflection_frame<D, decltype(zero), true>) {
+      spd_remap_forward_reflection<T, L>(l, V, L(theta), Am);
+    } else {
+      spd_remap_forward_eig<D, T, L>(l, V, L(theta), Am);
+    }
     store_matrix_item<D>(Am, A, i);
   });
 }
@@ -31,12 +38,16 @@ void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
 // store_grad(i, gB): gB the symmetric dL/dB (D x D) of item(s) i (cpu_loop.h index).
 template <int D, typename S, typename MatrixFn, typename StoreFn>
 void spd_backward_items(int64_t n, MatrixFn&& matrix, const S* grad_A, double theta, StoreFn&& store_grad) {
-  run_decomposed_for<D, S>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) {
+  run_decomposed_for<D, S, true>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) {
     using T = value_t<decltype(zero)>;
     using L = eigen_t<decltype(zero)>;
     T gAm[D][D], gBm[D][D];
     load_matrix_item<D>(grad_A, i, gAm);
-    spd_remap_backward_eig<D, T, L>(l, V, gAm, L(theta), gBm);
+    if constexpr (reflection_frame<D, decltype(zero), true>) {
+      spd_remap_backward_reflection<T, L>(l, V, gAm, L(theta), gBm);
+    } else {
+      spd_remap_backward_eig<D, T, L>(l, V, gAm, L(theta), gBm);
+    }
     store_grad(i, gBm);
   });
 }

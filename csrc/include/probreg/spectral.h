@@ -245,6 +245,43 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], c
   from_eigenbasis<D, T>(V, M, gB);
 }
 
+// The d = 2 forward and backward from the reflection frame (l, N) of symeig2_reflection
+// instead of eigenvectors. Forward: A = (g_hi + g_lo)/2 I + (g_hi - g_lo)/2 N.
+template <typename T, typename L = T>
+PROBREG_HOST_DEVICE void spd_remap_forward_reflection(const L l[2], const T N[2][2], L theta_value, T A[2][2]) {
+  const Theta<L> theta(theta_value);
+  const T g_lo = remap_g<L, T>(l[0], theta), g_hi = remap_g<L, T>(l[1], theta);
+  const T mean = T(0.5) * (g_hi + g_lo), half_diff = T(0.5) * (g_hi - g_lo);
+  A[0][0] = mean + half_diff * N[0][0];
+  A[1][1] = mean + half_diff * N[1][1];
+  A[0][1] = half_diff * N[0][1];
+  A[1][0] = A[0][1];
+}
+
+// Backward: with P_lo = (I - N)/2, P_hi = (I + N)/2, dL/dB = sum_ij K_ij P_i G P_j
+// (G = sym(dL/dA); K_ii = g'(l_i), K_lo,hi the divided difference kappa) expands to
+//   [(alpha + beta + 2 kappa) G + (beta - alpha)(N G + G N) + (alpha + beta - 2 kappa) N G N] / 4,
+// alpha = g'(l_lo), beta = g'(l_hi). At a tie N = 0 and dL/dB = kappa G = g'(l) G exactly.
+template <typename T, typename L = T>
+PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2][2], const T gA[2][2],
+                                                       L theta_value, T gB[2][2]) {
+  const Theta<L> theta(theta_value);
+  const T h_lo = remap_half_exp_factor<T>(l[0], theta), h_hi = remap_half_exp_factor<T>(l[1], theta);
+  const T alpha = remap_g_prime_from(l[0], h_lo * h_lo, theta);
+  const T beta = remap_g_prime_from(l[1], h_hi * h_hi, theta);
+  const T kappa = remap_divided_difference(l[0], l[1], h_lo, h_hi, theta);
+  const T c_g = T(0.25) * (alpha + beta + T(2) * kappa);
+  const T c_ng = T(0.25) * (beta - alpha);
+  const T c_ngn = T(0.25) * (alpha + beta - T(2) * kappa);
+  const T p = gA[0][0], q = T(0.5) * (gA[0][1] + gA[1][0]), s = gA[1][1];
+  const T u = N[0][0], v = N[0][1];  // N = [[u, v], [v, -u]]
+  const T ng00 = u * p + v * q, ng01 = u * q + v * s, ng10 = v * p - u * q, ng11 = v * q - u * s;  // N G
+  gB[0][0] = c_g * p + c_ng * T(2) * ng00 + c_ngn * (ng00 * u + ng01 * v);
+  gB[1][1] = c_g * s + c_ng * T(2) * ng11 + c_ngn * (ng10 * v - ng11 * u);
+  gB[0][1] = c_g * q + c_ng * v * (p + s) + c_ngn * (ng00 * v - ng01 * u);
+  gB[1][0] = gB[0][1];
+}
+
 // Scalar conveniences: decompose (symeig_split: eigenvalues in L, eigenvectors in T),
 // then forward / backward.
 template <int D, typename T, typename L = T>

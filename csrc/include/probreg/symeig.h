@@ -146,6 +146,43 @@ PROBREG_HOST_DEVICE void symeig_core(T a[D][D], T unit, T l[D], T V[D][D]) {
   for (int i = 0; i < D; ++i) l[i] = a[i][i];
   sort_eigenpairs<D, T>(l, V);
 }
+// The 2x2 spectral frame without eigenvectors: for a symmetric B = [[a, b], [b, c]] the
+// eigenvalues l = m -+ r (ascending; m = (a + c)/2, x = (a - c)/2, r = sqrt(x^2 + b^2))
+// and the reflection N = (B - m I)/r = P_hi - P_lo (the difference of the two
+// eigenprojectors), with which a spectral function is
+// f(B) = (f(l_hi) + f(l_lo))/2 I + (f(l_hi) - f(l_lo))/2 N. N's entries x/r, b/r are
+// accurate to a few ulps however close the pair (no rotation to mix). A tie (r^2 below
+// the smallest normal number) gives l = (m, m) and N = 0. For B with max|B_ij| in
+// SafeRange<double> (the SIMD lanes' range): x^2 + b^2 cannot overflow there, and a gap
+// whose square underflows is below 1e-24 max|B_ij|. NaN or Inf entries give NaN l.
+// Branch-free in T; one reciprocal square root (pr_rsqrt: positive normal argument).
+template <typename T>
+PROBREG_HOST_DEVICE void symeig2_reflection(const T B[2][2], T l[2], T N[2][2]) {
+  const T m = T(0.5) * (B[0][0] + B[1][1]);
+  const T x = T(0.5) * (B[0][0] - B[1][1]);
+  const T b = B[0][1];
+  const T z = x * x + b * b;
+  const auto tie = z < T(MinNormal<T>::value);
+  const T inv_r = pr_where(tie, T(0), pr_rsqrt(pr_where(tie, T(1), z)));
+  const T r = z * inv_r;
+  l[0] = m - r;
+  l[1] = m + r;
+  N[0][0] = x * inv_r;
+  N[0][1] = b * inv_r;
+  N[1][0] = N[0][1];
+  N[1][1] = -N[0][0];
+}
+
+// The reflection N = P_hi - P_lo of symeig2_reflection from eigenvectors V (columns,
+// l ascending): N_ij = V_i1 V_j1 - V_i0 V_j0.
+template <typename T>
+PROBREG_HOST_DEVICE void reflection_from_eigenvectors(const T V[2][2], T N[2][2]) {
+  PROBREG_UNROLL
+  for (int i = 0; i < 2; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < 2; ++j) N[i][j] = V[i][1] * V[j][1] - V[i][0] * V[j][0];
+}
+
 // Eigen-decomposition of any symmetric B, scalar T (see the file comment): handles
 // NaN/Inf, the zero matrix, and rescales by an exact power of two when max|B_ij| is
 // outside SafeRange (scales 1e-30..1e30 in float, 1e-300..1e300 in double).
