@@ -283,7 +283,8 @@ PROBREG_LANES_INLINE unsigned sanitize_lanes(Lanes B[D][D], LaneMask ok, int cou
 }
 
 // Lane decomposition of a sanitized block: d = 3 in closed form (symeig.h), d = 1, 2 by
-// symeig_core (one rotation for d = 2). T = Lanes or LanePair (two blocks, lane_pair.h).
+// symeig_core (one rotation for d = 2), or, with Reflection at d = 2, the reflection frame
+// (symeig2_reflection: V receives N). T = Lanes or LanePair (two blocks, lane_pair.h).
 template <int D, typename T, bool Reflection = false>
 PROBREG_LANES_INLINE void decompose_lanes(const T B[D][D], T scale, T l[D], T V[D][D]) {
   if constexpr (D == 2 && Reflection) {
