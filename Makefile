@@ -59,7 +59,10 @@ cuda-check:
 SANITIZE_DIR ?= build/sanitize
 SANITIZE_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 SANITIZE_TESTS ?= tests/test_bad_inputs.py tests/test_hostile_sweep.py tests/test_spd.py tests/test_nll.py tests/test_fuse.py
-SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# PROBREG_CPU_OUTPUT_CACHE_MB=0: every output from torch's allocator at its exact size, so that
+# ASan sees each output's bounds and each free (csrc/output_cache.h keeps page-rounded blocks).
+SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	PROBREG_CPU_OUTPUT_CACHE_MB=0
 CXX_FOR_SANITIZE ?= $(shell command -v g++ || command -v c++)
 # libasan first, then libstdc++: CPython is not linked against libstdc++, and ASan's
 # __cxa_throw interceptor must find the real one when it starts ("CHECK failed:

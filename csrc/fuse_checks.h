@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "output_cache.h"
 
 namespace probreg {
 
@@ -84,10 +85,10 @@ struct FuseOutputs {
 };
 inline FuseOutputs allocate_fuse_outputs(const FuseShape& s, const at::Tensor& v) {
   FuseOutputs o;
-  o.y = at::empty(fuse_shape_with(s, {s.d}), v.options());
-  o.hessian = at::empty(fuse_shape_with(s, {s.d, s.d}), v.options());
-  o.iterations = at::empty(s.batch, v.options().dtype(at::kInt));
-  o.converged = at::empty(s.batch, v.options().dtype(at::kBool));
+  o.y = empty_output(fuse_shape_with(s, {s.d}), v.options());
+  o.hessian = empty_output(fuse_shape_with(s, {s.d, s.d}), v.options());
+  o.iterations = empty_output(s.batch, v.options().dtype(at::kInt));
+  o.converged = empty_output(s.batch, v.options().dtype(at::kBool));
   return o;
 }
 
@@ -145,7 +146,7 @@ inline FuseBackwardArgs prepare_huber_fuse_backward(const at::Tensor& grad_y_in,
   at::Tensor A = A_in.contiguous();
   at::Tensor w = w_in.contiguous();
   return {s, grad_y_in.contiguous(), y_in.contiguous(), v, A, w,
-          at::empty_like(v), at::empty_like(A), at::empty_like(w)};
+          empty_output_like(v), empty_output_like(A), empty_output_like(w)};
 }
 
 }  // namespace probreg

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "output_cache.h"
 #include "probreg/huber.h"
 
 namespace probreg {
@@ -106,7 +107,7 @@ inline NllArgs prepare_huber_nll(const at::Tensor& pred_in, const at::Tensor& ta
   const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
   at::Tensor pred = pred_in.contiguous();
   at::Tensor target = target_in.contiguous();
-  at::Tensor loss = at::empty(target.sizes().slice(0, target.dim() - 1),
+  at::Tensor loss = empty_output(target.sizes().slice(0, target.dim() - 1),
                               pred.options().dtype(nll_loss_dtype(pred.scalar_type())));
   return {d, target.numel() / d, pred, target, loss};
 }
@@ -137,8 +138,8 @@ inline NllBackwardArgs prepare_huber_nll_backward(const at::Tensor& grad_loss_in
           nll_grad_loss(grad_loss_in),
           pred,
           target,
-          at::empty_like(pred),
-          need_grad_target ? at::empty_like(target) : at::empty({0}, target.options())};
+          empty_output_like(pred),
+          need_grad_target ? empty_output_like(target) : empty_output({0}, target.options())};
 }
 
 // Calls f(std::integral_constant<int, F>) for the family code.

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include "checks.h"
+#include "output_cache.h"
 
 namespace probreg {
 
@@ -20,8 +21,8 @@ struct SymeigArgs {
 inline SymeigArgs prepare_symeig(const at::Tensor& B_in) {
   const int64_t d = check_square_matrices(B_in, "probreg.symeig", "B");
   at::Tensor B = B_in.contiguous();
-  at::Tensor L = at::empty(B.sizes().slice(0, B.dim() - 1), B.options());
-  at::Tensor V = at::empty_like(B);
+  at::Tensor L = empty_output(B.sizes().slice(0, B.dim() - 1), B.options());
+  at::Tensor V = empty_output_like(B);
   return {d, B.numel() / (d * d), B, L, V};
 }
 
@@ -44,7 +45,7 @@ inline SymeigBackwardArgs prepare_symeig_backward(const at::Tensor& gL_in, const
   check_same_shape(gL_in, L_in, op, "grad_eigenvalues", "eigenvalues");
   check_same_shape(gV_in, V_in, op, "grad_eigenvectors", "eigenvectors");
   at::Tensor V = V_in.contiguous();
-  return {d, V.numel() / (d * d), gL_in.contiguous(), gV_in.contiguous(), L_in.contiguous(), V, at::empty_like(V)};
+  return {d, V.numel() / (d * d), gL_in.contiguous(), gV_in.contiguous(), L_in.contiguous(), V, empty_output_like(V)};
 }
 
 struct SpdRemapArgs {
@@ -57,7 +58,7 @@ inline SpdRemapArgs prepare_spd_remap(const at::Tensor& B_in, double theta) {
   const int64_t d = check_square_matrices(B_in, "probreg.spd_remap", "B");
   check_theta(theta, "probreg.spd_remap");
   at::Tensor B = B_in.contiguous();
-  return {d, B.numel() / (d * d), B, at::empty_like(B)};
+  return {d, B.numel() / (d * d), B, empty_output_like(B)};
 }
 
 struct SpdRemapBackwardArgs {
@@ -74,7 +75,7 @@ inline SpdRemapBackwardArgs prepare_spd_remap_backward(const at::Tensor& gA_in, 
   check_same_shape(gA_in, B_in, op, "grad_A", "B");
   check_theta(theta, op);
   at::Tensor B = B_in.contiguous();
-  return {d, B.numel() / (d * d), gA_in.contiguous(), B, at::empty_like(B)};
+  return {d, B.numel() / (d * d), gA_in.contiguous(), B, empty_output_like(B)};
 }
 
 struct SpdFromRawArgs {
@@ -87,7 +88,7 @@ inline SpdFromRawArgs prepare_spd_from_raw(const at::Tensor& raw_in, double thet
   const int64_t d = check_packed(raw_in, "probreg.spd_from_raw", "raw");
   check_theta(theta, "probreg.spd_from_raw");
   at::Tensor raw = raw_in.contiguous();
-  return {d, raw.numel() / raw.size(-1), raw, at::empty(packed_matrix_shape(raw, d), raw.options())};
+  return {d, raw.numel() / raw.size(-1), raw, empty_output(packed_matrix_shape(raw, d), raw.options())};
 }
 
 struct SpdFromRawBackwardArgs {
@@ -104,7 +105,7 @@ inline SpdFromRawBackwardArgs prepare_spd_from_raw_backward(const at::Tensor& gA
   check_companion(gA_in, raw_in, op, "grad_A", "raw");
   check_matrix_grad_shape(gA_in, raw_in, d, op);
   at::Tensor raw = raw_in.contiguous();
-  return {d, raw.numel() / raw.size(-1), gA_in.contiguous(), raw, at::empty_like(raw)};
+  return {d, raw.numel() / raw.size(-1), gA_in.contiguous(), raw, empty_output_like(raw)};
 }
 
 }  // namespace probreg

@@ -1,6 +1,8 @@
 // CPU kernels of huber_nll and its backward (schemas in csrc/probreg.cpp, math in
 // include/probreg/huber.h). One generic item body per direction (scalar or SIMD lanes,
-// cpu_loop.h); family, covariance structure and d are dispatched once per call.
+// cpu_loop.h); family, covariance structure and d are dispatched once per call. Full
+// covariance at d = 2 runs on the reflection frame (l, N) where cpu_loop.h offers it
+// (reflection_frame): no eigenvectors, the residual formed in the input frame.
 //
 // Compute type: double for every storage dtype. On the CPU the double SIMD lanes are the
 // fast path, so float16/bfloat16 gain float64 accuracy at no cost (the CUDA kernels
@@ -96,14 +98,19 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
       });
       if (emulated) return;
       if constexpr (Cov == kCovarianceFull) {
-        run_decomposed<D, double>(
+        run_decomposed<D, double, true>(
             n, [&](auto zero, auto i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
             [&](auto zero, auto i, const auto& l, const auto& V) {
               using T = value_t<decltype(zero)>;
               using L = eigen_t<decltype(zero)>;
               T loc[D], y[D];
               load_full_row_vectors<D>(pp, tp, i, loc, y);
-              L out[1] = {L(huber_nll_full_eig<D, F, T, L>(l, V, loc, y, T(delta), L(theta), mu))};
+              L out[1];
+              if constexpr (reflection_frame<D, decltype(zero), true>) {
+                out[0] = L(huber_nll_full_reflection<F, T, L>(l, V, loc, y, T(delta), L(theta), mu));
+              } else {
+                out[0] = L(huber_nll_full_eig<D, F, T, L>(l, V, loc, y, T(delta), L(theta), mu));
+              }
               store_item<1>(out, lp, i);
             });
       } else {
@@ -159,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
       });
       if (emulated) return;
       if constexpr (Cov == kCovarianceFull) {
-        run_decomposed<D, double>(
+        run_decomposed<D, double, true>(
             n, [&](auto zero, auto i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
             [&](auto zero, auto i, const auto& l, const auto& V) {
               using T = value_t<decltype(zero)>;
@@ -168,8 +175,13 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
               load_full_row_vectors<D>(pp, tp, i, loc, y);
               L go[1], grow[W], gy[D];
               load_grad_loss(gl, go_stride, i, go);
-              huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, y, T(go[0]), T(delta), L(theta), mu, g_loc, gB,
-                                                      g_y);
+              if constexpr (reflection_frame<D, decltype(zero), true>) {
+                huber_nll_full_backward_reflection<F, T, L>(l, V, loc, y, T(go[0]), T(delta), L(theta), mu, g_loc,
+                                                            gB, g_y);
+              } else {
+                huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, y, T(go[0]), T(delta), L(theta), mu, g_loc,
+                                                        gB, g_y);
+              }
               pack_symmetric_grad<D, T>(gB, g_raw);
               for (int k = 0; k < D; ++k) {
                 grow[k] = L(g_loc[k]);

@@ -339,6 +339,81 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
     for (int j = 0; j < D; ++j) grad_B[i][j] = masked_grad(go, back[i][j]);
 }
 
+// The d = 2 forward and backward from the reflection frame (l, N) of symeig2_reflection
+// (symeig.h) instead of eigenvectors: A = a_mean I + a_half N, a_mean = (g_hi + g_lo)/2,
+// a_half = (g_hi - g_lo)/2, and the residual is formed in the input frame, r = A z - v (v)
+// or A z (mu); s = ||r|| equals ||p|| of the eigenbasis form (p = V^T r). Gradient with
+// t = go rho'(s) r/s: dL/dv = -t, dL/dy = A t (dL/dmu = -A t), and dL/dB = the reflection
+// backward (spectral.h) of G = sym(t z^T) minus go (c_mean I + c_half N), c = g'/g of
+// the two eigenvalues (the -log|A| term, V diag(c) V^T on the frame). Rounding: A's small
+// eigenvalue is a_mean - a_half here, so r carries an absolute error of about
+// eps g_hi |z| (the eigenbasis form: eps (g_lo |z| + |v|) on that component).
+// out = A x for A = a_mean I + a_half N.
+template <typename T>
+PROBREG_HOST_DEVICE void reflection_apply(T a_mean, T a_half, const T N[2][2], const T x[2], T out[2]) {
+  PROBREG_UNROLL
+  for (int k = 0; k < 2; ++k) out[k] = a_mean * x[k] + a_half * (N[k][0] * x[0] + N[k][1] * x[1]);
+}
+
+// z = y - loc (mu) or y (v), and the residual r = A z - loc (v) or A z (mu).
+template <typename T>
+PROBREG_HOST_DEVICE void reflection_residual(T a_mean, T a_half, const T N[2][2], const T loc[2], const T y[2],
+                                             bool mu_param, T z[2], T r[2]) {
+  PROBREG_UNROLL
+  for (int k = 0; k < 2; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
+  reflection_apply(a_mean, a_half, N, z, r);
+  PROBREG_UNROLL
+  for (int k = 0; k < 2; ++k) r[k] = mu_param ? r[k] : r[k] - loc[k];
+}
+
+template <int F, typename T, typename L = T>
+PROBREG_HOST_DEVICE T huber_nll_full_reflection(const L l[2], const T N[2][2], const T loc[2], const T y[2],
+                                                T delta, L theta_value, bool mu_param) {
+  const Theta<L> theta(theta_value);
+  const T g_lo = remap_g<L, T>(l[0], theta), g_hi = remap_g<L, T>(l[1], theta);
+  const T a_mean = T(0.5) * (g_hi + g_lo), a_half = T(0.5) * (g_hi - g_lo);
+  T z[2], r[2];
+  reflection_residual(a_mean, a_half, N, loc, y, mu_param, z, r);
+  return T(neg_log_det_remap<2>(l, theta)) + family_rho<F>(scaled_norm<2>(r), delta);
+}
+
+template <int F, typename T, typename L = T>
+PROBREG_HOST_DEVICE void huber_nll_full_backward_reflection(const L l[2], const T N[2][2], const T loc[2],
+                                                            const T y[2], T go, T delta, L theta_value,
+                                                            bool mu_param, T grad_loc[2], T grad_B[2][2],
+                                                            T grad_y[2]) {
+  const Theta<L> theta(theta_value);
+  const T h_lo = remap_half_exp_factor<T>(l[0], theta), h_hi = remap_half_exp_factor<T>(l[1], theta);
+  const T g_lo = remap_g_from(l[0], h_lo * h_lo, theta), g_hi = remap_g_from(l[1], h_hi * h_hi, theta);
+  const T a_mean = T(0.5) * (g_hi + g_lo), a_half = T(0.5) * (g_hi - g_lo);
+  T z[2], r[2];
+  reflection_residual(a_mean, a_half, N, loc, y, mu_param, z, r);
+  T t[2];
+  const T c = go * family_rho_prime<F>(norm_and_direction<2>(r, t), delta);
+  PROBREG_UNROLL
+  for (int k = 0; k < 2; ++k) t[k] *= c;
+  T at[2];
+  reflection_apply(a_mean, a_half, N, t, at);
+  PROBREG_UNROLL
+  for (int k = 0; k < 2; ++k) {
+    grad_y[k] = masked_grad(go, at[k]);
+    grad_loc[k] = masked_grad(go, -(mu_param ? at[k] : t[k]));
+  }
+  T G[2][2], back[2][2];
+  G[0][0] = t[0] * z[0];
+  G[1][1] = t[1] * z[1];
+  G[0][1] = T(0.5) * (t[0] * z[1] + t[1] * z[0]);
+  G[1][0] = G[0][1];
+  reflection_backward_from<T, L>(l, h_lo, h_hi, N, G, theta, back);
+  const T c_lo = T(remap_log_g_prime(l[0], theta)), c_hi = T(remap_log_g_prime(l[1], theta));
+  const T c_mean = go * T(0.5) * (c_hi + c_lo), c_half = go * T(0.5) * (c_hi - c_lo);
+  PROBREG_UNROLL
+  for (int i = 0; i < 2; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < 2; ++j)
+      grad_B[i][j] = masked_grad(go, back[i][j] - (c_half * N[i][j] + (i == j ? c_mean : T(0))));
+}
+
 // ---------------------------------------------------------------- diagonal covariance
 // b: the D raw diagonal values, A = diag(g(b)).
 template <int D, int F, typename T>

@@ -262,11 +262,11 @@ PROBREG_HOST_DEVICE void spd_remap_forward_reflection(const L l[2], const T N[2]
 // (G = sym(dL/dA); K_ii = g'(l_i), K_lo,hi the divided difference kappa) expands to
 //   [(alpha + beta + 2 kappa) G + (beta - alpha)(N G + G N) + (alpha + beta - 2 kappa) N G N] / 4,
 // alpha = g'(l_lo), beta = g'(l_hi). At a tie N = 0 and dL/dB = kappa G = g'(l) G exactly.
+// reflection_backward_from takes h = remap_half_exp_factor of (l_lo, l_hi), for callers that
+// also need g (remap_g_from(l, h * h)).
 template <typename T, typename L = T>
-PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2][2], const T gA[2][2],
-                                                       L theta_value, T gB[2][2]) {
-  const Theta<L> theta(theta_value);
-  const T h_lo = remap_half_exp_factor<T>(l[0], theta), h_hi = remap_half_exp_factor<T>(l[1], theta);
+PROBREG_HOST_DEVICE void reflection_backward_from(const L l[2], T h_lo, T h_hi, const T N[2][2], const T gA[2][2],
+                                                  const Theta<L>& theta, T gB[2][2]) {
   const T alpha = remap_g_prime_from(l[0], h_lo * h_lo, theta);
   const T beta = remap_g_prime_from(l[1], h_hi * h_hi, theta);
   const T kappa = remap_divided_difference(l[0], l[1], h_lo, h_hi, theta);
@@ -280,6 +280,14 @@ PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2
   gB[1][1] = c_g * s + c_ng * T(2) * ng11 + c_ngn * (ng10 * v - ng11 * u);
   gB[0][1] = c_g * q + c_ng * v * (p + s) + c_ngn * (ng00 * v - ng01 * u);
   gB[1][0] = gB[0][1];
+}
+
+template <typename T, typename L = T>
+PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2][2], const T gA[2][2],
+                                                       L theta_value, T gB[2][2]) {
+  const Theta<L> theta(theta_value);
+  reflection_backward_from<T, L>(l, remap_half_exp_factor<T>(l[0], theta), remap_half_exp_factor<T>(l[1], theta), N,
+                                 gA, theta, gB);
 }
 
 // Scalar conveniences: decompose (symeig_split: eigenvalues in L, eigenvectors in T),
