@@ -1,9 +1,9 @@
 """The CUDA kernels' float32 numerics, tested on the CPU.
 
 On CUDA, float32 inputs of spd_remap, spd_from_raw and huber_nll (full covariance) are
-computed with a mixed policy (csrc/include/probreg/spectral.h, symeig.h symeig_mixed):
-a float eigenvector estimate refined by one double sweep, double eigenvalues, float for
-the rest. The CPU kernels run that very header code, scalar, under PROBREG_CPU_EMULATE_CUDA_FLOAT32=1,
+computed with a mixed policy (csrc/include/probreg/spectral.h, symeig.h): d = 3 by the
+float64 closed form with eigenvectors rounded to float (symeig_mixed), d = 2 on the
+reflection frame (symeig2_reflection_split), double eigenvalues, float for the rest. The CPU kernels run that very header code, scalar, under PROBREG_CPU_EMULATE_CUDA_FLOAT32=1,
 so this module re-runs the float32 accuracy, gradient and robustness tests of test_spd
 and test_nll with it: the GPU path's accuracy is checked on every CI run, GPU or not.
 """

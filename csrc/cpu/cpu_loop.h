@@ -311,11 +311,11 @@ constexpr bool kPairLaneBlocks = false;
 #endif
 
 // Whether run_decomposed<D, C, Reflection> hands finish the 2x2 reflection frame (l, N)
-// of symeig2_reflection in place of (l, V), for compute-type tag Zero: d = 2 ops that ask
-// for it, on the SIMD lanes and their scalar fallback (double); the CUDA float32
-// emulation (MixedPrecision) keeps the CUDA kernels' eigenvectors.
+// of symeig2_reflection in place of (l, V): d = 2 ops that ask for it, on the SIMD lanes,
+// their scalar fallback (double) and the CUDA float32 emulation (MixedPrecision, with the
+// CUDA kernels' symeig2_reflection_split).
 template <int D, typename Zero, bool Reflection>
-constexpr bool reflection_frame = Reflection && D == 2 && !std::is_same_v<Zero, MixedPrecision>;
+constexpr bool reflection_frame = Reflection && D == 2;
 
 // Runs an op whose item body is "symmetric matrix -> eigen-decomposition -> the rest":
 //   matrix(zero, i, B)     loads item(s) i and writes B (D x D, eigen type of zero)
@@ -333,12 +333,16 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
     L B[D][D], l[D];
     T V[D][D];
     matrix(zero, i, B);
-    decompose<D>(B, l, V);  // symeig: NaN/Inf, zero and extreme scales included
-    if constexpr (reflection_frame<D, decltype(zero), Reflection>) {
+    if constexpr (reflection_frame<D, decltype(zero), Reflection> && kMixedPolicy<T, L>) {
+      symeig2_reflection_split<T, L>(B, l, V);  // V receives N, as the CUDA kernels compute it
+      finish(zero, i, l, V);
+    } else if constexpr (reflection_frame<D, decltype(zero), Reflection>) {
+      decompose<D>(B, l, V);  // symeig: NaN/Inf, zero and extreme scales included
       T N[D][D];
       reflection_from_eigenvectors<T>(V, N);
       finish(zero, i, l, N);
     } else {
+      decompose<D>(B, l, V);
       finish(zero, i, l, V);
     }
   };

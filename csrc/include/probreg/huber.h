@@ -487,13 +487,19 @@ PROBREG_HOST_DEVICE void huber_nll_identity_backward(const T loc[D], const T y[D
 // L = double on the CUDA float32 path); the other structures compute in L.
 // The CPU loop calls the pieces above directly so that its SIMD lanes can fall back to
 // the scalar path when the eigen-decomposition needs it (cpu_loop.h decompose).
-// Full-covariance row (loc, packed B) and target in L -> eigenvalues l (L), V, loc, y (T).
+// Full-covariance row (loc, packed B) and target in L -> eigenvalues l (L), V, loc, y (T);
+// d = 2 under the mixed policy: the reflection frame N in place of V
+// (symeig2_reflection_split).
 template <int D, typename T, typename L>
 PROBREG_HOST_DEVICE void decompose_full_row(const L pred[D + Packed<D>::P], const L y[D], L l[D], T V[D][D],
                                             T loc[D], T yt[D]) {
   L B[D][D];
   unpack_symmetric<D, L>(pred + D, B);
-  symeig_split<D, T, L>(B, l, V);
+  if constexpr (D == 2 && kMixedPolicy<T, L>) {
+    symeig2_reflection_split<T, L>(B, l, V);
+  } else {
+    symeig_split<D, T, L>(B, l, V);
+  }
   PROBREG_UNROLL
   for (int k = 0; k < D; ++k) {
     loc[k] = T(pred[k]);
@@ -508,7 +514,11 @@ PROBREG_HOST_DEVICE L huber_nll_row(const L pred[NllLayout<D, Cov>::width], cons
     L l[D];
     T V[D][D], loc[D], yt[D];
     decompose_full_row<D, T, L>(pred, y, l, V, loc, yt);
-    return L(huber_nll_full_eig<D, F, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
+    if constexpr (D == 2 && kMixedPolicy<T, L>) {
+      return L(huber_nll_full_reflection<F, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
+    } else {
+      return L(huber_nll_full_eig<D, F, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
+    }
   } else if constexpr (Cov == kCovarianceDiagonal) {
     return huber_nll_diagonal<D, F, L>(pred + D, pred, y, delta, theta, mu_param);
   } else {
@@ -525,7 +535,12 @@ PROBREG_HOST_DEVICE void huber_nll_row_backward(const L pred[NllLayout<D, Cov>::
     L l[D];
     T V[D][D], loc[D], yt[D], g_loc[D], gB[D][D], g_raw[P], g_y[D];
     decompose_full_row<D, T, L>(pred, y, l, V, loc, yt);
-    huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, yt, T(go), T(delta), theta, mu_param, g_loc, gB, g_y);
+    if constexpr (D == 2 && kMixedPolicy<T, L>) {
+      huber_nll_full_backward_reflection<F, T, L>(l, V, loc, yt, T(go), T(delta), theta, mu_param, g_loc, gB,
+                                                  g_y);
+    } else {
+      huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, yt, T(go), T(delta), theta, mu_param, g_loc, gB, g_y);
+    }
     pack_symmetric_grad<D, T>(gB, g_raw);
     PROBREG_UNROLL
     for (int k = 0; k < D; ++k) {

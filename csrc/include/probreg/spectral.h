@@ -291,21 +291,32 @@ PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2
 }
 
 // Scalar conveniences: decompose (symeig_split: eigenvalues in L, eigenvectors in T),
-// then forward / backward.
+// then forward / backward; d = 2 under the mixed policy (the CUDA float32 kernels) on the
+// reflection frame instead (symeig2_reflection_split).
 template <int D, typename T, typename L = T>
 PROBREG_HOST_DEVICE void spd_remap_forward(const L B[D][D], L theta, T A[D][D]) {
   L l[D];
   T V[D][D];
-  symeig_split<D, T, L>(B, l, V);
-  spd_remap_forward_eig<D, T, L>(l, V, theta, A);
+  if constexpr (D == 2 && kMixedPolicy<T, L>) {
+    symeig2_reflection_split<T, L>(B, l, V);
+    spd_remap_forward_reflection<T, L>(l, V, theta, A);
+  } else {
+    symeig_split<D, T, L>(B, l, V);
+    spd_remap_forward_eig<D, T, L>(l, V, theta, A);
+  }
 }
 
 template <int D, typename T, typename L = T>
 PROBREG_HOST_DEVICE void spd_remap_backward(const L B[D][D], const T gA[D][D], L theta, T gB[D][D]) {
   L l[D];
   T V[D][D];
-  symeig_split<D, T, L>(B, l, V);
-  spd_remap_backward_eig<D, T, L>(l, V, gA, theta, gB);
+  if constexpr (D == 2 && kMixedPolicy<T, L>) {
+    symeig2_reflection_split<T, L>(B, l, V);
+    spd_remap_backward_reflection<T, L>(l, V, gA, theta, gB);
+  } else {
+    symeig_split<D, T, L>(B, l, V);
+    spd_remap_backward_eig<D, T, L>(l, V, gA, theta, gB);
+  }
 }
 
 // Backward of symeig (real symmetric, B symmetrised in the forward):

@@ -465,6 +465,26 @@ PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V
   }
 }
 
+// Whether (T, L) is the CUDA float32 policy (eigenvalues in double, the rest in float;
+// symeig_mixed), whose d = 2 paths run on the reflection frame (symeig2_reflection_split).
+template <typename T, typename L>
+constexpr bool kMixedPolicy = std::is_same_v<T, float> && std::is_same_v<L, double>;
+
+// symeig2_reflection for the mixed policy: l and N in double, N rounded to float. B holds
+// float32 data (|B_ij| <= 3.4e38, nonzero differences >= 1e-45), so x^2 + b^2 neither
+// overflows nor, short of an exact tie, underflows in double: no range check is needed.
+// NaN/Inf entries give NaN l (and so a NaN result downstream).
+template <typename T, typename L>
+PROBREG_HOST_DEVICE void symeig2_reflection_split(const L B[2][2], L l[2], T N[2][2]) {
+  static_assert(kMixedPolicy<T, L>, "symeig2_reflection_split: (float, double) only");
+  L frame[2][2];
+  symeig2_reflection<L>(B, l, frame);
+  PROBREG_UNROLL
+  for (int i = 0; i < 2; ++i)
+    PROBREG_UNROLL
+    for (int j = 0; j < 2; ++j) N[i][j] = T(frame[i][j]);
+}
+
 // Eigenvalues in L, eigenvectors in T: symeig when T = L, symeig_mixed for (float, double).
 template <int D, typename T, typename L>
 PROBREG_HOST_DEVICE void symeig_split(const L B[D][D], L l[D], T V[D][D]) {
