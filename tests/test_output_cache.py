@@ -109,3 +109,47 @@ def test_invalid_capacity_setting_is_an_error_naming_it(cache_mb):
     proc = _run(_REUSE, cache_mb)
     assert proc.returncode != 0
     assert "PROBREG_CPU_OUTPUT_CACHE_MB" in proc.stderr
+
+
+def test_deterministic_fill_mode_bypasses_the_cache():
+    # torch.use_deterministic_algorithms(True) with fill_uninitialized_memory: outputs come
+    # from torch's allocator (which fills them), never from a cached block.
+    raw = _raw(11)
+    out = probreg.spd_from_raw(raw)
+    ptr = out.data_ptr()
+    del out  # cached now
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.utils.deterministic.fill_uninitialized_memory
+        bypassed = probreg.spd_from_raw(raw)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert bypassed.data_ptr() != ptr
+    torch.testing.assert_close(bypassed.double(), _expected(raw), rtol=2e-5, atol=1e-6)
+    again = probreg.spd_from_raw(raw)
+    assert again.data_ptr() == ptr
+
+
+def test_blocks_freed_on_other_threads():
+    # Outputs freed concurrently on worker threads (as autograd's engine does) while the
+    # main thread allocates: every result stays exact and no two live outputs share memory.
+    import threading
+
+    raws = [_raw(100 + k) for k in range(8)]
+    expected = [_expected(raw) for raw in raws]
+    for _ in range(3):
+        outs = [probreg.spd_from_raw(raw) for raw in raws]
+        for out, exp in zip(outs, expected):
+            torch.testing.assert_close(out.double(), exp, rtol=2e-5, atol=1e-6)
+        holders = [[out] for out in outs]
+        del outs
+        threads = [threading.Thread(target=holder.clear) for holder in holders]
+        for t in threads:
+            t.start()
+        fresh = [probreg.spd_from_raw(raw) for raw in raws]
+        for t in threads:
+            t.join()
+        assert len({out.data_ptr() for out in fresh}) == len(fresh)
+        for out, exp in zip(fresh, expected):
+            torch.testing.assert_close(out.double(), exp, rtol=2e-5, atol=1e-6)
