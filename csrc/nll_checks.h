@@ -108,7 +108,7 @@ inline NllArgs prepare_huber_nll(const at::Tensor& pred_in, const at::Tensor& ta
   at::Tensor pred = pred_in.contiguous();
   at::Tensor target = target_in.contiguous();
   at::Tensor loss = empty_output(target.sizes().slice(0, target.dim() - 1),
-                              pred.options().dtype(nll_loss_dtype(pred.scalar_type())));
+                                 pred.options().dtype(nll_loss_dtype(pred.scalar_type())));
   return {d, target.numel() / d, pred, target, loss};
 }
 

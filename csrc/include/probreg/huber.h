@@ -339,16 +339,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
     for (int j = 0; j < D; ++j) grad_B[i][j] = masked_grad(go, back[i][j]);
 }
 
-// The d = 2 forward and backward from the reflection frame (l, N) of symeig2_reflection
-// (symeig.h) instead of eigenvectors: A = a_mean I + a_half N, a_mean = (g_hi + g_lo)/2,
-// a_half = (g_hi - g_lo)/2, and the residual is formed in the input frame, r = A z - v (v)
-// or A z (mu); s = ||r|| equals ||p|| of the eigenbasis form (p = V^T r). Gradient with
-// t = go rho'(s) r/s: dL/dv = -t, dL/dy = A t (dL/dmu = -A t), and dL/dB = the reflection
-// backward (spectral.h) of G = sym(t z^T) minus go (c_mean I + c_half N), c = g'/g of
-// the two eigenvalues (the -log|A| term, V diag(c) V^T on the frame). Rounding: A's small
-// eigenvalue is a_mean - a_half here, so r carries an absolute error of about
-// eps g_hi |z| (the eigenbasis form: eps (g_lo |z| + |v|) on that component).
-// out = A x for A = a_mean I + a_half N.
+// Pieces of the d = 2 reflection-frame loss below: out = A x for A = a_mean I + a_half N.
 template <typename T>
 PROBREG_HOST_DEVICE void reflection_apply(T a_mean, T a_half, const T N[2][2], const T x[2], T out[2]) {
   PROBREG_UNROLL
@@ -366,6 +357,16 @@ PROBREG_HOST_DEVICE void reflection_residual(T a_mean, T a_half, const T N[2][2]
   for (int k = 0; k < 2; ++k) r[k] = mu_param ? r[k] : r[k] - loc[k];
 }
 
+// The d = 2 forward and backward from the reflection frame (l, N) of symeig2_reflection
+// (symeig.h) instead of eigenvectors: A = a_mean I + a_half N, a_mean = (g_hi + g_lo)/2,
+// a_half = (g_hi - g_lo)/2, and the residual is formed in the input frame, r = A z - v (v)
+// or A z (mu); s = ||r|| equals ||p|| of the eigenbasis form (p = V^T r). Gradient with
+// t = go rho'(s) r/s: dL/dv = -t, dL/dy = A t (dL/dmu = -A t), and dL/dB = the reflection
+// backward (spectral.h) of G = sym(t z^T) minus go (c_mean I + c_half N), c = g'/g of
+// the two eigenvalues (the -log|A| term, V diag(c) V^T on the frame). Rounding: A's small
+// eigenvalue enters as a_mean - a_half, so r carries an absolute error of about
+// eps g_hi |z|, the order of the eigenbasis form's (whose rotated q = V^T z carries
+// eps |z|, times g_hi).
 template <int F, typename T, typename L = T>
 PROBREG_HOST_DEVICE T huber_nll_full_reflection(const L l[2], const T N[2][2], const T loc[2], const T y[2],
                                                 T delta, L theta_value, bool mu_param) {
