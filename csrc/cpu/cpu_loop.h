@@ -313,8 +313,8 @@ constexpr bool kPairLaneBlocks = false;
 // Whether run_decomposed<D, C, Reflection> hands finish the 2x2 reflection frame (l, N)
 // of symeig2_reflection in place of (l, V): d = 2 ops that ask for it, on the SIMD lanes,
 // their scalar fallback (double) and the CUDA float32 emulation (MixedPrecision, with the
-// CUDA kernels' symeig2_reflection_split).
-template <int D, typename Zero, bool Reflection>
+// CUDA kernels' symeig_frame_split).
+template <int D, bool Reflection>
 constexpr bool reflection_frame = Reflection && D == 2;
 
 // Runs an op whose item body is "symmetric matrix -> eigen-decomposition -> the rest":
@@ -333,10 +333,10 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
     L B[D][D], l[D];
     T V[D][D];
     matrix(zero, i, B);
-    if constexpr (reflection_frame<D, decltype(zero), Reflection> && kMixedPolicy<T, L>) {
-      symeig2_reflection_split<T, L>(B, l, V);  // V receives N, as the CUDA kernels compute it
+    if constexpr (reflection_frame<D, Reflection> && kMixedPolicy<T, L>) {
+      symeig_frame_split<D, T, L>(B, l, V);  // V receives N, as the CUDA kernels compute it
       finish(zero, i, l, V);
-    } else if constexpr (reflection_frame<D, decltype(zero), Reflection>) {
+    } else if constexpr (reflection_frame<D, Reflection>) {
       decompose<D>(B, l, V);  // symeig: NaN/Inf, zero and extreme scales included
       T N[D][D];
       reflection_from_eigenvectors<T>(V, N);

@@ -105,12 +105,8 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
               using L = eigen_t<decltype(zero)>;
               T loc[D], y[D];
               load_full_row_vectors<D>(pp, tp, i, loc, y);
-              L out[1];
-              if constexpr (reflection_frame<D, decltype(zero), true>) {
-                out[0] = L(huber_nll_full_reflection<F, T, L>(l, V, loc, y, T(delta), L(theta), mu));
-              } else {
-                out[0] = L(huber_nll_full_eig<D, F, T, L>(l, V, loc, y, T(delta), L(theta), mu));
-              }
+              L out[1] = {L(huber_nll_full_frame<D, F, reflection_frame<D, true>, T, L>(l, V, loc, y, T(delta),
+                                                                                      L(theta), mu))};
               store_item<1>(out, lp, i);
             });
       } else {
@@ -175,13 +171,8 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cpu(const at::Tensor& grad
               load_full_row_vectors<D>(pp, tp, i, loc, y);
               L go[1], grow[W], gy[D];
               load_grad_loss(gl, go_stride, i, go);
-              if constexpr (reflection_frame<D, decltype(zero), true>) {
-                huber_nll_full_backward_reflection<F, T, L>(l, V, loc, y, T(go[0]), T(delta), L(theta), mu, g_loc,
-                                                            gB, g_y);
-              } else {
-                huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, y, T(go[0]), T(delta), L(theta), mu, g_loc,
-                                                        gB, g_y);
-              }
+              huber_nll_full_backward_frame<D, F, reflection_frame<D, true>, T, L>(
+                  l, V, loc, y, T(go[0]), T(delta), L(theta), mu, g_loc, gB, g_y);
               pack_symmetric_grad<D, T>(gB, g_raw);
               for (int k = 0; k < D; ++k) {
                 grow[k] = L(g_loc[k]);

@@ -26,11 +26,7 @@ void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
     using T = value_t<decltype(zero)>;
     using L = eigen_t<decltype(zero)>;
     T Am[D][D];
-    if constexpr (reflection_frame<D, decltype(zero), true>) {
-      spd_remap_forward_reflection<T, L>(l, V, L(theta), Am);
-    } else {
-      spd_remap_forward_eig<D, T, L>(l, V, L(theta), Am);
-    }
+    spd_remap_forward_frame<D, reflection_frame<D, true>, T, L>(l, V, L(theta), Am);
     store_matrix_item<D>(Am, A, i);
   });
 }
@@ -43,11 +39,7 @@ void spd_backward_items(int64_t n, MatrixFn&& matrix, const S* grad_A, double th
     using L = eigen_t<decltype(zero)>;
     T gAm[D][D], gBm[D][D];
     load_matrix_item<D>(grad_A, i, gAm);
-    if constexpr (reflection_frame<D, decltype(zero), true>) {
-      spd_remap_backward_reflection<T, L>(l, V, gAm, L(theta), gBm);
-    } else {
-      spd_remap_backward_eig<D, T, L>(l, V, gAm, L(theta), gBm);
-    }
+    spd_remap_backward_frame<D, reflection_frame<D, true>, T, L>(l, V, gAm, L(theta), gBm);
     store_grad(i, gBm);
   });
 }

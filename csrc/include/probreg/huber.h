@@ -415,6 +415,33 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_reflection(const L l[2], const 
       grad_B[i][j] = masked_grad(go, back[i][j] - (c_half * N[i][j] + (i == j ? c_mean : T(0))));
 }
 
+// Forward / backward from a decomposition (l, F): F the reflection frame N where
+// Reflection (d = 2 only), else the eigenvectors V.
+template <int D, int F, bool Reflection, typename T, typename L>
+PROBREG_HOST_DEVICE T huber_nll_full_frame(const L l[D], const T frame[D][D], const T loc[D], const T y[D], T delta,
+                                           L theta, bool mu_param) {
+  if constexpr (Reflection) {
+    static_assert(D == 2, "the reflection frame is 2x2");
+    return huber_nll_full_reflection<F, T, L>(l, frame, loc, y, delta, theta, mu_param);
+  } else {
+    return huber_nll_full_eig<D, F, T, L>(l, frame, loc, y, delta, theta, mu_param);
+  }
+}
+
+template <int D, int F, bool Reflection, typename T, typename L>
+PROBREG_HOST_DEVICE void huber_nll_full_backward_frame(const L l[D], const T frame[D][D], const T loc[D],
+                                                       const T y[D], T go, T delta, L theta, bool mu_param,
+                                                       T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
+  if constexpr (Reflection) {
+    static_assert(D == 2, "the reflection frame is 2x2");
+    huber_nll_full_backward_reflection<F, T, L>(l, frame, loc, y, go, delta, theta, mu_param, grad_loc, grad_B,
+                                                grad_y);
+  } else {
+    huber_nll_full_backward_eig<D, F, T, L>(l, frame, loc, y, go, delta, theta, mu_param, grad_loc, grad_B,
+                                            grad_y);
+  }
+}
+
 // ---------------------------------------------------------------- diagonal covariance
 // b: the D raw diagonal values, A = diag(g(b)).
 template <int D, int F, typename T>
@@ -488,19 +515,14 @@ PROBREG_HOST_DEVICE void huber_nll_identity_backward(const T loc[D], const T y[D
 // L = double on the CUDA float32 path); the other structures compute in L.
 // The CPU loop calls the pieces above directly so that its SIMD lanes can fall back to
 // the scalar path when the eigen-decomposition needs it (cpu_loop.h decompose).
-// Full-covariance row (loc, packed B) and target in L -> eigenvalues l (L), V, loc, y (T);
-// d = 2 under the mixed policy: the reflection frame N in place of V
-// (symeig2_reflection_split).
+// Full-covariance row (loc, packed B) and target in L -> eigenvalues l (L), the frame
+// (symeig_frame_split: V, or N at d = 2 under the mixed policy), loc, y (T).
 template <int D, typename T, typename L>
 PROBREG_HOST_DEVICE void decompose_full_row(const L pred[D + Packed<D>::P], const L y[D], L l[D], T V[D][D],
                                             T loc[D], T yt[D]) {
   L B[D][D];
   unpack_symmetric<D, L>(pred + D, B);
-  if constexpr (D == 2 && kMixedPolicy<T, L>) {
-    symeig2_reflection_split<T, L>(B, l, V);
-  } else {
-    symeig_split<D, T, L>(B, l, V);
-  }
+  symeig_frame_split<D, T, L>(B, l, V);
   PROBREG_UNROLL
   for (int k = 0; k < D; ++k) {
     loc[k] = T(pred[k]);
@@ -515,11 +537,8 @@ PROBREG_HOST_DEVICE L huber_nll_row(const L pred[NllLayout<D, Cov>::width], cons
     L l[D];
     T V[D][D], loc[D], yt[D];
     decompose_full_row<D, T, L>(pred, y, l, V, loc, yt);
-    if constexpr (D == 2 && kMixedPolicy<T, L>) {
-      return L(huber_nll_full_reflection<F, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
-    } else {
-      return L(huber_nll_full_eig<D, F, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
-    }
+    return L(
+        huber_nll_full_frame<D, F, kSplitReflection<D, T, L>, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
   } else if constexpr (Cov == kCovarianceDiagonal) {
     return huber_nll_diagonal<D, F, L>(pred + D, pred, y, delta, theta, mu_param);
   } else {
@@ -536,12 +555,8 @@ PROBREG_HOST_DEVICE void huber_nll_row_backward(const L pred[NllLayout<D, Cov>::
     L l[D];
     T V[D][D], loc[D], yt[D], g_loc[D], gB[D][D], g_raw[P], g_y[D];
     decompose_full_row<D, T, L>(pred, y, l, V, loc, yt);
-    if constexpr (D == 2 && kMixedPolicy<T, L>) {
-      huber_nll_full_backward_reflection<F, T, L>(l, V, loc, yt, T(go), T(delta), theta, mu_param, g_loc, gB,
-                                                  g_y);
-    } else {
-      huber_nll_full_backward_eig<D, F, T, L>(l, V, loc, yt, T(go), T(delta), theta, mu_param, g_loc, gB, g_y);
-    }
+    huber_nll_full_backward_frame<D, F, kSplitReflection<D, T, L>, T, L>(l, V, loc, yt, T(go), T(delta), theta,
+                                                                         mu_param, g_loc, gB, g_y);
     pack_symmetric_grad<D, T>(gB, g_raw);
     PROBREG_UNROLL
     for (int k = 0; k < D; ++k) {

@@ -290,33 +290,46 @@ PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2
                                  gA, theta, gB);
 }
 
-// Scalar conveniences: decompose (symeig_split: eigenvalues in L, eigenvectors in T),
-// then forward / backward; d = 2 under the mixed policy (the CUDA float32 kernels) on the
-// reflection frame instead (symeig2_reflection_split).
+// Forward / backward from a decomposition (l, F): F the reflection frame N where
+// Reflection (d = 2 only), else the eigenvectors V.
+template <int D, bool Reflection, typename T, typename L>
+PROBREG_HOST_DEVICE void spd_remap_forward_frame(const L l[D], const T F[D][D], L theta, T A[D][D]) {
+  if constexpr (Reflection) {
+    static_assert(D == 2, "the reflection frame is 2x2");
+    spd_remap_forward_reflection<T, L>(l, F, theta, A);
+  } else {
+    spd_remap_forward_eig<D, T, L>(l, F, theta, A);
+  }
+}
+
+template <int D, bool Reflection, typename T, typename L>
+PROBREG_HOST_DEVICE void spd_remap_backward_frame(const L l[D], const T F[D][D], const T gA[D][D], L theta,
+                                                  T gB[D][D]) {
+  if constexpr (Reflection) {
+    static_assert(D == 2, "the reflection frame is 2x2");
+    spd_remap_backward_reflection<T, L>(l, F, gA, theta, gB);
+  } else {
+    spd_remap_backward_eig<D, T, L>(l, F, gA, theta, gB);
+  }
+}
+
+// Scalar conveniences (the CUDA kernels): decompose (symeig_frame_split: eigenvalues in
+// L, the frame in T; the reflection frame at d = 2 under the mixed policy), then forward /
+// backward.
 template <int D, typename T, typename L = T>
 PROBREG_HOST_DEVICE void spd_remap_forward(const L B[D][D], L theta, T A[D][D]) {
   L l[D];
-  T V[D][D];
-  if constexpr (D == 2 && kMixedPolicy<T, L>) {
-    symeig2_reflection_split<T, L>(B, l, V);
-    spd_remap_forward_reflection<T, L>(l, V, theta, A);
-  } else {
-    symeig_split<D, T, L>(B, l, V);
-    spd_remap_forward_eig<D, T, L>(l, V, theta, A);
-  }
+  T F[D][D];
+  symeig_frame_split<D, T, L>(B, l, F);
+  spd_remap_forward_frame<D, kSplitReflection<D, T, L>, T, L>(l, F, theta, A);
 }
 
 template <int D, typename T, typename L = T>
 PROBREG_HOST_DEVICE void spd_remap_backward(const L B[D][D], const T gA[D][D], L theta, T gB[D][D]) {
   L l[D];
-  T V[D][D];
-  if constexpr (D == 2 && kMixedPolicy<T, L>) {
-    symeig2_reflection_split<T, L>(B, l, V);
-    spd_remap_backward_reflection<T, L>(l, V, gA, theta, gB);
-  } else {
-    symeig_split<D, T, L>(B, l, V);
-    spd_remap_backward_eig<D, T, L>(l, V, gA, theta, gB);
-  }
+  T F[D][D];
+  symeig_frame_split<D, T, L>(B, l, F);
+  spd_remap_backward_frame<D, kSplitReflection<D, T, L>, T, L>(l, F, gA, theta, gB);
 }
 
 // Backward of symeig (real symmetric, B symmetrised in the forward):

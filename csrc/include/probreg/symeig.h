@@ -496,4 +496,20 @@ PROBREG_HOST_DEVICE void symeig_split(const L B[D][D], L l[D], T V[D][D]) {
   }
 }
 
+// Whether the scalar (T, L) paths of dimension D (the CUDA kernels and their CPU
+// emulation) run on the reflection frame: d = 2 under the mixed policy.
+template <int D, typename T, typename L>
+constexpr bool kSplitReflection = D == 2 && kMixedPolicy<T, L>;
+
+// The decomposition of those paths: (l, N) by symeig2_reflection_split where
+// kSplitReflection (F receives N), else (l, V) by symeig_split.
+template <int D, typename T, typename L>
+PROBREG_HOST_DEVICE void symeig_frame_split(const L B[D][D], L l[D], T F[D][D]) {
+  if constexpr (kSplitReflection<D, T, L>) {
+    symeig2_reflection_split<T, L>(B, l, F);
+  } else {
+    symeig_split<D, T, L>(B, l, F);
+  }
+}
+
 }  // namespace probreg
