@@ -91,7 +91,9 @@ def _extension():
     # inlined at two call sites (two SIMD blocks, a lane block and its pair) could round
     # differently: results must not depend on an item's batch position or the thread
     # count (tests/test_determinism.py). Explicit FMAs are unaffected.
-    cxx_flags = ["-O3", "-fno-fast-math", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"] + _cpu_isa_flags() + _openmp_flags()
+    # -g0: no debug info (Python's own CFLAGS carry -g): variable tracking through the large
+    # inlined SIMD item bodies of csrc/cpu/nll_*.cpp multiplied their compile time here.
+    cxx_flags = ["-O3", "-g0", "-fno-fast-math", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"] + _cpu_isa_flags() + _openmp_flags()
     # PROBREG_EXTRA_CXX_FLAGS: appended last (e.g. -O1 for `make sanitize`, whose ASan/UBSan
     # build takes tens of minutes at -O3).
     cxx_flags += shlex.split(os.environ.get("PROBREG_EXTRA_CXX_FLAGS", ""))

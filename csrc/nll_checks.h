@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -101,8 +102,8 @@ struct NllArgs {
 };
 
 inline NllArgs prepare_huber_nll(const at::Tensor& pred_in, const at::Tensor& target_in, double delta,
-                                 double theta, int64_t family, int64_t covariance) {
-  const char* op = "probreg.huber_nll";
+                                 double theta, int64_t family, int64_t covariance,
+                                 const char* op = "probreg.huber_nll") {
   check_nll_scalars(delta, theta, family, covariance, op);
   const int64_t d = check_nll_inputs(pred_in, target_in, covariance, op);
   at::Tensor pred = pred_in.contiguous();
@@ -140,6 +141,20 @@ inline NllBackwardArgs prepare_huber_nll_backward(const at::Tensor& grad_loss_in
           target,
           empty_output_like(pred),
           need_grad_target ? empty_output_like(target) : empty_output({0}, target.options())};
+}
+
+// _huber_nll_and_grad: the forward's arguments and both backward outputs.
+struct NllAndGradArgs : NllArgs {
+  at::Tensor grad_pred, grad_target;  // outputs; grad_target is empty unless requested
+};
+
+inline NllAndGradArgs prepare_huber_nll_and_grad(const at::Tensor& pred_in, const at::Tensor& target_in,
+                                                 double delta, double theta, int64_t family, int64_t covariance,
+                                                 bool need_grad_target) {
+  NllArgs a = prepare_huber_nll(pred_in, target_in, delta, theta, family, covariance, "probreg._huber_nll_and_grad");
+  at::Tensor grad_pred = empty_output_like(a.pred);
+  at::Tensor grad_target = need_grad_target ? empty_output_like(a.target) : empty_output({0}, a.target.options());
+  return {std::move(a), std::move(grad_pred), std::move(grad_target)};
 }
 
 // Calls f(std::integral_constant<int, F>) for the family code.

@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 F64 = torch.float64
 MODES = ("backward", "double_backward", "jvp", "func", "hessian", "vmap", "compile_static", "compile_dynamic")
 THIRD_ORDER = "third order: the second-order rules are not differentiable (raises)"
+AND_GRAD = "huber_nll's one-pass forward (loss and gradients), not differentiable (raises): differentiate huber_nll"
 
 
 @dataclass
@@ -255,6 +256,8 @@ OPS = {
     "_spd_remap_second": _op_case("_spd_remap_second", lambda: (_sym(3, 2), _randn(3, 2, 2), _randn(3, 2, 2, seed=1)), (0.5,)),
     "_huber_nll_hvp": _op_case("_huber_nll_hvp", lambda: (_randn(3, seed=2).abs(), *_nll_tensors(), _randn(3, 5, seed=3),
                                                           _randn(3, 2, seed=4)), (*_NLL, True)),
+    # huber_nll's one-pass forward for a first-order backward (loss and gradients)
+    "_huber_nll_and_grad": _op_case("_huber_nll_and_grad", _nll_tensors, (*_NLL, True)),
     "_log_normalizer": _op_case("_log_normalizer", lambda: (), (3, "huber", 0.6),
                                 not_applicable={m: "no tensor inputs (float arguments only)" for m in MODES}),
 }
@@ -265,6 +268,7 @@ for _name in ("_spd_remap_backward", "_spd_remap_fallback_backward", "_spd_from_
     OPS[_name].unsupported.update({"double_backward": THIRD_ORDER, "hessian": THIRD_ORDER})
 for _name in ("_spd_remap_second", "_huber_nll_hvp"):
     OPS[_name].unsupported.update({m: THIRD_ORDER for m in ("backward", "double_backward", "jvp", "func", "hessian")})
+OPS["_huber_nll_and_grad"].unsupported.update({m: AND_GRAD for m in ("backward", "double_backward", "jvp", "func", "hessian")})
 for _case in OPS.values():  # operators compile through the public functions and opcheck's AOT test
     _case.not_applicable.update({m: "operators: opcheck (test_aot_dispatch_dynamic) and the public functions"
                                  for m in ("compile_static", "compile_dynamic")})

@@ -1244,7 +1244,7 @@ def op_case(draw, name: str):
         args, names = [gA, x, theta], ["grad_A", "B" if name == "_spd_remap_backward" else "raw", "theta"]
         case = Case(getattr(ops, name), tuple(args), reference=lambda: _grads_of(lambda t: ref_fn(t, theta), [x], [gA])[0],
                     compare=lambda out, r: close(out, r, dtype, name, rtol=None if dtype in FULL_PRECISION else 5e-2))
-    elif name in ("huber_nll", "_huber_nll_backward"):
+    elif name in ("huber_nll", "_huber_nll_backward", "_huber_nll_and_grad"):
         family, covariance = draw(st.integers(0, 3)), draw(st.integers(0, 2))
         width = {2: d + d * (d + 1) // 2, 1: 2 * d, 0: d}[covariance]
         pred, target = lay(torch.randn(n, width, generator=g, dtype=F64)), lay(torch.randn(n, d, generator=g, dtype=F64))
@@ -1259,6 +1259,19 @@ def op_case(draw, name: str):
             args, names = [pred, target, delta, theta, family, covariance, mu], ["pred", "target", "delta", "theta", "family", "covariance", None]
             case = Case(ops.huber_nll, tuple(args), reference=lambda: ref_loss(canon(pred), canon(target)),
                         compare=lambda out, r: close(out, r, dtype, name))
+        elif name == "_huber_nll_and_grad":  # the loss and its gradients for grad_loss = 1
+            args = [pred, target, delta, theta, family, covariance, mu, True]
+            names = ["pred", "target", "delta", "theta", "family", "covariance", None, None]
+
+            def ref():
+                p, t = canon(pred), canon(target)
+                return (ref_loss(p, t), *_grads_of(ref_loss, [pred, target], [torch.ones(n, dtype=F64)]))
+
+            grad_rtol = None if dtype in FULL_PRECISION else 5e-2
+            case = Case(ops._huber_nll_and_grad, tuple(args), reference=ref,
+                        compare=lambda out, r: (close(out[0], r[0], dtype, "loss"),
+                                                close(out[1], r[1], dtype, "grad_pred", rtol=grad_rtol),
+                                                close(out[2], r[2], dtype, "grad_target", rtol=grad_rtol)))
         else:
             loss_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
             grad = lay(torch.randn(n, generator=g, dtype=F64), loss_dtype)
@@ -1369,7 +1382,7 @@ def op_case(draw, name: str):
 
 # ---------------------------------------------------------------- the sweep
 OP_NAMES = ["symeig", "_symeig_backward", "spd_remap", "_spd_remap_backward", "spd_from_raw", "_spd_from_raw_backward",
-            "huber_nll", "_huber_nll_backward", "huber_fuse", "_huber_fuse_backward", "_spd_remap_second",
+            "huber_nll", "_huber_nll_backward", "_huber_nll_and_grad", "huber_fuse", "_huber_fuse_backward", "_spd_remap_second",
             "_huber_nll_hvp", *FALLBACK_OF]
 
 SWEEP = {
