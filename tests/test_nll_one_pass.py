@@ -199,6 +199,12 @@ def test_route_taken_only_where_it_applies():
     assert _route(p.half(), t.half()) == "huber_nll_functionBackward"  # half types: the two-pass rule
     with torch.autograd.forward_ad.dual_level():  # a forward-AD level may need the jvp rule
         assert _route(p, t) == "huber_nll_functionBackward"
+    # torch.jit.trace records huber_nll itself (the tracer sits above autograd), never the
+    # route's _huber_nll_and_grad: the traced function differentiates as the eager one
+    traced = torch.jit.trace(lambda a, b: ops.huber_nll(a, b, *_options(0, 2, False)), (p, t))
+    grad_traced = torch.autograd.grad(traced(p, t).sum(), p)[0]
+    grad_eager = torch.autograd.grad(ops.huber_nll(p, t, *_options(0, 2, False)).sum(), p)[0]
+    torch.testing.assert_close(grad_traced, grad_eager, rtol=0, atol=0)
     # d > 3 runs the pure-PyTorch fallback operators, never this route
     p4, t4 = _leaves(*_problem(4, 2, dtype=torch.float32, seed=23))
     assert probreg.huber_nll(p4, t4).grad_fn.name() != "_HuberNllOnePassBackward"
