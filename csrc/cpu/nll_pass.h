@@ -26,7 +26,6 @@
 
 namespace probreg {
 
-
 #define PROBREG_NLL_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
@@ -186,7 +185,8 @@ struct GradLossReader {
   }
 };
 
-// The upstream gradient 1 of every item (_huber_nll_and_grad).
+// The upstream gradient 1 of every item (_huber_nll_and_grad; the forward, which reads
+// none, passes it as a placeholder).
 struct UnitGradLoss {
   template <typename I, typename G>
   void operator()(I, G go[1]) const {
