@@ -113,6 +113,11 @@ inline NllArgs prepare_huber_nll(const at::Tensor& pred_in, const at::Tensor& ta
   return {d, target.numel() / d, pred, target, loss};
 }
 
+// The grad_target output: like target where requested, else an empty (0,) tensor.
+inline at::Tensor nll_grad_target_output(const at::Tensor& target, bool need_grad_target) {
+  return need_grad_target ? empty_output_like(target) : empty_output({0}, target.options());
+}
+
 struct NllBackwardArgs {
   int64_t d, n;
   NllGradLoss grad_loss;
@@ -140,7 +145,7 @@ inline NllBackwardArgs prepare_huber_nll_backward(const at::Tensor& grad_loss_in
           pred,
           target,
           empty_output_like(pred),
-          need_grad_target ? empty_output_like(target) : empty_output({0}, target.options())};
+          nll_grad_target_output(target, need_grad_target)};
 }
 
 // _huber_nll_and_grad: the forward's arguments and both backward outputs.
@@ -153,7 +158,7 @@ inline NllAndGradArgs prepare_huber_nll_and_grad(const at::Tensor& pred_in, cons
                                                  bool need_grad_target) {
   NllArgs a = prepare_huber_nll(pred_in, target_in, delta, theta, family, covariance, "probreg._huber_nll_and_grad");
   at::Tensor grad_pred = empty_output_like(a.pred);
-  at::Tensor grad_target = need_grad_target ? empty_output_like(a.target) : empty_output({0}, a.target.options());
+  at::Tensor grad_target = nll_grad_target_output(a.target, need_grad_target);
   return {std::move(a), std::move(grad_pred), std::move(grad_target)};
 }
 
