@@ -18,9 +18,8 @@ import math
 
 import torch
 
+from .packing import INV_SQRT2
 from .reference import _nll_normalizer, _nll_reduce, _rho_from_components, remap_g, remap_log_g
-
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 def _g_prime(l: torch.Tensor, theta: float) -> torch.Tensor:
@@ -41,7 +40,7 @@ def _divided(num: torch.Tensor, den: torch.Tensor, at_tie: torch.Tensor) -> torc
 def _eig_and_remap(raw: torch.Tensor, theta: float):
     """raw (..., 6) -> eigenvalues (l1, l2, l3) and the 6 unique entries of A."""
     b00, b11, b22 = raw[..., 0], raw[..., 3], raw[..., 5]
-    b01, b02, b12 = raw[..., 1] * _INV_SQRT2, raw[..., 2] * _INV_SQRT2, raw[..., 4] * _INV_SQRT2
+    b01, b02, b12 = raw[..., 1] * INV_SQRT2, raw[..., 2] * INV_SQRT2, raw[..., 4] * INV_SQRT2
     q = (b00 + b11 + b22) / 3.0
     c00, c11, c22 = b00 - q, b11 - q, b22 - q
     off = b01 * b01 + b02 * b02 + b12 * b12

@@ -37,6 +37,12 @@ def _layout(d: int):
     return _layout_tables(d) if torch.compiler.is_compiling() else _cached_layout_tables(d)
 
 
+# 1/sqrt(2) correctly rounded (sqrt rounds correctly; 1.0 / math.sqrt(2.0) is an ulp
+# below): the constant of the kernels' unpacking (csrc/include/probreg/packed.h), so that
+# unpack_sym(raw) is bitwise the matrix spd_from_raw and huber_nll decompose.
+INV_SQRT2 = math.sqrt(0.5)
+
+
 def _layout_tables(d: int):
     # Plain Python index tables (constants under torch.compile; a tensor's .tolist() would
     # break the graph).
@@ -48,7 +54,7 @@ def _layout_tables(d: int):
         return i * d - i * (i - 1) // 2 + (j - i)
 
     flat_index = [packed(min(i, j), max(i, j)) for i in range(d) for j in range(d)]
-    unpack_scale = [1.0 if i == j else 1.0 / math.sqrt(2.0) for i in range(d) for j in range(d)]
+    unpack_scale = [1.0 if i == j else INV_SQRT2 for i in range(d) for j in range(d)]
     pack_scale = [1.0 if i == j else math.sqrt(2.0) for i, j in zip(rows, cols)]
     return rows, cols, flat_index, unpack_scale, pack_scale
 

@@ -13,7 +13,7 @@ import math
 import torch
 
 from ._fuse_torch import huber_fuse_solve, huber_fuse_weighted_least_squares  # noqa: F401  (re-exported)
-from .packing import pack_sym, unpack_sym  # noqa: F401  (re-exported for the references' users)
+from .packing import INV_SQRT2, pack_sym, unpack_sym  # noqa: F401  (re-exported for the references' users)
 
 __all__ = [
     "remap_g",
@@ -155,7 +155,7 @@ def _closed_form_2x2(packed: torch.Tensor, theta: float):
     -> (a00, a01, a11) of A = g(l1) I + (g(l2) - g(l1)) / (2h) (B - l1 I), and the
     eigenvalues (l1, l2) = m -+ h; h floored at 1e-12 so autograd stays finite."""
     a = packed[..., 0]
-    b = packed[..., 1] * (1.0 / math.sqrt(2.0))
+    b = packed[..., 1] * INV_SQRT2
     c = packed[..., 2]
     mean = 0.5 * (a + c)
     half_diff = 0.5 * (a - c)

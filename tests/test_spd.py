@@ -286,6 +286,23 @@ def test_pack_unpack_round_trip_and_isometry():
     assert torch.allclose(probreg.unpack_sym(raw), torch.tensor([[1.0, 5.0], [5.0, 3.0]]))
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unpack_sym_is_the_matrix_the_kernels_decompose(device, dtype):
+    """unpack_sym scales by the correctly rounded 1/sqrt(2), as the kernels do (packed.h):
+    the off-diagonals are raw * 0x1.6a09e667f3bcdp-1 (1 / math.sqrt(2) is an ulp below it)
+    and, in float64, spd_from_raw(raw) is bitwise spd_remap(unpack_sym(raw)). (float32 raw
+    is unpacked in float64 inside the kernel, more accurately than unpack_sym's float32.)"""
+    inv_sqrt2 = float.fromhex("0x1.6a09e667f3bcdp-1")  # 1/sqrt(2) to 17 digits: 0.70710678118654752
+    assert abs(inv_sqrt2 - 0.70710678118654752440) < 2**-54
+    for d in (2, 3):
+        raw = torch.randn(64, d * (d + 1) // 2, dtype=dtype).to(device)
+        B = probreg.unpack_sym(raw)
+        expected = raw[:, 1] * torch.tensor(inv_sqrt2, dtype=dtype)
+        assert torch.equal(B[:, 0, 1], expected) and torch.equal(B[:, 1, 0], expected)
+        if dtype == torch.float64:
+            assert torch.equal(probreg.spd_from_raw(raw, 0.3), probreg.spd_remap(B, 0.3))
+
 # ------------------------------------------------------------------ NaN isolation
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nonfinite_entries_poison_only_their_item(device, bad):

@@ -282,15 +282,17 @@ PROBREG_LANES_INLINE unsigned sanitize_lanes(Lanes B[D][D], LaneMask ok, int cou
   return declined;
 }
 
-// Lane decomposition of a sanitized block: d = 3 in closed form (symeig.h), d = 1, 2 by
+// Lane decomposition of a sanitized block: d = 3 in closed form (symeig.h), its
+// eigenvalues refined where Refine (refine_eigenvalues3, as symeig<3, double>), d = 1, 2 by
 // symeig_core (one rotation for d = 2), or, with Reflection at d = 2, the reflection frame
 // (symeig2_reflection: V receives N). T = Lanes or LanePair (two blocks, lane_pair.h).
-template <int D, typename T, bool Reflection = false>
+template <int D, typename T, bool Refine, bool Reflection>
 PROBREG_LANES_INLINE void decompose_lanes(const T B[D][D], T scale, T l[D], T V[D][D]) {
   if constexpr (D == 2 && Reflection) {
     symeig2_reflection<T>(B, l, V);
   } else if constexpr (D == 3) {
     symeig3_closed_form<T>(B, l, V);
+    if constexpr (Refine) refine_eigenvalues3<T>(B, V, l);
     sort_eigenpairs<D, T>(l, V);
   } else {
     T a[D][D];
@@ -320,13 +322,16 @@ constexpr bool reflection_frame = Reflection && D == 2;
 // Runs an op whose item body is "symmetric matrix -> eigen-decomposition -> the rest":
 //   matrix(zero, i, B)     loads item(s) i and writes B (D x D, eigen type of zero)
 //   finish(zero, i, l, V)  everything after the decomposition, including the stores
-// with the compute types (Precision) of run_items. On the SIMD path, consecutive blocks
+// with the compute types (Precision) of run_items. Storage type S: float64 refines the
+// d = 3 eigenvalues on the lanes as its scalar fallback does (kRefinedEigenvalues:
+// symeig<3, double>); float32, computed in double, is not refined. On the SIMD path, consecutive blocks
 // run in pairs (kPairLaneBlocks), the whole body on LanePair (zero = LanePair,
 // i = LaneBlockPair; lane_pair.h), and a task's odd last block alone on Lanes (the same
 // per-lane arithmetic); items the lane decomposition does not take (lanes_decomposable) are
 // recomputed by the scalar body, item by item.
-template <int D, typename C, bool Reflection = false, typename MatrixFn, typename FinishFn>
+template <int D, typename C, typename S, bool Reflection = false, typename MatrixFn, typename FinishFn>
 void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
+  constexpr bool refine = kRefinedEigenvalues<D, S>;
   auto scalar = [&](auto zero, int64_t i) {
     using T = typename Precision<decltype(zero)>::value;
     using L = typename Precision<decltype(zero)>::eigen;
@@ -375,7 +380,7 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
         LanePair B[D][D], l[D], V[D][D];
         for (int r = 0; r < D; ++r)
           for (int c = 0; c < D; ++c) B[r][c] = LanePair(B0[r][c], B1[r][c]);
-        decompose_lanes<D, LanePair, Reflection>(B, LanePair(s0, s1), l, V);
+        decompose_lanes<D, LanePair, refine, Reflection>(B, LanePair(s0, s1), l, V);
         finish(LanePair{}, LaneBlockPair{b0, b1}, l, V);
         redo_declined(b0, d0);
         redo_declined(b1, d1);
@@ -384,7 +389,7 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
         const LaneBlock b{i, int(std::min<int64_t>(kLaneWidth, end - i))};
         Lanes B[D][D], scale, l[D], V[D][D];
         const unsigned declined = load(b, B, scale);
-        decompose_lanes<D, Lanes, Reflection>(B, scale, l, V);
+        decompose_lanes<D, Lanes, refine, Reflection>(B, scale, l, V);
         finish(Lanes{}, b, l, V);
         redo_declined(b, declined);
       }
@@ -399,7 +404,7 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
 
 template <int D, typename S, bool Reflection = false, typename MatrixFn, typename FinishFn>
 void run_decomposed_for(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
-  with_compute_type<S>([&](auto tag) { run_decomposed<D, decltype(tag), Reflection>(n, matrix, finish); });
+  with_compute_type<S>([&](auto tag) { run_decomposed<D, decltype(tag), S, Reflection>(n, matrix, finish); });
 }
 
 }  // namespace probreg

@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor> symeig_cpu(const at::Tensor& B_in) {
     scalar_t* vp = a.V.mutable_data_ptr<scalar_t>();
     dispatch_dim(a.d, [&](auto dim) {
       constexpr int D = decltype(dim)::value;
-      run_decomposed<D, compute_t<scalar_t>>(
+      run_decomposed<D, compute_t<scalar_t>, scalar_t>(
           n, [&](auto, auto i, auto& Bm) { load_symmetric_item<D>(b, i, Bm); },
           [&](auto, auto i, const auto& l, const auto& Vm) {
             store_item<D>(l, lp, i);

@@ -1,5 +1,6 @@
 // Unit tests of the torch-free math headers, compiled with g++ alone (ctest).
 // Independent references: long double arithmetic and libm.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -252,6 +253,94 @@ void test_symeig_mixed(std::mt19937_64& rng) {
   for (int k = 0; k < D; ++k) expect(std::isnan(l[k]) && std::isnan(V[0][k]), "symeig_mixed NaN", l[k], 0);
 }
 
+// Refined d = 3 eigenvalues (refine_eigenvalues3) of symeig<3, double> and of the CPU
+// lanes' closed form, on matrices whose eigenvalues are known exactly: B = M diag(s) M^T
+// with M/N the rational rotation of an integer quaternion (N its squared norm) and
+// s_k = m_k 2^e_k (|m_k| <= 63, e_k in [-24, 4]), so every entry of B is exact in double
+// (checked) and l_k = N^2 s_k exactly. Spreads up to 1e10 between the eigenvalues, where
+// O(eps ||B||) solvers lose up to ten digits of the small ones. Bound: a few ulps of l_k
+// itself plus the Rayleigh quotient's second-order term (eps ||B||_F)^2 / gap_k.
+struct ExactSpectrum {
+  double B[3][3];
+  double l[3];  // ascending
+  double gap[3];
+  double fro;
+};
+
+ExactSpectrum exact_spectrum(std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> component(-7, 7), mantissa(1, 63), exponent(-24, 4), sign(0, 1);
+  ExactSpectrum x;
+  for (;;) {
+    const long long a = component(rng), b = component(rng), c = component(rng), d = component(rng);
+    const long long n = a * a + b * b + c * c + d * d;
+    if (n == 0) continue;
+    const long long M[3][3] = {{a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)},
+                               {2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)},
+                               {2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d}};
+    long double s[3];
+    for (int k = 0; k < 3; ++k) s[k] = std::ldexp((long double)(sign(rng) ? -mantissa(rng) : mantissa(rng)), exponent(rng));
+    if (s[0] == s[1] || s[0] == s[2] || s[1] == s[2]) continue;
+    bool exact = true;
+    long double fro = 0;
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) {
+        long double acc = 0;  // <= 52 significant bits: exact in long double
+        for (int k = 0; k < 3; ++k) acc += (long double)(M[i][k] * M[j][k]) * s[k];
+        x.B[i][j] = double(acc);
+        exact = exact && (long double)x.B[i][j] == acc;
+        fro += acc * acc;
+      }
+    if (!exact) continue;
+    x.fro = double(std::sqrt(fro));
+    for (int k = 0; k < 3; ++k) x.l[k] = double((long double)(n * n) * s[k]);
+    std::sort(x.l, x.l + 3);
+    for (int k = 0; k < 3; ++k) {
+      x.gap[k] = INFINITY;
+      for (int j = 0; j < 3; ++j)
+        if (j != k) x.gap[k] = std::fmin(x.gap[k], std::fabs(x.l[j] - x.l[k]));
+    }
+    return x;
+  }
+}
+
+void expect_refined(const ExactSpectrum& x, const double l[3], const char* what) {
+  const double eps = probreg::Eps<double>::value;
+  for (int k = 0; k < 3; ++k) {
+    const double second_order = eps * x.fro * eps * x.fro / x.gap[k];
+    const double bound = 8 * eps * std::fabs(x.l[k]) + 4 * second_order;
+    expect(std::fabs(l[k] - x.l[k]) <= bound, what, std::fabs(l[k] - x.l[k]) / std::fabs(x.l[k]),
+           bound / std::fabs(x.l[k]));
+  }
+}
+
+void test_refined_eigenvalues(std::mt19937_64& rng) {
+  for (int rep = 0; rep < 4000; ++rep) {
+    const ExactSpectrum x = exact_spectrum(rng);
+    double l[3], V[3][3];
+    probreg::symeig<3, double>(x.B, l, V);
+    expect_refined(x, l, "symeig<3, double> refined eigenvalue");
+  }
+#if defined(PROBREG_HAVE_LANES)
+  using probreg::Lanes;
+  for (int rep = 0; rep < 4000; rep += probreg::kLaneWidth) {
+    ExactSpectrum x[probreg::kLaneWidth];
+    Lanes B[3][3], l[3], V[3][3];
+    for (int j = 0; j < probreg::kLaneWidth; ++j) {
+      x[j] = exact_spectrum(rng);
+      for (int r = 0; r < 3; ++r)
+        for (int c = 0; c < 3; ++c) B[r][c].v[j] = x[j].B[r][c];
+    }
+    probreg::symeig3_closed_form<Lanes>(B, l, V);
+    probreg::refine_eigenvalues3<Lanes>(B, V, l);
+    probreg::sort_eigenpairs<3, Lanes>(l, V);
+    for (int j = 0; j < probreg::kLaneWidth; ++j) {
+      const double lj[3] = {l[0].v[j], l[1].v[j], l[2].v[j]};
+      expect_refined(x[j], lj, "closed form (lanes) refined eigenvalue");
+    }
+  }
+#endif
+}
+
 // Divided differences against long double (well-separated) and g' (ties).
 void test_divided_difference() {
   const double theta = 0.5;
@@ -326,6 +415,7 @@ int main() {
 #if defined(PROBREG_HAVE_LANES)
   test_symeig3_closed_form<probreg::Lanes>(rng);
 #endif
+  test_refined_eigenvalues(rng);
   test_symeig_mixed<2>(rng);
   test_symeig_mixed<3>(rng);
   test_divided_difference();

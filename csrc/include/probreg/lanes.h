@@ -90,7 +90,7 @@ PROBREG_LANES_INLINE Lanes pr_sqrt(Lanes x) {
 PROBREG_LANES_INLINE Lanes pr_fma(Lanes a, Lanes b, Lanes c) {
 #if defined(__AVX512F__)
   return Lanes((LaneVec)_mm512_fmadd_pd((__m512d)a.v, (__m512d)b.v, (__m512d)c.v));
-#elif defined(__FMA__) && !defined(PROBREG_TEST_NOFMA)
+#elif defined(__FMA__)
   typedef double Half __attribute__((vector_size(kLaneWidth / 2 * sizeof(double))));
   const Half lo = (Half)_mm256_fmadd_pd((__m256d)__builtin_shufflevector(a.v, a.v, 0, 1, 2, 3),
                                         (__m256d)__builtin_shufflevector(b.v, b.v, 0, 1, 2, 3),

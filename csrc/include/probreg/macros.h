@@ -45,9 +45,11 @@ PROBREG_HOST_DEVICE float pr_sqrt(float x) { return sqrtf(x); }
 // built with FMA (setup.py's -mfma); a * b + c otherwise, rather than libm's slow
 // software fma. Explicit, so -ffp-contract=off (setup.py) does not affect it.
 #if defined(__CUDA_ARCH__) || defined(__FMA__)
+#define PROBREG_FUSED_FMA 1  // pr_fma rounds once (two_product relies on it; lanes.h too)
 PROBREG_HOST_DEVICE float pr_fma(float a, float b, float c) { return fmaf(a, b, c); }
 PROBREG_HOST_DEVICE double pr_fma(double a, double b, double c) { return fma(a, b, c); }
 #else
+#define PROBREG_FUSED_FMA 0
 PROBREG_HOST_DEVICE float pr_fma(float a, float b, float c) { return a * b + c; }
 PROBREG_HOST_DEVICE double pr_fma(double a, double b, double c) { return a * b + c; }
 #endif
