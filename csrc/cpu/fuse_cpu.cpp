@@ -29,7 +29,7 @@ namespace {
 #define PROBREG_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-// Problems per task (a multiple of kLaneWidth = 8): a problem costs roughly
+// Problems per task (a multiple of 8, so of every kLaneWidth): a problem costs roughly
 // n * (passes, typically 5-10) * 5-20 ns.
 inline int64_t fuse_grain(int64_t n) { return std::max<int64_t>(8, (4096 / std::max<int64_t>(n, 1)) & ~int64_t(7)); }
 

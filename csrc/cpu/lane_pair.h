@@ -4,8 +4,9 @@
 // reciprocal square roots, the exponentials' polynomials), so a single block leaves the
 // FP units idle waiting on latency. Running two blocks interleaved gives the core two
 // independent chains: run_decomposed (cpu_loop.h) runs every op's whole item body on
-// pairs, about 1.2-1.5x the throughput of single blocks on AVX-512 (a wider vector type
-// instead spills and is 4x slower with GCC's generic vectors). Every operation is the
+// pairs, about 1.2-1.5x the throughput of single blocks on AVX-512 and AVX2 (a wider
+// vector type than the register instead spills, or is split and partly scalarised, with
+// GCC's generic vectors: lanes.h). Every operation is the
 // Lanes operation on each half, so an item's result does not depend on whether it ran in
 // a pair or alone (the math headers branch on masks only through pr_any in loops whose
 // extra iterations are exact no-ops: symeig_core's sweeps).

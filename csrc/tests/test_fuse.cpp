@@ -271,8 +271,10 @@ void test_lanes_match_scalar(std::mt19937_64& rng) {
   for (int trial = 0; trial < 20; ++trial) {
     Problem<D> probs[probreg::kLaneWidth];
     for (int j = 0; j < probreg::kLaneWidth; ++j) probs[j] = random_problem<D>(rng, 5, j % 2 ? 30.0 : 1.5);
-    for (double& w : probs[3].w) w = 0.0;        // all-zero weights
-    probs[5].v[2] = NAN;                          // NaN in an active estimate
+    // All-zero weights and a NaN in an active estimate, in lanes 0 and 1 (every lane width
+    // has them) on alternate trials.
+    for (double& w : probs[trial % 2].w) w = 0.0;
+    probs[1 - trial % 2].v[2] = NAN;
     probreg::FuseOutput<D, Lanes> lanes;
     probreg::fuse_solve<D, Lanes>(LaneTerms<D>{probs}, 5, Lanes(1.0), nullptr, 50, Lanes(1e-6), lanes);
     for (int j = 0; j < probreg::kLaneWidth; ++j) {

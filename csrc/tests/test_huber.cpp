@@ -182,7 +182,7 @@ void test_lanes_match_scalar() {
       const double s = probreg::huber_nll_full_eig<2, probreg::kFamilyHuber, double>(l, V, loc, y, 0.8, 0.5, mu);
       const Lanes sl = probreg::huber_nll_full_eig<2, probreg::kFamilyHuber, Lanes>(Ll, LV, Lloc, Ly, Lanes(0.8),
                                                                                     Lanes(0.5), mu);
-      worst = std::fmax(worst, rel(sl.v[3], s));
+      worst = std::fmax(worst, rel(sl.v[probreg::kLaneWidth - 1], s));
       double gl[2], gB[2][2], gy[2];
       Lanes Lgl[2], LgB[2][2], Lgy[2];
       probreg::huber_nll_full_backward_eig<2, probreg::kFamilyCharbonnier, double>(l, V, loc, y, go, 0.8, 0.5, mu,
@@ -190,9 +190,9 @@ void test_lanes_match_scalar() {
       probreg::huber_nll_full_backward_eig<2, probreg::kFamilyCharbonnier, Lanes>(
           Ll, LV, Lloc, Ly, Lanes(go), Lanes(0.8), Lanes(0.5), mu, Lgl, LgB, Lgy);
       for (int i = 0; i < 2; ++i) {
-        worst = std::fmax(worst, rel(Lgl[i].v[5], gl[i]) * (std::fabs(gl[i]) > 1e-12));
-        worst = std::fmax(worst, rel(Lgy[i].v[5], gy[i]) * (std::fabs(gy[i]) > 1e-12));
-        for (int j = 0; j < 2; ++j) worst = std::fmax(worst, rel(LgB[i][j].v[5], gB[i][j]) * (std::fabs(gB[i][j]) > 1e-12));
+        worst = std::fmax(worst, rel(Lgl[i].v[probreg::kLaneWidth - 1], gl[i]) * (std::fabs(gl[i]) > 1e-12));
+        worst = std::fmax(worst, rel(Lgy[i].v[probreg::kLaneWidth - 1], gy[i]) * (std::fabs(gy[i]) > 1e-12));
+        for (int j = 0; j < 2; ++j) worst = std::fmax(worst, rel(LgB[i][j].v[probreg::kLaneWidth - 1], gB[i][j]) * (std::fabs(gB[i][j]) > 1e-12));
       }
     }
   }

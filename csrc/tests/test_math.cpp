@@ -393,14 +393,18 @@ void test_lanes_math() {
   }
   expect(worst_exp <= 4e-16, "Lanes exp relative error", worst_exp, 4e-16);
   expect(worst_expm1 <= 4e-16, "Lanes expm1 relative error", worst_expm1, 4e-16);
-  Lanes big(0.0);
-  big.v[0] = 800.0;
-  big.v[1] = -800.0;
-  big.v[2] = -740.0;  // subnormal result
-  const Lanes eb = probreg::pr_exp(big);
-  expect(std::isinf(eb.v[0]), "exp overflow", eb.v[0], 0);
-  expect(eb.v[1] == 0.0, "exp underflow", eb.v[1], 0);
-  expect(std::fabs(eb.v[2] - std::exp(-740.0)) <= 1e-3 * std::exp(-740.0), "exp subnormal", eb.v[2], 0);
+  // Each extreme argument in the last lane, the others 0 (any lane width).
+  const int last = probreg::kLaneWidth - 1;
+  auto exp_in_last_lane = [&](double x) {
+    Lanes in(0.0);
+    in.v[last] = x;
+    return probreg::pr_exp(in).v[last];
+  };
+  const double overflow = exp_in_last_lane(800.0), underflow = exp_in_last_lane(-800.0);
+  const double subnormal = exp_in_last_lane(-740.0);
+  expect(std::isinf(overflow), "exp overflow", overflow, 0);
+  expect(underflow == 0.0, "exp underflow", underflow, 0);
+  expect(std::fabs(subnormal - std::exp(-740.0)) <= 1e-3 * std::exp(-740.0), "exp subnormal", subnormal, 0);
 }
 #endif
 

@@ -168,7 +168,9 @@ PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {
   const LaneBits bits = to_bits(xs);
   LaneBits k = ((bits >> 52) & 0x7ff) - 1022;
   k = is_sub ? k - 54 : k;
-  for (int i = 0; i < kLaneWidth; ++i) e.v[i] = double(k[i]);
+  // double(k) exactly (|k| < 2^51) as whole vectors: 1.5 * 2^52 + k as bits, minus 1.5 * 2^52.
+  const LaneVec magic = LaneVec{} + 6755399441055744.0;
+  e = Lanes(from_bits(to_bits(magic) + k) - magic);
   return Lanes(from_bits((bits & 0x000fffffffffffffLL) | 0x3fe0000000000000LL));
 }
 #endif
