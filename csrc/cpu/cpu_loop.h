@@ -325,8 +325,8 @@ constexpr bool reflection_frame = Reflection && D == 2;
 //   finish(zero, i, l, V)  everything after the decomposition, including the stores
 // with the compute types (Precision) of run_items. Storage type S: float64 refines the
 // d = 3 eigenvalues on the lanes as its scalar fallback does (kRefinedEigenvalues:
-// symeig<3, double>); float32, computed in double, is not refined. On the SIMD path, consecutive blocks
-// run in pairs (kPairLaneBlocks), the whole body on LanePair (zero = LanePair,
+// symeig<3, double>); float32, computed in double, is not refined. On the SIMD path,
+// consecutive blocks run in pairs (kPairLaneBlocks), the whole body on LanePair (zero = LanePair,
 // i = LaneBlockPair; lane_pair.h), and a task's odd last block alone on Lanes (the same
 // per-lane arithmetic); items the lane decomposition does not take (lanes_decomposable) are
 // recomputed by the scalar body, item by item.
