@@ -113,7 +113,7 @@ def _upstreams(n, dtype):
 
 @pytest.mark.parametrize("upstream", ["sum", "mean", "scaled sum", "per target"])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-@pytest.mark.parametrize("d", [3])
+@pytest.mark.parametrize("d", [2, 3])
 def test_route_gradients_match_reference(d, dtype, upstream):
     pred, target = _problem(d, 2, dtype=dtype, seed=11)
     reduce, go = _upstreams(pred.shape[0], dtype)
@@ -193,8 +193,10 @@ def test_route_taken_only_where_it_applies():
     pred, target = _problem(3, 2, dtype=torch.float32, seed=19)
     p, t = _leaves(pred, target, target_grad=False)
     assert _route(p, t) == "_HuberNllOnePassBackward"
-    p2, t2 = _leaves(*_problem(2, 2, dtype=torch.float32, seed=19))  # d = 2: no gain, the two-pass rule
-    assert _route(p2, t2) == "huber_nll_functionBackward"
+    p2, t2 = _leaves(*_problem(2, 2, dtype=torch.float32, seed=19))  # d = 2 takes it too
+    assert _route(p2, t2) == "_HuberNllOnePassBackward"
+    p1, t1 = _leaves(*_problem(1, 2, dtype=torch.float32, seed=19))  # d = 1: the two-pass rule
+    assert _route(p1, t1) == "huber_nll_functionBackward"
     assert _route(torch.nn.Parameter(pred.clone()), target) == "_HuberNllOnePassBackward"
     assert _route(p.half(), t.half()) == "huber_nll_functionBackward"  # half types: the two-pass rule
     with torch.autograd.forward_ad.dual_level():  # a forward-AD level may need the jvp rule

@@ -5,8 +5,8 @@ two-pass rule (huber_nll forward, _huber_nll_backward), and the operators alone.
     python tools/nll_route_ab.py [--batch-log2 20] [--reps 9]
 
 Full covariance, float32, reduction="mean", forward+backward; prints the median of
-interleaved runs in ms. The default route is the one-pass route at d = 3 and the two-pass
-rule at d = 2 (probreg/_autograd.py _huber_nll_one_pass). The two-pass rule is selected by opening a forward-AD dual level
+interleaved runs in ms. The default route is the one-pass route at d = 2 and 3
+(probreg/_autograd.py _huber_nll_one_pass). The two-pass rule is selected by opening a forward-AD dual level
 (the one-pass route does not apply there; no tensor is dual, so nothing else changes).
 The benchmark suite (python -m benchmarks) times whatever route applies; this script
 only decides between them.

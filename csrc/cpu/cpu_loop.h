@@ -313,6 +313,18 @@ constexpr bool kPairLaneBlocks = true;
 constexpr bool kPairLaneBlocks = false;
 #endif
 
+// Whether the ops whose finish body keeps the most values live (the d = 3 spd backward,
+// the d = 2 huber_nll backward without the loss) run it block by block after a paired
+// decomposition (run_decomposed's PairedFinish = false): on AVX2, whose 16 registers
+// hold 8 pair values, a pair's finish spills; measured on an AMD EPYC at 2^20 float32,
+// _spd_from_raw_backward d = 3 36.3 -> 33.5 ms and _huber_nll_backward d = 2
+// 17.6 -> 16.0 ms (every other op ran slower split). AVX-512 (32 registers) keeps pairs.
+#if defined(PROBREG_HAVE_LANES)
+constexpr bool kSplitHeavyFinish = kLaneWidth == 4;
+#else
+constexpr bool kSplitHeavyFinish = false;
+#endif
+
 // Whether run_decomposed<D, C, Reflection> hands finish the 2x2 reflection frame (l, N)
 // of symeig2_reflection in place of (l, V): d = 2 ops that ask for it, on the SIMD lanes,
 // their scalar fallback (double) and the CUDA float32 emulation (MixedPrecision, with the
@@ -329,8 +341,12 @@ constexpr bool reflection_frame = Reflection && D == 2;
 // consecutive blocks run in pairs (kPairLaneBlocks), the whole body on LanePair (zero = LanePair,
 // i = LaneBlockPair; lane_pair.h), and a task's odd last block alone on Lanes (the same
 // per-lane arithmetic); items the lane decomposition does not take (lanes_decomposable) are
-// recomputed by the scalar body, item by item.
-template <int D, typename C, typename S, bool Reflection = false, typename MatrixFn, typename FinishFn>
+// recomputed by the scalar body, item by item. PairedFinish = false runs `finish` on each
+// block of a pair alone (the decomposition still in pairs; the same per-lane arithmetic):
+// for finish bodies that hold too many values for the registers as pairs
+// (kSplitHeavyFinish).
+template <int D, typename C, typename S, bool Reflection = false, bool PairedFinish = true, typename MatrixFn,
+          typename FinishFn>
 void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
   constexpr bool refine = kRefinedEigenvalues<D, S>;
   auto scalar = [&](auto zero, int64_t i) {
@@ -382,7 +398,21 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
         for (int r = 0; r < D; ++r)
           for (int c = 0; c < D; ++c) B[r][c] = LanePair(B0[r][c], B1[r][c]);
         decompose_lanes<D, LanePair, refine, Reflection>(B, LanePair(s0, s1), l, V);
-        finish(LanePair{}, LaneBlockPair{b0, b1}, l, V);
+        if constexpr (PairedFinish) {
+          finish(LanePair{}, LaneBlockPair{b0, b1}, l, V);
+        } else {
+          Lanes l0[D], l1[D], V0[D][D], V1[D][D];
+          for (int r = 0; r < D; ++r) {
+            l0[r] = l[r].first;
+            l1[r] = l[r].second;
+            for (int c = 0; c < D; ++c) {
+              V0[r][c] = V[r][c].first;
+              V1[r][c] = V[r][c].second;
+            }
+          }
+          finish(Lanes{}, b0, l0, V0);
+          finish(Lanes{}, b1, l1, V1);
+        }
         redo_declined(b0, d0);
         redo_declined(b1, d1);
       }
@@ -403,9 +433,10 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
   });
 }
 
-template <int D, typename S, bool Reflection = false, typename MatrixFn, typename FinishFn>
+template <int D, typename S, bool Reflection = false, bool PairedFinish = true, typename MatrixFn, typename FinishFn>
 void run_decomposed_for(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
-  with_compute_type<S>([&](auto tag) { run_decomposed<D, decltype(tag), S, Reflection>(n, matrix, finish); });
+  with_compute_type<S>(
+      [&](auto tag) { run_decomposed<D, decltype(tag), S, Reflection, PairedFinish>(n, matrix, finish); });
 }
 
 }  // namespace probreg

@@ -104,7 +104,7 @@ void nll_pass(int64_t n, const S* pp, const S* tp, double delta, double theta, b
   });
   if (emulated) return;
   if constexpr (Cov == kCovarianceFull) {
-    run_decomposed<D, double, S, true>(
+    run_decomposed<D, double, S, true, !(D == 2 && WithGrad && !WithLoss && kSplitHeavyFinish)>(
         n, [&](auto zero, auto i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
         [&](auto zero, auto i, const auto& l, const auto& V) {
           using T = value_t<decltype(zero)>;

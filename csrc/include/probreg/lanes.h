@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__) || defined(__FMA__)
+#if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -70,26 +70,23 @@ PROBREG_LANES_INLINE LaneMask operator==(Lanes a, Lanes b) { return {a.v == b.v}
 PROBREG_LANES_INLINE LaneMask operator!=(Lanes a, Lanes b) { return {a.v != b.v}; }
 
 PROBREG_LANES_INLINE Lanes pr_where(LaneMask c, Lanes a, Lanes b) { return Lanes(c.m ? a.v : b.v); }
-PROBREG_LANES_INLINE bool pr_any(LaneMask c) {
-  int64_t acc = 0;
-  for (int i = 0; i < kLaneWidth; ++i) acc |= c.m[i];
-  return acc != 0;
-}
-// Bit j set where lane j of c is true.
+// Bit j set where lane j of c is true: one instruction on x86 (the sign bit of each
+// lane, which a mask's all-ones or zero lane sets exactly where it is true).
 PROBREG_LANES_INLINE unsigned pr_mask_bits(LaneMask c) {
-#if defined(__AVX512DQ__)
+#if defined(__AVX512DQ__) && PROBREG_LANE_WIDTH == 8
   return unsigned(_mm512_movepi64_mask((__m512i)c.m));
+#elif defined(__AVX__) && PROBREG_LANE_WIDTH == 4
+  return unsigned(_mm256_movemask_pd((__m256d)c.m));
+#elif defined(__SSE2__) && PROBREG_LANE_WIDTH == 2
+  return unsigned(_mm_movemask_pd((__m128d)c.m));
 #else
   unsigned bits = 0;
   for (int i = 0; i < kLaneWidth; ++i) bits |= unsigned(c.m[i] != 0) << i;
   return bits;
 #endif
 }
-PROBREG_LANES_INLINE bool pr_all(LaneMask c) {
-  int64_t acc = -1;
-  for (int i = 0; i < kLaneWidth; ++i) acc &= c.m[i];
-  return acc != 0;
-}
+PROBREG_LANES_INLINE bool pr_any(LaneMask c) { return pr_mask_bits(c) != 0; }
+PROBREG_LANES_INLINE bool pr_all(LaneMask c) { return pr_mask_bits(c) == (1u << kLaneWidth) - 1; }
 
 PROBREG_LANES_INLINE Lanes pr_sqrt(Lanes x) {
   Lanes r;
