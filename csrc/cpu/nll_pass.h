@@ -106,7 +106,7 @@ void nll_pass(int64_t n, const S* pp, const S* tp, double delta, double theta, b
   if constexpr (Cov == kCovarianceFull) {
     run_decomposed<D, double, S, true, !(D == 2 && WithGrad && !WithLoss && kSplitHeavyFinish)>(
         n, [&](auto zero, auto i, auto& B) { load_full_row_matrix<D>(pp, i, B); },
-        [&](auto zero, auto i, const auto& l, const auto& V) {
+        [&](auto zero, auto i, const auto& l, const auto& V) PROBREG_ITEM_BODY {
           using T = value_t<decltype(zero)>;
           using L = eigen_t<decltype(zero)>;
           constexpr bool kFrame = reflection_frame<D, true>;

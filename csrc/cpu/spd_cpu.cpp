@@ -22,7 +22,7 @@ namespace {
 // eigenvector products.
 template <int D, typename S, typename MatrixFn>
 void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
-  run_decomposed_for<D, S, true>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) {
+  run_decomposed_for<D, S, true>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) PROBREG_ITEM_BODY {
     using T = value_t<decltype(zero)>;
     using L = eigen_t<decltype(zero)>;
     T Am[D][D];
@@ -34,7 +34,7 @@ void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
 // store_grad(i, gB): gB the symmetric dL/dB (D x D) of item(s) i (cpu_loop.h index).
 template <int D, typename S, typename MatrixFn, typename StoreFn>
 void spd_backward_items(int64_t n, MatrixFn&& matrix, const S* grad_A, double theta, StoreFn&& store_grad) {
-  run_decomposed_for<D, S, true, !(D == 3 && kSplitHeavyFinish)>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) {
+  run_decomposed_for<D, S, true, !(D == 3 && kSplitHeavyFinish)>(n, matrix, [&](auto zero, auto i, const auto& l, const auto& V) PROBREG_ITEM_BODY {
     using T = value_t<decltype(zero)>;
     using L = eigen_t<decltype(zero)>;
     T gAm[D][D], gBm[D][D];

@@ -175,7 +175,7 @@ PROBREG_LANES_INLINE Lanes pr_exp(Lanes x) {
                                        1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,
                                        1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,        0.5,
                                        1.0,                1.0};  // 1/13!, ..., 1/0!
-  const LaneVec p = horner(Lanes(r), inv_factorials).v;
+  const LaneVec p = polynomial(Lanes(r), inv_factorials).v;
   const LaneBits k1 = k >> 1;
   const LaneBits k2 = k - k1;
   LaneVec out = p * pow2(k1) * pow2(k2);

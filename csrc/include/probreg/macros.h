@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cfloat>
+#include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define PROBREG_HOST_DEVICE __host__ __device__ __forceinline__
@@ -26,7 +27,7 @@
 #else
 #define PROBREG_UNROLL
 #endif
-// Full unrolling of the polynomial loops (horner: up to 19 coefficients), so that every
+// Full unrolling of the polynomial loops (polynomial: up to 19 coefficients), so that every
 // coefficient is an immediate constant.
 #if defined(__CUDACC__)
 #define PROBREG_UNROLL_POLYNOMIAL _Pragma("unroll")
@@ -158,10 +159,39 @@ struct MinNormal<float> {
   static constexpr float value = FLT_MIN;
 };
 
-// The polynomial c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1] by Horner's rule, one
-// pr_fma per coefficient (coefficients rounded to T).
+// The polynomial c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1] (coefficients rounded to T).
+// Scalar T (CUDA, the CPU's scalar fallback): Horner's rule, N - 1 pr_fma, the fewest
+// instructions. SIMD T (the CPU lanes: Lanes, LanePair), N >= 5: the high-order terms by
+// second-order Horner (even and odd terms as two independent Horner chains in x^2, joined
+// by one FMA: one multiply more, about half the dependency chain), the last two by
+// Horner: the item bodies are long dependent chains the core cannot overlap
+// (lane_pair.h). Measured on AVX2 at 2^20 float32 with the inlined finish bodies
+// (cpu_loop.h PROBREG_ITEM_BODY), against Horner with outlined ones: every CPU kernel
+// 1.04-1.15x. Estrin's scheme (chains of log2 N) was slower on the d = 2 spd backward
+// (more live values than the 16 AVX2 registers hold). Rounding: the two largest terms
+// of these series (small |x|, decreasing terms) are added last as in Horner's rule; the
+// Lanes exp and expm1 stay within the 4e-16 of csrc/tests/test_math.cpp, which
+// second-order Horner to the end misses for expm1 (5.1e-16).
 template <typename T, int N>
-PROBREG_HOST_DEVICE T horner(T x, const double (&c)[N]) {
+PROBREG_HOST_DEVICE T polynomial(T x, const double (&c)[N]) {
+#if !defined(__CUDACC__)
+  if constexpr (!std::is_arithmetic_v<T> && N >= 5) {
+    // c[0 .. M-1] (M = N - 2) by second-order Horner, E(x^2) + x O(x^2) (c[k] multiplies
+    // x^(M-1-k): E takes the k of M - 1's parity, O the others), then Horner's last two
+    // steps, which add the two largest terms of the series last and keep Horner's
+    // rounding (the Lanes expm1 test's 4e-16 bound fails without them).
+    constexpr int M = N - 2;
+    const T x2 = x * x;
+    T e = T(c[M % 2 == 0 ? 1 : 0]);
+    T o = T(c[M % 2 == 0 ? 0 : 1]);
+    PROBREG_UNROLL_POLYNOMIAL
+    for (int k = (M % 2 == 0 ? 3 : 2); k < M; k += 2) e = pr_fma(e, x2, T(c[k]));
+    PROBREG_UNROLL_POLYNOMIAL
+    for (int k = (M % 2 == 0 ? 2 : 3); k < M; k += 2) o = pr_fma(o, x2, T(c[k]));
+    const T high = pr_fma(o, x, e);
+    return pr_fma(pr_fma(high, x, T(c[M])), x, T(c[M + 1]));
+  }
+#endif
   T p = T(c[0]);
   PROBREG_UNROLL_POLYNOMIAL
   for (int k = 1; k < N; ++k) p = pr_fma(p, x, T(c[k]));
@@ -176,7 +206,7 @@ PROBREG_HOST_DEVICE T expm1_taylor(T x) {
       1.0 / 479001600.0,      1.0 / 39916800.0,      1.0 / 3628800.0,     1.0 / 362880.0,
       1.0 / 40320.0,          1.0 / 5040.0,          1.0 / 720.0,         1.0 / 120.0,
       1.0 / 24.0,             1.0 / 6.0,             0.5,                 1.0};  // 1/16!, ..., 1/1!
-  return horner(x, inv_factorials) * x;
+  return polynomial(x, inv_factorials) * x;
 }
 
 template <typename T>

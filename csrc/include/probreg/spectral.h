@@ -101,7 +101,7 @@ PROBREG_HOST_DEVICE T sinhc_unit(T x) {
                                            1.0 / 39916800.0,           1.0 / 362880.0,
                                            1.0 / 5040.0,               1.0 / 120.0,
                                            1.0 / 6.0,                  1.0};  // 1/19!, ..., 1/1!
-  return horner(x * x, inv_odd_factorials);
+  return polynomial(x * x, inv_odd_factorials);
 }
 
 // expm1(z) for z <= 0 given e = exp(z): Taylor series to z^16 for |z| < 1/2 (truncation
