@@ -5,9 +5,11 @@ one architecture, disassembles them with cuobjdump, and counts, for spd_from_raw
 huber_nll (huber family, full covariance) forward and backward, d = 2 and 3, float32:
 
   instructions  SASS instructions of the kernel's main body, i.e. what runs for every
-                tile and item: the out-of-line slow paths of IEEE division and square
-                root (subroutines reached by CALL, taken only for extreme operands) and
-                padding NOPs are left out. A static count: loops count once;
+                tile and item: out-of-line subroutines reached by CALL (the slow paths
+                of IEEE division and square root, taken only for extreme operands, and
+                the last, partial tile's row copies, kernel_common.cuh
+                copy_partial_tile) and padding NOPs are left out. A static count: loops
+                count once;
   fp64          of which FP64 arithmetic (D* instructions, MUFU.*64H), which Hopper
                 issues at half the FP32 rate;
   mufu          special-function instructions (rcp, rsqrt, ex2, ...: quarter rate);

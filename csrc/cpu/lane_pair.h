@@ -95,6 +95,9 @@ PROBREG_LANES_INLINE LanePair pr_fma(LanePair a, LanePair b, LanePair c) {
 PROBREG_LANES_INLINE LanePair pow2_rsqrt_scale(LanePair x, LanePair& up) {
   return {pow2_rsqrt_scale(x.first, up.first), pow2_rsqrt_scale(x.second, up.second)};
 }
+PROBREG_LANES_INLINE LanePair pow2_floor(LanePair x, LanePair& inv) {
+  return {pow2_floor(x.first, inv.first), pow2_floor(x.second, inv.second)};
+}
 PROBREG_LANES_INLINE LanePair split_exponent(LanePair x, LanePair& e) {
   return {split_exponent(x.first, e.first), split_exponent(x.second, e.second)};
 }

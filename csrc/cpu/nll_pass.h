@@ -87,7 +87,7 @@ void nll_pass(int64_t n, const S* pp, const S* tp, double delta, double theta, b
               const LoadGo& load_go, S* gpp, S* gtp, bool need_grad_target) {
   constexpr int W = NllLayout<D, Cov>::width;
   const bool emulated = run_cuda_float32_emulation<S>(n, [&](int64_t i) {
-    double row[W], y[D];  // the CUDA kernel's row body
+    float row[W], y[D];  // the CUDA kernel's row body
     load_item<W>(pp, i, row);
     load_item<D>(tp, i, y);
     if constexpr (WithLoss) {
@@ -95,7 +95,8 @@ void nll_pass(int64_t n, const S* pp, const S* tp, double delta, double theta, b
       store_item<1>(out, lp, i);
     }
     if constexpr (WithGrad) {
-      double go[1], grow[W], gy[D];
+      double go[1];
+      float grow[W], gy[D];
       load_go(i, go);
       huber_nll_row_backward<D, F, Cov, float, double>(row, y, go[0], delta, theta, mu, grow, gy);
       store_item<W>(grow, gpp, i);

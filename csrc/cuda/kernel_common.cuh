@@ -136,14 +136,28 @@ struct SharedRows {
   __device__ __forceinline__ S* rows() { return reinterpret_cast<S*>(bytes); }
 };
 
+// The last, partial tile of copy_tile, value by value. Out of line (a call): it runs once
+// per grid, for its last tile, so it stays out of the loop body every full tile runs
+// (instruction cache; and tools/sass_counts.py's count of the main body, which leaves
+// out-of-line code out, is then the full tile's path).
+#if defined(__CUDACC__)
+#define PROBREG_NOINLINE __noinline__
+#else  // host emulation (kernel_common.cuh compiled as C++)
+#define PROBREG_NOINLINE __attribute__((noinline))
+#endif
+template <typename S>
+__device__ PROBREG_NOINLINE void copy_partial_tile(const S* __restrict__ src, S* __restrict__ dst, int size) {
+#pragma unroll 1
+  for (int k = int(threadIdx.x); k < size; k += kThreads) dst[k] = src[k];
+}
+
 // Copies the `size` values of S at src to dst, one of them global and the other the
 // shared tile (same layout), consecutive threads on consecutive addresses (each warp
 // access is one contiguous span); launch with kThreads threads. A full tile
 // (size == kThreads * N) is unrolled: each thread issues its N loads before its first
 // store, so the block has the whole tile in flight at once instead of one value per
-// thread per round trip. The last, partial tile goes value by value. (16-byte vector
-// chunks would issue fewer instructions but cost the d = 3 kernels about 20 registers,
-// one block per SM, on sm_90: tools/sass_counts.py.)
+// thread per round trip. (16-byte vector chunks would issue fewer instructions but cost
+// the d = 3 kernels about 20 registers, one block per SM, on sm_90: tools/sass_counts.py.)
 template <int N, typename S>
 __device__ __forceinline__ void copy_tile(const S* __restrict__ src, S* __restrict__ dst, int size) {
   if (size == kThreads * N) {
@@ -153,8 +167,7 @@ __device__ __forceinline__ void copy_tile(const S* __restrict__ src, S* __restri
 #pragma unroll
     for (int j = 0; j < N; ++j) dst[int(threadIdx.x) + j * kThreads] = values[j];
   } else {
-#pragma unroll 1
-    for (int k = int(threadIdx.x); k < size; k += kThreads) dst[k] = src[k];
+    copy_partial_tile(src, dst, size);
   }
 }
 

@@ -36,7 +36,7 @@ PROBREG_TILED_KERNEL huber_nll_forward_kernel(const S* __restrict__ pred, const 
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W> tile;  // W >= D
   PROBREG_TILE_LOOP(first, count, n) {
-    L row[W], y[D];
+    T row[W], y[D];  // T holds S exactly (kernel_common.cuh Compute)
     load_row_tiled<W>(pred, first, count, tile.rows(), row);
     load_row_tiled<D>(target, first, count, tile.rows(), y);
     if (int(threadIdx.x) < count)
@@ -55,7 +55,7 @@ PROBREG_TILED_KERNEL huber_nll_backward_kernel(const typename LossStorage<S>::ty
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W> tile;
   PROBREG_TILE_LOOP(first, count, n) {
-    L row[W], y[D], grow[W], gy[D];
+    T row[W], y[D], grow[W], gy[D];
     load_row_tiled<W>(pred, first, count, tile.rows(), row);
     load_row_tiled<D>(target, first, count, tile.rows(), y);
     if (int(threadIdx.x) < count) {

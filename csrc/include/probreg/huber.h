@@ -56,26 +56,59 @@ struct NllLayout {
   static constexpr int width = D + cov_params;
 };
 
-// s = ||p||_2 with scaling by max|p_i| (no overflow or underflow of the squares for any
-// finite p; the scale is floored at the smallest normal number so that its reciprocal
-// stays finite for subnormal p), and the unit direction u = p / s computed from the
-// scaled components (never 1/s, which overflows for subnormal s); u = 0 where p = 0.
-// NaN in, NaN out.
+// 2^k for x in [2^k, 2^(k+1)), and inv = 2^-k: POSITIVE NORMAL x <= 1/MinNormal (2^1022
+// in double, 2^126 in float) only, where both are normal. Bit operations, exact.
+PROBREG_HOST_DEVICE double pow2_floor(double x, double& inv) {
+  unsigned long long bits;
+  memcpy(&bits, &x, sizeof(bits));
+  bits &= 0x7ff0000000000000ULL;
+  const unsigned long long inv_bits = 0x7fe0000000000000ULL - bits;
+  memcpy(&inv, &inv_bits, sizeof(inv));
+  double out;
+  memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+PROBREG_HOST_DEVICE float pow2_floor(float x, float& inv) {
+  unsigned int bits;
+  memcpy(&bits, &x, sizeof(bits));
+  bits &= 0x7f800000U;
+  const unsigned int inv_bits = 0x7f000000U - bits;
+  memcpy(&inv, &inv_bits, sizeof(inv));
+  float out;
+  memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+#if defined(PROBREG_HAVE_LANES)
+PROBREG_LANES_INLINE Lanes pow2_floor(Lanes x, Lanes& inv) {
+  using namespace lanes_detail;
+  const LaneBits bits = to_bits(x.v) & 0x7ff0000000000000LL;
+  inv = Lanes(from_bits(0x7fe0000000000000LL - bits));
+  return Lanes(from_bits(bits));
+}
+#endif
+
+// s = ||p||_2 with scaling by a power of two near max|p_i| (exact both ways: no overflow or
+// underflow of the squares for any finite p; the scale is clamped to [MinNormal,
+// 1/MinNormal] so that it and its reciprocal are normal), and the unit direction u = p / s
+// computed from the scaled components (never 1/s, which overflows for subnormal s); u = 0
+// where p = 0. NaN in, NaN out. No division.
 template <int D, typename T>
 PROBREG_HOST_DEVICE T norm_and_direction(const T p[D], T u[D]) {
   T m = T(0);
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i) m = pr_max(m, pr_abs(p[i]));
-  const T unit = pr_where(m > T(0), pr_max(m, T(MinNormal<T>::value)), T(1));
-  const T inv = T(1) / unit;  // exact division: 1/unit may be subnormal (float)
+  const T clamped = pr_min(pr_max(m, T(MinNormal<T>::value)), T(1.0 / MinNormal<T>::value));
+  T inv;
+  const T unit = pow2_floor(pr_where(m > T(0), clamped, T(1)), inv);
   T ss = T(0);
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i) {
     u[i] = p[i] * inv;
     ss += u[i] * u[i];
   }
-  // ss in [1, D] up to rounding, >= 4e-32 for subnormal p (double; 1e-14 in float), 0
-  // only for p = 0: a normal number for the reciprocal square root.
+  // max|u_i| in [1, 2) (in [1, 4) where max|p_i| > 1/MinNormal), so ss in [1, 16 D) up to
+  // rounding; >= 2^-104 for subnormal p (double; 2^-46 in float); 0 only for p = 0: a
+  // normal number for the reciprocal square root.
   const T inv_root = pr_rsqrt(pr_where(ss > T(0), ss, T(1)));
   const T root = ss * inv_root;
   PROBREG_UNROLL
@@ -176,30 +209,24 @@ PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {
 #endif
 
 // log(f) for f in [sqrt(1/2), sqrt(2)): 2 atanh(s), s = (f - 1)/(f + 1), |s| <= 0.1716,
-// by its odd series: to s^25 in double (truncation < 1e-20 relative), s^9 in float.
-template <typename T>
+// by its odd series: to s^25 in double (truncation < 1e-20 relative), to s^15 in double
+// where Out, the type the result is rounded to, is float (< 2e-14: the mixed policy's
+// -log|A|), s^9 in float.
+template <typename T, typename Out = T>
 PROBREG_HOST_DEVICE T log_near_one(T f) {
+  constexpr int top = Eps<T>::value > 1e-10 ? 9 : (Eps<Out>::value > 1e-10 ? 15 : 25);
   const T s = (f - T(1)) * pr_recip(f + T(1));
   const T s2 = s * s;
-  T p;
-  if constexpr (Eps<T>::value > 1e-10) {  // float
-    p = T(2.0 / 9.0);
-    p = pr_fma(p, s2, T(2.0 / 7.0));
-  } else {
-    p = T(2.0 / 25.0);
-    PROBREG_UNROLL
-    for (int k = 23; k >= 7; k -= 2) p = pr_fma(p, s2, T(2.0 / k));
-  }
-  p = pr_fma(p, s2, T(2.0 / 5.0));
-  p = pr_fma(p, s2, T(2.0 / 3.0));
-  p = pr_fma(p, s2, T(2.0));
+  T p = T(2.0 / top);
+  PROBREG_UNROLL_POLYNOMIAL
+  for (int k = top - 2; k >= 1; k -= 2) p = pr_fma(p, s2, T(2.0 / k));
   return p * s;
 }
 
 // sum_j log x_j for positive finite x_j with ONE logarithm: log(prod m_j) + (sum e_j) ln 2,
 // x_j = m_j 2^e_j, prod m_j in [2^-D, 1) (no overflow or underflow at any scale), split
 // once more to f in [sqrt(1/2), sqrt(2)) for log_near_one (no libm log).
-template <int D, typename T>
+template <int D, typename T, typename Out = T>
 PROBREG_HOST_DEVICE T sum_log_positive(const T x[D]) {
   T prod = T(1), esum = T(0);
   PROBREG_UNROLL
@@ -213,14 +240,15 @@ PROBREG_HOST_DEVICE T sum_log_positive(const T x[D]) {
   const auto low = f < T(0.70710678118654752440);
   esum += pr_where(low, e - T(1), e);
   // ln 2 split in two (Cody-Waite) so that esum * ln2 is exact to double rounding.
-  return (log_near_one(pr_where(low, f * T(2), f)) + esum * T(1.90821492927058770002e-10)) +
+  return (log_near_one<T, Out>(pr_where(low, f * T(2), f)) + esum * T(1.90821492927058770002e-10)) +
          esum * T(6.93147180369123816490e-01);
 }
 
 // -log|A| = -sum_j log g(l_j), with log g(l) = log max(l, theta) + min(l/theta - 1, 0)
 // (equal to log l above theta and l/theta - 1 + log theta below): one logarithm per
-// matrix instead of one per eigenvalue. NaN eigenvalues propagate (the 0 * l term).
-template <int D, typename T>
+// matrix instead of one per eigenvalue. NaN eigenvalues propagate (the 0 * l term). Out:
+// the type the caller rounds the result to (log_near_one).
+template <int D, typename T, typename Out = T>
 PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], const Theta<T>& theta) {
   T x[D];
   T rest = T(0);
@@ -229,18 +257,21 @@ PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], const Theta<T>& theta) {
     x[j] = pr_max(l[j], theta.value);
     rest += remap_exponent(l[j], theta) + T(0) * l[j];
   }
-  return -(sum_log_positive<D>(x) + rest);
+  return -(sum_log_positive<D, T, Out>(x) + rest);
 }
 template <int D, typename T>
 PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], T theta) {
   return neg_log_det_remap<D>(l, Theta<T>(theta));
 }
 
-// d log g(l) / dl = g'(l) / g(l) = 1/l (l > theta), 1/theta otherwise: finite everywhere.
-template <typename T>
-PROBREG_HOST_DEVICE T remap_log_g_prime(T l, const Theta<T>& theta) {
+// d log g(l) / dl = g'(l) / g(l) = 1/l (l > theta), 1/theta otherwise: finite everywhere,
+// in T. Mixed types (T = float, L = double): the reciprocal of l rounded to T (within two
+// ulps of T; this term enters only the gradient, which is rounded to T), not a double
+// reciprocal.
+template <typename T, typename L = T>
+PROBREG_HOST_DEVICE T remap_log_g_prime(L l, const Theta<L>& theta) {
   const auto linear = l > theta.value;
-  return pr_where(linear, pr_recip(pr_where(linear, l, T(1))), theta.inv);
+  return pr_where(linear, pr_recip(pr_where(linear, T(l), T(1))), T(theta.inv));
 }
 
 // Exactly 0 where the upstream gradient is 0 (masked items), x elsewhere.
@@ -271,7 +302,7 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T 
     const T g = remap_g<L, T>(l[j], theta);
     p[j] = mu_param ? g * q : g * q - vj;
   }
-  return T(neg_log_det_remap<D>(l, theta)) + family_rho<F>(scaled_norm<D>(p), delta);
+  return T(neg_log_det_remap<D, L, T>(l, theta)) + family_rho<F>(scaled_norm<D>(p), delta);
 }
 
 // Backward from the eigen-decomposition of B: gradients w.r.t. loc (D), the symmetric
@@ -326,7 +357,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
     PROBREG_UNROLL
     for (int j = i; j < D; ++j) {
       if (i == j) {
-        M[i][i] = t[i] * q[i] * remap_g_prime_from(l[i], e[i], theta) - go * T(remap_log_g_prime(l[i], theta));
+        M[i][i] = t[i] * q[i] * remap_g_prime_from(l[i], e[i], theta) - go * remap_log_g_prime<T>(l[i], theta);
       } else {
         const T kij = remap_divided_difference(l[i], l[j], h[i], h[j], theta);
         M[i][j] = T(0.5) * (t[i] * q[j] + q[i] * t[j]) * kij;
@@ -377,7 +408,7 @@ PROBREG_HOST_DEVICE T huber_nll_full_reflection(const L l[2], const T N[2][2], c
   const T a_mean = T(0.5) * (g_hi + g_lo), a_half = T(0.5) * (g_hi - g_lo);
   T z[2], r[2];
   reflection_residual(a_mean, a_half, N, loc, y, mu_param, z, r);
-  return T(neg_log_det_remap<2>(l, theta)) + family_rho<F>(scaled_norm<2>(r), delta);
+  return T(neg_log_det_remap<2, L, T>(l, theta)) + family_rho<F>(scaled_norm<2>(r), delta);
 }
 
 template <int F, typename T, typename L = T>
@@ -408,7 +439,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_reflection(const L l[2], const 
   G[0][1] = T(0.5) * (t[0] * z[1] + t[1] * z[0]);
   G[1][0] = G[0][1];
   reflection_backward_from<T, L>(l, h_lo, h_hi, N, G, theta, back);
-  const T c_lo = T(remap_log_g_prime(l[0], theta)), c_hi = T(remap_log_g_prime(l[1], theta));
+  const T c_lo = remap_log_g_prime<T>(l[0], theta), c_hi = remap_log_g_prime<T>(l[1], theta);
   const T c_mean = go * T(0.5) * (c_hi + c_lo), c_half = go * T(0.5) * (c_hi - c_lo);
   PROBREG_UNROLL
   for (int i = 0; i < 2; ++i)
@@ -481,7 +512,7 @@ PROBREG_HOST_DEVICE void huber_nll_diagonal_backward(const T b[D], const T loc[D
     grad_y[j] = masked_grad(go, gt);
     grad_loc[j] = masked_grad(go, -(mu_param ? gt : t));
     grad_b[j] = masked_grad(go, t * z[j] * remap_g_prime_from(b[j], e[j], theta) -
-                                    go * remap_log_g_prime(b[j], theta) + T(0) * b[j]);  // NaN b -> NaN
+                                    go * remap_log_g_prime<T>(b[j], theta) + T(0) * b[j]);  // NaN b -> NaN
   }
 }
 
@@ -512,66 +543,77 @@ PROBREG_HOST_DEVICE void huber_nll_identity_backward(const T loc[D], const T y[D
 
 // ---------------------------------------------------------------- scalar conveniences
 // Whole-row forward / backward for scalar types (CUDA kernels): pred row of
-// NllLayout<D, Cov>::width values (loc then the covariance parameters), target y (D),
-// all in L. The full covariance computes in T after symeig_split (T = float with
-// L = double on the CUDA float32 path); the other structures compute in L.
+// NllLayout<D, Cov>::width values (loc then the covariance parameters) and target y (D),
+// in the value type T (which holds the storage type exactly: the CUDA kernels' Compute).
+// The full covariance decomposes the packed B in L (symeig_frame_split) and computes the
+// rest in T (T = float with L = double on the CUDA float32 path): loc, y and the
+// gradients never pass through L. The other structures compute in L and round their
+// results to T (the storage type's precision, which the kernels store).
 // The CPU loop calls the pieces above directly so that its SIMD lanes can fall back to
 // the scalar path when the eigen-decomposition needs it (cpu_loop.h decompose).
-// Full-covariance row (loc, packed B) and target in L -> eigenvalues l (L), the frame
-// (symeig_frame_split: V, or N at d = 2 under the mixed policy), loc, y (T).
+// Full-covariance row (loc, packed B) -> eigenvalues l (L) and the frame (V, or N at
+// d = 2 under the mixed policy; T).
 template <int D, typename T, typename L>
-PROBREG_HOST_DEVICE void decompose_full_row(const L pred[D + Packed<D>::P], const L y[D], L l[D], T V[D][D],
-                                            T loc[D], T yt[D]) {
-  L B[D][D];
-  unpack_symmetric<D, L>(pred + D, B);
-  symeig_frame_split<D, T, L>(B, l, V);
+PROBREG_HOST_DEVICE void decompose_full_row(const T pred[D + Packed<D>::P], L l[D], T V[D][D]) {
+  L raw[Packed<D>::P], B[D][D];
   PROBREG_UNROLL
-  for (int k = 0; k < D; ++k) {
-    loc[k] = T(pred[k]);
-    yt[k] = T(y[k]);
-  }
+  for (int k = 0; k < Packed<D>::P; ++k) raw[k] = L(pred[D + k]);
+  unpack_symmetric<D, L>(raw, B);
+  symeig_frame_split<D, T, L>(B, l, V);
+}
+
+// x (N values in T) as L.
+template <int N, typename T, typename L>
+PROBREG_HOST_DEVICE void widen_row(const T x[N], L out[N]) {
+  PROBREG_UNROLL
+  for (int k = 0; k < N; ++k) out[k] = L(x[k]);
 }
 
 template <int D, int F, int Cov, typename T, typename L = T>
-PROBREG_HOST_DEVICE L huber_nll_row(const L pred[NllLayout<D, Cov>::width], const L y[D], L delta, L theta,
+PROBREG_HOST_DEVICE L huber_nll_row(const T pred[NllLayout<D, Cov>::width], const T y[D], L delta, L theta,
                                     bool mu_param) {
   if constexpr (Cov == kCovarianceFull) {
     L l[D];
-    T V[D][D], loc[D], yt[D];
-    decompose_full_row<D, T, L>(pred, y, l, V, loc, yt);
-    return L(
-        huber_nll_full_frame<D, F, kSplitReflection<D, T, L>, T, L>(l, V, loc, yt, T(delta), theta, mu_param));
-  } else if constexpr (Cov == kCovarianceDiagonal) {
-    return huber_nll_diagonal<D, F, L>(pred + D, pred, y, delta, theta, mu_param);
+    T V[D][D];
+    decompose_full_row<D, T, L>(pred, l, V);
+    return L(huber_nll_full_frame<D, F, kSplitReflection<D, T, L>, T, L>(l, V, pred, y, T(delta), theta, mu_param));
   } else {
-    return huber_nll_identity<D, F, L>(pred, y, delta);
+    L row[NllLayout<D, Cov>::width], yl[D];
+    widen_row<NllLayout<D, Cov>::width>(pred, row);
+    widen_row<D>(y, yl);
+    if constexpr (Cov == kCovarianceDiagonal) {
+      return huber_nll_diagonal<D, F, L>(row + D, row, yl, delta, theta, mu_param);
+    } else {
+      return huber_nll_identity<D, F, L>(row, yl, delta);
+    }
   }
 }
 
 template <int D, int F, int Cov, typename T, typename L = T>
-PROBREG_HOST_DEVICE void huber_nll_row_backward(const L pred[NllLayout<D, Cov>::width], const L y[D], L go,
+PROBREG_HOST_DEVICE void huber_nll_row_backward(const T pred[NllLayout<D, Cov>::width], const T y[D], L go,
                                                 L delta, L theta, bool mu_param,
-                                                L grad_pred[NllLayout<D, Cov>::width], L grad_y[D]) {
+                                                T grad_pred[NllLayout<D, Cov>::width], T grad_y[D]) {
+  constexpr int W = NllLayout<D, Cov>::width;
   if constexpr (Cov == kCovarianceFull) {
-    constexpr int P = Packed<D>::P;
     L l[D];
-    T V[D][D], loc[D], yt[D], g_loc[D], gB[D][D], g_raw[P], g_y[D];
-    decompose_full_row<D, T, L>(pred, y, l, V, loc, yt);
-    huber_nll_full_backward_frame<D, F, kSplitReflection<D, T, L>, T, L>(l, V, loc, yt, T(go), T(delta), theta,
-                                                                         mu_param, g_loc, gB, g_y);
-    pack_symmetric_grad<D, T>(gB, g_raw);
-    PROBREG_UNROLL
-    for (int k = 0; k < D; ++k) {
-      grad_pred[k] = L(g_loc[k]);
-      grad_y[k] = L(g_y[k]);
+    T V[D][D], gB[D][D];
+    decompose_full_row<D, T, L>(pred, l, V);
+    huber_nll_full_backward_frame<D, F, kSplitReflection<D, T, L>, T, L>(l, V, pred, y, T(go), T(delta), theta,
+                                                                         mu_param, grad_pred, gB, grad_y);
+    pack_symmetric_grad<D, T>(gB, grad_pred + D);
+  } else {
+    L row[W], yl[D], grow[W], gy[D];
+    widen_row<W>(pred, row);
+    widen_row<D>(y, yl);
+    if constexpr (Cov == kCovarianceDiagonal) {
+      huber_nll_diagonal_backward<D, F, L>(row + D, row, yl, go, delta, theta, mu_param, grow, grow + D, gy);
+    } else {
+      huber_nll_identity_backward<D, F, L>(row, yl, go, delta, grow, gy);
     }
     PROBREG_UNROLL
-    for (int k = 0; k < P; ++k) grad_pred[D + k] = L(g_raw[k]);
-  } else if constexpr (Cov == kCovarianceDiagonal) {
-    huber_nll_diagonal_backward<D, F, L>(pred + D, pred, y, go, delta, theta, mu_param, grad_pred,
-                                         grad_pred + D, grad_y);
-  } else {
-    huber_nll_identity_backward<D, F, L>(pred, y, go, delta, grad_pred, grad_y);
+    for (int k = 0; k < W; ++k) grad_pred[k] = T(grow[k]);
+    PROBREG_UNROLL
+    for (int k = 0; k < D; ++k) grad_y[k] = T(gy[k]);
   }
 }
 

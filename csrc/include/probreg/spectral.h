@@ -92,8 +92,8 @@ PROBREG_HOST_DEVICE T remap_g_prime_from(L l, T e, const Theta<L>& theta) {
   return pr_where(l > theta.value, T(1), e);
 }
 
-// sinh(x)/x for 0 <= x <= 1: its Taylor series sum x^2k/(2k+1)! to k = 9
-// (truncation < 1e-17).
+// sinh(x)/x for 0 <= x <= 1: its Taylor series sum x^2k/(2k+1)! to k = 9 in double
+// (truncation < 1e-17), to k = 5 in float (1.6e-10, a few thousandths of its rounding).
 template <typename T>
 PROBREG_HOST_DEVICE T sinhc_unit(T x) {
   constexpr double inv_odd_factorials[] = {1.0 / 121645100408832000.0, 1.0 / 355687428096000.0,
@@ -101,7 +101,11 @@ PROBREG_HOST_DEVICE T sinhc_unit(T x) {
                                            1.0 / 39916800.0,           1.0 / 362880.0,
                                            1.0 / 5040.0,               1.0 / 120.0,
                                            1.0 / 6.0,                  1.0};  // 1/19!, ..., 1/1!
-  return polynomial(x * x, inv_odd_factorials);
+  if constexpr (Eps<T>::value > 1e-10) {  // float
+    return polynomial_lowest<6>(x * x, inv_odd_factorials);
+  } else {
+    return polynomial(x * x, inv_odd_factorials);
+  }
 }
 
 // expm1(z) for z <= 0 given e = exp(z): Taylor series to z^16 for |z| < 1/2 (truncation
