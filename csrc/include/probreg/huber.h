@@ -36,8 +36,6 @@
 // sqrt(1 + |y|^2) + sqrt(d) / theta in the v parameterisation).
 #pragma once
 
-#include <cstring>
-
 #include "lanes.h"  // the SIMD overloads below (host only; empty under nvcc)
 #include "macros.h"
 #include "packed.h"
@@ -59,24 +57,14 @@ struct NllLayout {
 // 2^k for x in [2^k, 2^(k+1)), and inv = 2^-k: POSITIVE NORMAL x <= 1/MinNormal (2^1022
 // in double, 2^126 in float) only, where both are normal. Bit operations, exact.
 PROBREG_HOST_DEVICE double pow2_floor(double x, double& inv) {
-  unsigned long long bits;
-  memcpy(&bits, &x, sizeof(bits));
-  bits &= 0x7ff0000000000000ULL;
-  const unsigned long long inv_bits = 0x7fe0000000000000ULL - bits;
-  memcpy(&inv, &inv_bits, sizeof(inv));
-  double out;
-  memcpy(&out, &bits, sizeof(out));
-  return out;
+  const unsigned long long bits = pr_bit_cast<unsigned long long>(x) & 0x7ff0000000000000ULL;
+  inv = pr_bit_cast<double>(0x7fe0000000000000ULL - bits);
+  return pr_bit_cast<double>(bits);
 }
 PROBREG_HOST_DEVICE float pow2_floor(float x, float& inv) {
-  unsigned int bits;
-  memcpy(&bits, &x, sizeof(bits));
-  bits &= 0x7f800000U;
-  const unsigned int inv_bits = 0x7f000000U - bits;
-  memcpy(&inv, &inv_bits, sizeof(inv));
-  float out;
-  memcpy(&out, &bits, sizeof(out));
-  return out;
+  const unsigned int bits = pr_bit_cast<unsigned int>(x) & 0x7f800000U;
+  inv = pr_bit_cast<float>(0x7f000000U - bits);
+  return pr_bit_cast<float>(bits);
 }
 #if defined(PROBREG_HAVE_LANES)
 PROBREG_LANES_INLINE Lanes pow2_floor(Lanes x, Lanes& inv) {
@@ -173,25 +161,15 @@ PROBREG_HOST_DEVICE T family_rho_prime(T s, T delta) {
 // T. Bit operations, no libm (the Lanes overload below does the same per lane).
 PROBREG_HOST_DEVICE double split_exponent(double x, double& e) {
   const bool sub = x < DBL_MIN;
-  const double xs = sub ? x * 18014398509481984.0 : x;  // * 2^54
-  unsigned long long bits;
-  memcpy(&bits, &xs, sizeof(bits));
+  const unsigned long long bits = pr_bit_cast<unsigned long long>(sub ? x * 18014398509481984.0 : x);  // * 2^54
   e = double(int((bits >> 52) & 0x7ff) - (sub ? 1022 + 54 : 1022));
-  bits = (bits & 0x000fffffffffffffULL) | 0x3fe0000000000000ULL;
-  double m;
-  memcpy(&m, &bits, sizeof(m));
-  return m;
+  return pr_bit_cast<double>((bits & 0x000fffffffffffffULL) | 0x3fe0000000000000ULL);
 }
 PROBREG_HOST_DEVICE float split_exponent(float x, float& e) {
   const bool sub = x < FLT_MIN;
-  const float xs = sub ? x * 16777216.0f : x;  // * 2^24
-  unsigned int bits;
-  memcpy(&bits, &xs, sizeof(bits));
+  const unsigned int bits = pr_bit_cast<unsigned int>(sub ? x * 16777216.0f : x);  // * 2^24
   e = float(int((bits >> 23) & 0xff) - (sub ? 126 + 24 : 126));
-  bits = (bits & 0x007fffffU) | 0x3f000000U;
-  float m;
-  memcpy(&m, &bits, sizeof(m));
-  return m;
+  return pr_bit_cast<float>((bits & 0x007fffffU) | 0x3f000000U);
 }
 #if defined(PROBREG_HAVE_LANES)
 PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {

@@ -7,8 +7,9 @@
 // propagating.
 #pragma once
 
-#include <cmath>
 #include <cfloat>
+#include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -225,6 +226,16 @@ PROBREG_HOST_DEVICE T expm1_taylor(T x) {
   } else {
     return polynomial(x, inv_factorials) * x;
   }
+}
+
+// The bits of x as To (same size), like C++20 std::bit_cast (memcpy: no aliasing UB; on
+// CUDA and in optimised host code a register move).
+template <typename To, typename From>
+PROBREG_HOST_DEVICE To pr_bit_cast(From x) {
+  static_assert(sizeof(To) == sizeof(From), "pr_bit_cast: sizes differ");
+  To out;
+  memcpy(&out, &x, sizeof(out));
+  return out;
 }
 
 template <typename T>

@@ -18,7 +18,6 @@
 // to ||B|| wherever the eigenvectors are accurate.
 #pragma once
 
-#include <cstring>
 #include <type_traits>
 
 #include "macros.h"
@@ -431,16 +430,10 @@ PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], Mask valid, T lam[3
 // times down^2 is in [1/2, 2), so a matrix scaled by down has its sum of squares there.
 // Bit operations (lanes.h has the SIMD form).
 PROBREG_HOST_DEVICE double pow2_rsqrt_scale(double x, double& up) {
-  unsigned long long bits;
-  memcpy(&bits, &x, sizeof(bits));
-  const int e = int((bits >> 52) & 0x7ff) - 1022;
+  const int e = int((pr_bit_cast<unsigned long long>(x) >> 52) & 0x7ff) - 1022;
   const int half = (e + 2048) / 2 - 1024;  // floor(e / 2), no shift of a negative int
-  bits = (unsigned long long)(1023 + half) << 52;
-  memcpy(&up, &bits, sizeof(up));
-  bits = (unsigned long long)(1023 - half) << 52;
-  double down;
-  memcpy(&down, &bits, sizeof(down));
-  return down;
+  up = pr_bit_cast<double>((unsigned long long)(1023 + half) << 52);
+  return pr_bit_cast<double>((unsigned long long)(1023 - half) << 52);
 }
 
 // Eigen-decomposition of a finite symmetric 3x3 B in closed form (the CPU SIMD lanes'
