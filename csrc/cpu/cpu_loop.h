@@ -53,6 +53,14 @@ using value_t = typename Precision<Z>::value;
 template <typename Z>
 using eigen_t = typename Precision<Z>::eigen;
 
+// The type the results of an item body computing in T are rounded to, for storage type
+// S: float for float32 and the half types (their item bodies compute in double, or in
+// float under the CUDA emulation), T for float64. It sets how far the math headers'
+// series go (macros.h series_precision, spectral.h Theta): a double result that is
+// rounded to float needs them to ~1e-13, not to double's last bit.
+template <typename S, typename T>
+using result_t = std::conditional_t<(sizeof(S) < sizeof(double)), float, T>;
+
 inline bool emulate_cuda_float32() {
   const char* flag = std::getenv("PROBREG_CPU_EMULATE_CUDA_FLOAT32");
   return flag != nullptr && flag[0] == '1';

@@ -114,15 +114,16 @@ void nll_pass(int64_t n, const S* pp, const S* tp, double delta, double theta, b
           T loc[D], y[D];
           load_full_row_vectors<D>(pp, tp, i, loc, y);
           if constexpr (WithLoss) {
-            L out[1] = {L(huber_nll_full_frame<D, F, kFrame, T, L>(l, V, loc, y, T(delta), L(theta), mu))};
+            L out[1] = {L(huber_nll_full_frame<D, F, kFrame, T, L, result_t<S, T>>(l, V, loc, y, T(delta),
+                                                                                    L(theta), mu))};
             store_item<1>(out, lp, i);
           }
           if constexpr (WithGrad) {
             T g_loc[D], gB[D][D], g_raw[Packed<D>::P], g_y[D];
             L go[1], grow[W], gy[D];
             load_go(i, go);
-            huber_nll_full_backward_frame<D, F, kFrame, T, L>(l, V, loc, y, T(go[0]), T(delta), L(theta), mu,
-                                                              g_loc, gB, g_y);
+            huber_nll_full_backward_frame<D, F, kFrame, T, L, result_t<S, T>>(l, V, loc, y, T(go[0]), T(delta),
+                                                                              L(theta), mu, g_loc, gB, g_y);
             pack_symmetric_grad<D, T>(gB, g_raw);
             for (int k = 0; k < D; ++k) {
               grow[k] = L(g_loc[k]);

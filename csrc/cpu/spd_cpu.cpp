@@ -26,7 +26,7 @@ void spd_forward_items(int64_t n, MatrixFn&& matrix, S* A, double theta) {
     using T = value_t<decltype(zero)>;
     using L = eigen_t<decltype(zero)>;
     T Am[D][D];
-    spd_remap_forward_frame<D, reflection_frame<D, true>, T, L>(l, V, L(theta), Am);
+    spd_remap_forward_frame<D, reflection_frame<D, true>, T, L, result_t<S, T>>(l, V, L(theta), Am);
     store_matrix_item<D>(Am, A, i);
   });
 }
@@ -39,7 +39,7 @@ void spd_backward_items(int64_t n, MatrixFn&& matrix, const S* grad_A, double th
     using L = eigen_t<decltype(zero)>;
     T gAm[D][D], gBm[D][D];
     load_matrix_item<D>(grad_A, i, gAm);
-    spd_remap_backward_frame<D, reflection_frame<D, true>, T, L>(l, V, gAm, L(theta), gBm);
+    spd_remap_backward_frame<D, reflection_frame<D, true>, T, L, result_t<S, T>>(l, V, gAm, L(theta), gBm);
     store_grad(i, gBm);
   });
 }

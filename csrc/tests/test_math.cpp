@@ -371,12 +371,36 @@ void test_divided_difference() {
   expect(std::isfinite(k) && k >= 0, "divided difference deep underflow finite", k, 0);
 }
 
+// The series of the spectral backward, cut for a double result rounded to float
+// (series_precision 1) and for float: against long double sums (libm expm1; sinh(x)/x).
+void test_float_result_series() {
+  double worst_expm1 = 0, worst_sinhc = 0, worst_expm1_f = 0, worst_sinhc_f = 0;
+  for (int k = -1000; k <= 1000; ++k) {
+    const double x = 0.4999 * k / 1000.0;  // expm1_taylor's |x| < 1/2
+    if (x != 0) {
+      const long double ref = std::expm1((long double)x);
+      worst_expm1 = std::fmax(worst_expm1, double(std::fabs(probreg::expm1_taylor<double, float>(x) - ref) / std::fabs(ref)));
+      worst_expm1_f = std::fmax(worst_expm1_f, double(std::fabs(probreg::expm1_taylor<float>(float(x)) - std::expm1((long double)float(x))) /
+                                                      std::fabs(std::expm1((long double)float(x)))));
+    }
+    const double u = std::fabs(k) / 1000.0;  // sinhc_unit's 0 <= x <= 1
+    const long double sref = u == 0 ? 1.0L : std::sinh((long double)u) / u;
+    worst_sinhc = std::fmax(worst_sinhc, double(std::fabs(probreg::sinhc_unit<double, float>(u) - sref) / sref));
+    const long double sref_f = u == 0 ? 1.0L : std::sinh((long double)float(u)) / float(u);
+    worst_sinhc_f = std::fmax(worst_sinhc_f, double(std::fabs(probreg::sinhc_unit<float>(float(u)) - sref_f) / sref_f));
+  }
+  expect(worst_expm1 <= 1e-13, "expm1_taylor<double, float>", worst_expm1, 1e-13);
+  expect(worst_sinhc <= 1e-14, "sinhc_unit<double, float>", worst_sinhc, 1e-14);
+  expect(worst_expm1_f <= 4e-7, "expm1_taylor<float>", worst_expm1_f, 4e-7);
+  expect(worst_sinhc_f <= 4e-7, "sinhc_unit<float>", worst_sinhc_f, 4e-7);
+}
+
 #if defined(PROBREG_HAVE_LANES)
 void test_lanes_math() {
   using probreg::Lanes;
   std::mt19937_64 rng(7);
   std::uniform_real_distribution<double> uni(-745, 709);
-  double worst_exp = 0, worst_expm1 = 0;
+  double worst_exp = 0, worst_expm1 = 0, worst_exp_float_result = 0;
   for (int rep = 0; rep < 20000; ++rep) {
     Lanes x, small;
     for (int j = 0; j < probreg::kLaneWidth; ++j) {
@@ -384,15 +408,21 @@ void test_lanes_math() {
       small.v[j] = x.v[j] / 700.0;
     }
     const Lanes e = probreg::pr_exp(x), m1 = probreg::pr_expm1(small);
+    const Lanes ef = probreg::pr_exp_float_result(x);
     for (int j = 0; j < probreg::kLaneWidth; ++j) {
       const double re = std::exp(x.v[j]);
-      if (re > 1e-300) worst_exp = std::fmax(worst_exp, std::fabs(e.v[j] - re) / re);
+      if (re > 1e-300) {
+        worst_exp = std::fmax(worst_exp, std::fabs(e.v[j] - re) / re);
+        worst_exp_float_result = std::fmax(worst_exp_float_result, std::fabs(ef.v[j] - re) / re);
+      }
       const double rm = std::expm1(small.v[j]);
       if (rm != 0) worst_expm1 = std::fmax(worst_expm1, std::fabs(m1.v[j] - rm) / std::fabs(rm));
     }
   }
   expect(worst_exp <= 4e-16, "Lanes exp relative error", worst_exp, 4e-16);
   expect(worst_expm1 <= 4e-16, "Lanes expm1 relative error", worst_expm1, 4e-16);
+  // For results rounded to float (series_precision 1): ~1e-13, far below float's 6e-8.
+  expect(worst_exp_float_result <= 4e-13, "Lanes exp for float results", worst_exp_float_result, 4e-13);
   // Each extreme argument in the last lane, the others 0 (any lane width).
   const int last = probreg::kLaneWidth - 1;
   auto exp_in_last_lane = [&](double x) {
@@ -423,6 +453,7 @@ int main() {
   test_symeig_mixed<2>(rng);
   test_symeig_mixed<3>(rng);
   test_divided_difference();
+  test_float_result_series();
 #if defined(PROBREG_HAVE_LANES)
   test_lanes_math();
 #endif

@@ -187,12 +187,13 @@ PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {
 #endif
 
 // log(f) for f in [sqrt(1/2), sqrt(2)): 2 atanh(s), s = (f - 1)/(f + 1), |s| <= 0.1716,
-// by its odd series: to s^25 in double (truncation < 1e-20 relative), to s^15 in double
-// where Out, the type the result is rounded to, is float (< 2e-14: the mixed policy's
-// -log|A|), s^9 in float.
+// by its odd series: to s^25 in double (truncation < 1e-20 relative), to s^15 for a double
+// result rounded to float (< 2e-14: -log|A| of float32 inputs), s^9 in float. Out:
+// series_precision (macros.h).
 template <typename T, typename Out = T>
 PROBREG_HOST_DEVICE T log_near_one(T f) {
-  constexpr int top = Eps<T>::value > 1e-10 ? 9 : (Eps<Out>::value > 1e-10 ? 15 : 25);
+  constexpr int tops[] = {9, 15, 25};
+  constexpr int top = tops[series_precision<T, Out>()];
   const T s = (f - T(1)) * pr_recip(f + T(1));
   const T s2 = s * s;
   T p = T(2.0 / top);
@@ -224,10 +225,10 @@ PROBREG_HOST_DEVICE T sum_log_positive(const T x[D]) {
 
 // -log|A| = -sum_j log g(l_j), with log g(l) = log max(l, theta) + min(l/theta - 1, 0)
 // (equal to log l above theta and l/theta - 1 + log theta below): one logarithm per
-// matrix instead of one per eigenvalue. NaN eigenvalues propagate (the 0 * l term). Out:
-// the type the caller rounds the result to (log_near_one).
-template <int D, typename T, typename Out = T>
-PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], const Theta<T>& theta) {
+// matrix instead of one per eigenvalue. NaN eigenvalues propagate (the 0 * l term). The
+// logarithm's series goes as far as theta's Out needs (log_near_one).
+template <int D, typename T, typename Out>
+PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], const Theta<T, Out>& theta) {
   T x[D];
   T rest = T(0);
   PROBREG_UNROLL
@@ -246,8 +247,8 @@ PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], T theta) {
 // in T. Mixed types (T = float, L = double): the reciprocal of l rounded to T (within two
 // ulps of T; this term enters only the gradient, which is rounded to T), not a double
 // reciprocal.
-template <typename T, typename L = T>
-PROBREG_HOST_DEVICE T remap_log_g_prime(L l, const Theta<L>& theta) {
+template <typename T, typename L, typename Out>
+PROBREG_HOST_DEVICE T remap_log_g_prime(L l, const Theta<L, Out>& theta) {
   const auto linear = l > theta.value;
   return pr_where(linear, pr_recip(pr_where(linear, T(l), T(1))), T(theta.inv));
 }
@@ -260,11 +261,12 @@ PROBREG_HOST_DEVICE T masked_grad(T go, T x) {
 
 // ---------------------------------------------------------------- full covariance
 // Forward from the eigen-decomposition (l ascending, V columns) of B. Eigenvalues and
-// theta in L, the rest in T (L = T except the CUDA float32 path, spectral.h).
-template <int D, int F, typename T, typename L = T>
+// theta in L, the rest in T (L = T except the CUDA float32 path, spectral.h). Out (here and
+// below): the type the results are rounded to (spectral.h Theta).
+template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T loc[D], const T y[D],
                                          T delta, L theta_value, bool mu_param) {
-  const Theta<L> theta(theta_value);
+  const Theta<L, Out> theta(theta_value);
   T z[D];
   PROBREG_UNROLL
   for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
@@ -280,16 +282,16 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T 
     const T g = remap_g<L, T>(l[j], theta);
     p[j] = mu_param ? g * q : g * q - vj;
   }
-  return T(neg_log_det_remap<D, L, T>(l, theta)) + family_rho<F>(scaled_norm<D>(p), delta);
+  return T(neg_log_det_remap<D>(l, theta)) + family_rho<F>(scaled_norm<D>(p), delta);
 }
 
 // Backward from the eigen-decomposition of B: gradients w.r.t. loc (D), the symmetric
 // B (D x D) and y (D), scaled by the upstream gradient go.
-template <int D, int F, typename T, typename L = T>
+template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][D], const T loc[D],
                                                      const T y[D], T go, T delta, L theta_value, bool mu_param,
                                                      T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
-  const Theta<L> theta(theta_value);
+  const Theta<L, Out> theta(theta_value);
   T z[D];
   PROBREG_UNROLL
   for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
@@ -378,23 +380,23 @@ PROBREG_HOST_DEVICE void reflection_residual(T a_mean, T a_half, const T N[2][2]
 // eigenvalue enters as a_mean - a_half, so r carries an absolute error of about
 // eps g_hi |z|, the order of the eigenbasis form's (whose rotated q = V^T z carries
 // eps |z|, times g_hi).
-template <int F, typename T, typename L = T>
+template <int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE T huber_nll_full_reflection(const L l[2], const T N[2][2], const T loc[2], const T y[2],
                                                 T delta, L theta_value, bool mu_param) {
-  const Theta<L> theta(theta_value);
+  const Theta<L, Out> theta(theta_value);
   const T g_lo = remap_g<L, T>(l[0], theta), g_hi = remap_g<L, T>(l[1], theta);
   const T a_mean = T(0.5) * (g_hi + g_lo), a_half = T(0.5) * (g_hi - g_lo);
   T z[2], r[2];
   reflection_residual(a_mean, a_half, N, loc, y, mu_param, z, r);
-  return T(neg_log_det_remap<2, L, T>(l, theta)) + family_rho<F>(scaled_norm<2>(r), delta);
+  return T(neg_log_det_remap<2>(l, theta)) + family_rho<F>(scaled_norm<2>(r), delta);
 }
 
-template <int F, typename T, typename L = T>
+template <int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_reflection(const L l[2], const T N[2][2], const T loc[2],
                                                             const T y[2], T go, T delta, L theta_value,
                                                             bool mu_param, T grad_loc[2], T grad_B[2][2],
                                                             T grad_y[2]) {
-  const Theta<L> theta(theta_value);
+  const Theta<L, Out> theta(theta_value);
   const T h_lo = remap_half_exp_factor<T>(l[0], theta), h_hi = remap_half_exp_factor<T>(l[1], theta);
   const T g_lo = remap_g_from(l[0], h_lo * h_lo, theta), g_hi = remap_g_from(l[1], h_hi * h_hi, theta);
   const T a_mean = T(0.5) * (g_hi + g_lo), a_half = T(0.5) * (g_hi - g_lo);
@@ -428,28 +430,28 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_reflection(const L l[2], const 
 
 // Forward / backward from a decomposition (l, F): F the reflection frame N where
 // Reflection (d = 2 only), else the eigenvectors V.
-template <int D, int F, bool Reflection, typename T, typename L>
+template <int D, int F, bool Reflection, typename T, typename L, typename Out = T>
 PROBREG_HOST_DEVICE T huber_nll_full_frame(const L l[D], const T frame[D][D], const T loc[D], const T y[D], T delta,
                                            L theta, bool mu_param) {
   if constexpr (Reflection) {
     static_assert(D == 2, "the reflection frame is 2x2");
-    return huber_nll_full_reflection<F, T, L>(l, frame, loc, y, delta, theta, mu_param);
+    return huber_nll_full_reflection<F, T, L, Out>(l, frame, loc, y, delta, theta, mu_param);
   } else {
-    return huber_nll_full_eig<D, F, T, L>(l, frame, loc, y, delta, theta, mu_param);
+    return huber_nll_full_eig<D, F, T, L, Out>(l, frame, loc, y, delta, theta, mu_param);
   }
 }
 
-template <int D, int F, bool Reflection, typename T, typename L>
+template <int D, int F, bool Reflection, typename T, typename L, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_frame(const L l[D], const T frame[D][D], const T loc[D],
                                                        const T y[D], T go, T delta, L theta, bool mu_param,
                                                        T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
   if constexpr (Reflection) {
     static_assert(D == 2, "the reflection frame is 2x2");
-    huber_nll_full_backward_reflection<F, T, L>(l, frame, loc, y, go, delta, theta, mu_param, grad_loc, grad_B,
-                                                grad_y);
+    huber_nll_full_backward_reflection<F, T, L, Out>(l, frame, loc, y, go, delta, theta, mu_param, grad_loc, grad_B,
+                                                     grad_y);
   } else {
-    huber_nll_full_backward_eig<D, F, T, L>(l, frame, loc, y, go, delta, theta, mu_param, grad_loc, grad_B,
-                                            grad_y);
+    huber_nll_full_backward_eig<D, F, T, L, Out>(l, frame, loc, y, go, delta, theta, mu_param, grad_loc, grad_B,
+                                                 grad_y);
   }
 }
 

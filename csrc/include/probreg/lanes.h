@@ -161,9 +161,11 @@ PROBREG_LANES_INLINE Lanes pow2_rsqrt_scale(Lanes x, Lanes& up) {
   return Lanes(pow2(-half));
 }
 
-// exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor series to r^13 (truncation
-// < 1e-17), 2^n applied as two factors so subnormal results and overflow come out right.
-PROBREG_LANES_INLINE Lanes pr_exp(Lanes x) {
+// exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by its Taylor series to r^(Terms - 1) (Terms
+// = 14: truncation < 1e-17), 2^n applied as two factors so subnormal results and overflow
+// come out right.
+template <int Terms>
+PROBREG_LANES_INLINE Lanes pr_exp_terms(Lanes x) {
   using namespace lanes_detail;
   const LaneVec xc = x.v < -746.0 ? LaneVec{} - 746.0 : (x.v > 710.0 ? LaneVec{} + 710.0 : x.v);
   const double shifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
@@ -175,13 +177,18 @@ PROBREG_LANES_INLINE Lanes pr_exp(Lanes x) {
                                        1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,
                                        1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,        0.5,
                                        1.0,                1.0};  // 1/13!, ..., 1/0!
-  const LaneVec p = polynomial(Lanes(r), inv_factorials).v;
+  const LaneVec p = polynomial_lowest<Terms>(Lanes(r), inv_factorials).v;
   const LaneBits k1 = k >> 1;
   const LaneBits k2 = k - k1;
   LaneVec out = p * pow2(k1) * pow2(k2);
   out = x.v != x.v ? x.v : out;  // NaN in, NaN out
   return Lanes(out);
 }
+
+PROBREG_LANES_INLINE Lanes pr_exp(Lanes x) { return pr_exp_terms<14>(x); }
+// exp(x) for a result rounded to float (macros.h series_precision 1): the series to r^10,
+// truncation < 3e-13 relative.
+PROBREG_LANES_INLINE Lanes pr_exp_float_result(Lanes x) { return pr_exp_terms<11>(x); }
 
 // expm1(x): Taylor series to x^16 for |x| < 0.5 (truncation < 1e-19 relative), else
 // exp(x) - 1 (no harmful cancellation there).

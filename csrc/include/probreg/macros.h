@@ -199,33 +199,50 @@ PROBREG_HOST_DEVICE T polynomial(T x, const double (&c)[N]) {
   return p;
 }
 
-// The polynomial of the K last coefficients c[N - K], ..., c[N - 1] only, by Horner's
-// rule: a series whose coefficients are listed highest order first, truncated to its K
-// lowest-order terms. For float (scalar: CUDA and its CPU emulation), whose precision
-// needs fewer terms than the double series carry.
+// The polynomial of the K last coefficients c[N - K], ..., c[N - 1] only: a series whose
+// coefficients are listed highest order first, truncated to its K lowest-order terms,
+// for results that need less precision than the full series carries (series_precision).
+// Evaluated as polynomial would (Horner for scalars; the lanes' scheme for SIMD types).
 template <int K, typename T, int N>
 PROBREG_HOST_DEVICE T polynomial_lowest(T x, const double (&c)[N]) {
   static_assert(K >= 1 && K <= N, "keeps 1..N coefficients");
-  T p = T(c[N - K]);
-  PROBREG_UNROLL_POLYNOMIAL
-  for (int k = N - K + 1; k < N; ++k) p = pr_fma(p, x, T(c[k]));
-  return p;
+  if constexpr (K == N) {
+    return polynomial(x, c);
+  } else if constexpr (!std::is_arithmetic_v<T>) {
+    double tail[K];  // constants after inlining
+    PROBREG_UNROLL_POLYNOMIAL
+    for (int k = 0; k < K; ++k) tail[k] = c[N - K + k];
+    return polynomial(x, tail);
+  } else {
+    T p = T(c[N - K]);
+    PROBREG_UNROLL_POLYNOMIAL
+    for (int k = N - K + 1; k < N; ++k) p = pr_fma(p, x, T(c[k]));
+    return p;
+  }
+}
+
+// How precise the series of a value computed in T and rounded to Out must be: 0 where T
+// is float (scalar float: the CUDA kernels and their CPU emulation), 1 where T is double
+// (or double lanes) but the result is rounded to float (float32 and half inputs on the
+// CPU, whose item bodies compute in double: truncation ~1e-13 relative, far below float's
+// rounding), 2 otherwise (full double precision).
+template <typename T, typename Out>
+constexpr int series_precision() {
+  return Eps<T>::value > 1e-10 ? 0 : (Eps<Out>::value > 1e-10 ? 1 : 2);
 }
 
 // expm1(x) by its Taylor series for |x| < 1/2: to x^16 in double (truncation < 1e-19
-// relative), to x^9 in float (5.4e-10 relative, a hundredth of float's rounding).
-template <typename T>
+// relative), to x^12 for a double result rounded to float (3.9e-14), to x^9 in float
+// (5.4e-10, a hundredth of float's rounding). Out: series_precision.
+template <typename T, typename Out = T>
 PROBREG_HOST_DEVICE T expm1_taylor(T x) {
   constexpr double inv_factorials[] = {
       1.0 / 20922789888000.0, 1.0 / 1307674368000.0, 1.0 / 87178291200.0, 1.0 / 6227020800.0,
       1.0 / 479001600.0,      1.0 / 39916800.0,      1.0 / 3628800.0,     1.0 / 362880.0,
       1.0 / 40320.0,          1.0 / 5040.0,          1.0 / 720.0,         1.0 / 120.0,
       1.0 / 24.0,             1.0 / 6.0,             0.5,                 1.0};  // 1/16!, ..., 1/1!
-  if constexpr (Eps<T>::value > 1e-10) {  // float
-    return polynomial_lowest<9>(x, inv_factorials) * x;
-  } else {
-    return polynomial(x, inv_factorials) * x;
-  }
+  constexpr int terms[] = {9, 12, 16};
+  return polynomial_lowest<terms[series_precision<T, Out>()]>(x, inv_factorials) * x;
 }
 
 // The bits of x as To (same size), like C++20 std::bit_cast (memcpy: no aliasing UB; on

@@ -26,8 +26,10 @@ namespace probreg {
 
 // theta and its reciprocal, formed once per item by the entry points below (pr_recip, a
 // few ulp: theta is a positive normal number) and passed to the helpers, so that no
-// helper divides by theta.
-template <typename L>
+// helper divides by theta. Out: the type the op's results are rounded to, which sets how
+// far the helpers' series go (series_precision in macros.h; the entry points' Out,
+// default T: float32 inputs on the CPU compute in double for float results).
+template <typename L, typename Out = L>
 struct Theta {
   L value, inv;
   PROBREG_HOST_DEVICE explicit Theta(L theta) : value(theta), inv(pr_recip(theta)) {}
@@ -37,8 +39,8 @@ struct Theta {
 // (l - theta) * (1/theta): no division per eigenvalue, and a relative rather than
 // absolute rounding error where l is near theta. NaN l gives 0 (callers propagate NaN
 // separately).
-template <typename L>
-PROBREG_HOST_DEVICE L remap_exponent(L l, const Theta<L>& theta) {
+template <typename L, typename Out>
+PROBREG_HOST_DEVICE L remap_exponent(L l, const Theta<L, Out>& theta) {
   return pr_min((l - theta.value) * theta.inv, L(0));
 }
 
@@ -48,11 +50,16 @@ PROBREG_HOST_DEVICE L remap_exponent(L l, const Theta<L>& theta) {
 // Mixed types: z = l/theta - 1 in L, split z = z_hi + z_lo with z_hi = T(z), and
 // exp(z) = exp(z_hi) (1 + z_lo) to a few ulps of T (|z_lo| <= ulp(z_hi)/2, so the
 // dropped z_lo^2/2 is far below T's precision). z is floored at -150, where exp
-// underflows float, so z_hi is always finite.
-template <typename T, typename L>
+// underflows float, so z_hi is always finite. SIMD lanes whose result is rounded to float
+// (series_precision 1) take pr_exp_float_result (lanes.h).
+template <typename T, typename Out, typename L>
 PROBREG_HOST_DEVICE T exp_factor_of(L z) {
   if constexpr (std::is_same_v<T, L>) {
-    return pr_exp(z);
+    if constexpr (!std::is_arithmetic_v<T> && series_precision<T, Out>() == 1) {
+      return pr_exp_float_result(z);
+    } else {
+      return pr_exp(z);
+    }
   } else {
     const L zc = pr_max(z, L(-150));
     const T z_hi = T(zc);
@@ -60,59 +67,57 @@ PROBREG_HOST_DEVICE T exp_factor_of(L z) {
     return pr_exp(z_hi) * (T(1) + z_lo);
   }
 }
-template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_exp_factor(L l, const Theta<L>& theta) {
-  return exp_factor_of<T>(remap_exponent(l, theta));
+template <typename T, typename L, typename Out>
+PROBREG_HOST_DEVICE T remap_exp_factor(L l, const Theta<L, Out>& theta) {
+  return exp_factor_of<T, Out>(remap_exponent(l, theta));
 }
 
 // exp(min(l/theta - 1, 0) / 2), the square root of remap_exp_factor: the backward
 // computes it once per eigenvalue, squares it for g and g' (h^2 rounds once more than
 // exp(z); its underflow is exp(z)'s) and multiplies two of them for the divided
 // differences of a pair on the exponential branch, instead of two square roots per pair.
-template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_half_exp_factor(L l, const Theta<L>& theta) {
-  return exp_factor_of<T>(remap_exponent(l, theta) * L(0.5));
+template <typename T, typename L, typename Out>
+PROBREG_HOST_DEVICE T remap_half_exp_factor(L l, const Theta<L, Out>& theta) {
+  return exp_factor_of<T, Out>(remap_exponent(l, theta) * L(0.5));
 }
 
 // g(l) given e = remap_exp_factor(l, theta).
-template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_g_from(L l, T e, const Theta<L>& theta) {
+template <typename T, typename L, typename Out>
+PROBREG_HOST_DEVICE T remap_g_from(L l, T e, const Theta<L, Out>& theta) {
   return pr_where(l > theta.value, T(l), T(theta.value) * e);
 }
 
 // g(l) in T (= L unless given: remap_g<double, float>(l, theta)).
-template <typename L, typename T = L>
-PROBREG_HOST_DEVICE T remap_g(L l, const Theta<L>& theta) {
+template <typename L, typename T = L, typename Out>
+PROBREG_HOST_DEVICE T remap_g(L l, const Theta<L, Out>& theta) {
   return remap_g_from(l, remap_exp_factor<T>(l, theta), theta);
 }
 
 // g'(l) given e = remap_exp_factor(l, theta).
-template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_g_prime_from(L l, T e, const Theta<L>& theta) {
+template <typename T, typename L, typename Out>
+PROBREG_HOST_DEVICE T remap_g_prime_from(L l, T e, const Theta<L, Out>& theta) {
   return pr_where(l > theta.value, T(1), e);
 }
 
 // sinh(x)/x for 0 <= x <= 1: its Taylor series sum x^2k/(2k+1)! to k = 9 in double
-// (truncation < 1e-17), to k = 5 in float (1.6e-10, a few thousandths of its rounding).
-template <typename T>
+// (truncation < 1e-17), to k = 7 for a double result rounded to float (2.8e-15), to k = 5
+// in float (1.6e-10, a few thousandths of its rounding). Out: series_precision.
+template <typename T, typename Out = T>
 PROBREG_HOST_DEVICE T sinhc_unit(T x) {
   constexpr double inv_odd_factorials[] = {1.0 / 121645100408832000.0, 1.0 / 355687428096000.0,
                                            1.0 / 1307674368000.0,      1.0 / 6227020800.0,
                                            1.0 / 39916800.0,           1.0 / 362880.0,
                                            1.0 / 5040.0,               1.0 / 120.0,
                                            1.0 / 6.0,                  1.0};  // 1/19!, ..., 1/1!
-  if constexpr (Eps<T>::value > 1e-10) {  // float
-    return polynomial_lowest<6>(x * x, inv_odd_factorials);
-  } else {
-    return polynomial(x * x, inv_odd_factorials);
-  }
+  constexpr int terms[] = {6, 8, 10};
+  return polynomial_lowest<terms[series_precision<T, Out>()]>(x * x, inv_odd_factorials);
 }
 
 // expm1(z) for z <= 0 given e = exp(z): Taylor series to z^16 for |z| < 1/2 (truncation
 // < 1e-19 relative), e - 1 otherwise (no harmful cancellation there).
-template <typename T>
+template <typename Out, typename T>
 PROBREG_HOST_DEVICE T expm1_nonpositive_from(T z, T e) {
-  return pr_where(z > T(-0.5), expm1_taylor(z), e - T(1));
+  return pr_where(z > T(-0.5), expm1_taylor<T, Out>(z), e - T(1));
 }
 
 // Divided difference K(li, lj) = (g(li) - g(lj)) / (li - lj), and g'(li) at li == lj,
@@ -120,8 +125,8 @@ PROBREG_HOST_DEVICE T expm1_nonpositive_from(T z, T e) {
 // is evaluated and one is selected (branch-free); no tie threshold, no cancellation.
 // Mixed types: the differences gap, hi - theta and z_lo are formed in L (exact where
 // they cancel) before rounding to T.
-template <typename T, typename L>
-PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T half_i, T half_j, const Theta<L>& theta) {
+template <typename T, typename L, typename Out>
+PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T half_i, T half_j, const Theta<L, Out>& theta) {
   const auto i_is_hi = li >= lj;
   const L hi = pr_where(i_is_hi, li, lj);
   const L lo = pr_where(i_is_hi, lj, li);
@@ -143,14 +148,14 @@ PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T half_i, T half_j, c
   const auto normal = gap > T(MinNormal<T>::value);
   const auto huge = gap > T(1.0 / MinNormal<T>::value);
   const T inv_gap = pr_where(huge, T(0), pr_recip(pr_where(normal, pr_min(gap, T(1.0 / MinNormal<T>::value)), T(1))));
-  const T k_mixed = (T(hi - theta.value) - theta_t * expm1_nonpositive_from(z_lo, e_lo)) * inv_gap;
+  const T k_mixed = (T(hi - theta.value) - theta_t * expm1_nonpositive_from<Out>(z_lo, e_lo)) * inv_gap;
   // Both on the exponential branch, m the mean and h the half gap:
   // K = exp(m/theta - 1) sinh(h/theta)/(h/theta), exp(m/theta - 1) = h_hi h_lo
   // (a product of half factors, so it cannot underflow early). For h/theta > 1 the plain
   // quotient has no cancellation.
   const T x = gap * T(L(0.5) * theta.inv);
   const auto far = x > T(1);
-  const T k_near = h_hi * h_lo * sinhc_unit(pr_min(x, T(1)));
+  const T k_near = h_hi * h_lo * sinhc_unit<T, Out>(pr_min(x, T(1)));
   const T k_far = theta_t * (e_hi - e_lo) * inv_gap;
   const T k_exp = pr_where(far, k_far, k_near);
   return pr_where(both_linear, T(1), pr_where(mixed, k_mixed, k_exp));
@@ -205,9 +210,10 @@ PROBREG_HOST_DEVICE void compose_spectral(const T V[D][D], const T f[D], T A[D][
 }
 
 // Forward of the spectral remap from the eigen-decomposition: A = V diag(g(l)) V^T.
-template <int D, typename T, typename L = T>
+// Out (here and below): the type A is rounded to (Theta).
+template <int D, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], L theta_value, T A[D][D]) {
-  const Theta<L> theta(theta_value);
+  const Theta<L, Out> theta(theta_value);
   T gl[D];
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i) gl[i] = remap_g<L, T>(l[i], theta);
@@ -216,10 +222,10 @@ PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], L 
 
 // Backward of the spectral remap given the eigen-decomposition of B and the upstream
 // gradient dL/dA (any square matrix; it is symmetrised). Writes the symmetric dL/dB.
-template <int D, typename T, typename L = T>
+template <int D, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], const T gA[D][D],
                                                 L theta_value, T gB[D][D]) {
-  const Theta<L> theta(theta_value);
+  const Theta<L, Out> theta(theta_value);
   T GV[D][D];  // sym(gA) V
   PROBREG_UNROLL
   for (int i = 0; i < D; ++i)
@@ -251,9 +257,9 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], c
 
 // The d = 2 forward and backward from the reflection frame (l, N) of symeig2_reflection
 // instead of eigenvectors. Forward: A = (g_hi + g_lo)/2 I + (g_hi - g_lo)/2 N.
-template <typename T, typename L = T>
+template <typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_forward_reflection(const L l[2], const T N[2][2], L theta_value, T A[2][2]) {
-  const Theta<L> theta(theta_value);
+  const Theta<L, Out> theta(theta_value);
   const T g_lo = remap_g<L, T>(l[0], theta), g_hi = remap_g<L, T>(l[1], theta);
   const T mean = T(0.5) * (g_hi + g_lo), half_diff = T(0.5) * (g_hi - g_lo);
   A[0][0] = mean + half_diff * N[0][0];
@@ -268,9 +274,9 @@ PROBREG_HOST_DEVICE void spd_remap_forward_reflection(const L l[2], const T N[2]
 // alpha = g'(l_lo), beta = g'(l_hi). At a tie N = 0 and dL/dB = kappa G = g'(l) G exactly.
 // reflection_backward_from takes h = remap_half_exp_factor of (l_lo, l_hi), for callers that
 // also need g (remap_g_from(l, h * h)).
-template <typename T, typename L = T>
+template <typename T, typename L, typename Out>
 PROBREG_HOST_DEVICE void reflection_backward_from(const L l[2], T h_lo, T h_hi, const T N[2][2], const T gA[2][2],
-                                                  const Theta<L>& theta, T gB[2][2]) {
+                                                  const Theta<L, Out>& theta, T gB[2][2]) {
   const T alpha = remap_g_prime_from(l[0], h_lo * h_lo, theta);
   const T beta = remap_g_prime_from(l[1], h_hi * h_hi, theta);
   const T kappa = remap_divided_difference(l[0], l[1], h_lo, h_hi, theta);
@@ -286,34 +292,34 @@ PROBREG_HOST_DEVICE void reflection_backward_from(const L l[2], T h_lo, T h_hi, 
   gB[1][0] = gB[0][1];
 }
 
-template <typename T, typename L = T>
+template <typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2][2], const T gA[2][2],
                                                        L theta_value, T gB[2][2]) {
-  const Theta<L> theta(theta_value);
+  const Theta<L, Out> theta(theta_value);
   reflection_backward_from<T, L>(l, remap_half_exp_factor<T>(l[0], theta), remap_half_exp_factor<T>(l[1], theta), N,
                                  gA, theta, gB);
 }
 
 // Forward / backward from a decomposition (l, F): F the reflection frame N where
 // Reflection (d = 2 only), else the eigenvectors V.
-template <int D, bool Reflection, typename T, typename L>
+template <int D, bool Reflection, typename T, typename L, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_forward_frame(const L l[D], const T F[D][D], L theta, T A[D][D]) {
   if constexpr (Reflection) {
     static_assert(D == 2, "the reflection frame is 2x2");
-    spd_remap_forward_reflection<T, L>(l, F, theta, A);
+    spd_remap_forward_reflection<T, L, Out>(l, F, theta, A);
   } else {
-    spd_remap_forward_eig<D, T, L>(l, F, theta, A);
+    spd_remap_forward_eig<D, T, L, Out>(l, F, theta, A);
   }
 }
 
-template <int D, bool Reflection, typename T, typename L>
+template <int D, bool Reflection, typename T, typename L, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_backward_frame(const L l[D], const T F[D][D], const T gA[D][D], L theta,
                                                   T gB[D][D]) {
   if constexpr (Reflection) {
     static_assert(D == 2, "the reflection frame is 2x2");
-    spd_remap_backward_reflection<T, L>(l, F, gA, theta, gB);
+    spd_remap_backward_reflection<T, L, Out>(l, F, gA, theta, gB);
   } else {
-    spd_remap_backward_eig<D, T, L>(l, F, gA, theta, gB);
+    spd_remap_backward_eig<D, T, L, Out>(l, F, gA, theta, gB);
   }
 }
 
