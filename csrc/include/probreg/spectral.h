@@ -113,8 +113,8 @@ PROBREG_HOST_DEVICE T sinhc_unit(T x) {
   return polynomial_lowest<terms[series_precision<T, Out>()]>(x * x, inv_odd_factorials);
 }
 
-// expm1(z) for z <= 0 given e = exp(z): Taylor series to z^16 for |z| < 1/2 (truncation
-// < 1e-19 relative), e - 1 otherwise (no harmful cancellation there).
+// expm1(z) for z <= 0 given e = exp(z): expm1_taylor for |z| < 1/2 (its series as far as
+// series_precision<T, Out> asks), e - 1 otherwise (no harmful cancellation there).
 template <typename Out, typename T>
 PROBREG_HOST_DEVICE T expm1_nonpositive_from(T z, T e) {
   return pr_where(z > T(-0.5), expm1_taylor<T, Out>(z), e - T(1));
