@@ -531,22 +531,22 @@ PROBREG_HOST_DEVICE void huber_nll_identity_backward(const T loc[D], const T y[D
 // results to T (the storage type's precision, which the kernels store).
 // The CPU loop calls the pieces above directly so that its SIMD lanes can fall back to
 // the scalar path when the eigen-decomposition needs it (cpu_loop.h decompose).
+
+// The N values x (From) as To.
+template <int N, typename From, typename To>
+PROBREG_HOST_DEVICE void convert_row(const From x[N], To out[N]) {
+  PROBREG_UNROLL
+  for (int k = 0; k < N; ++k) out[k] = To(x[k]);
+}
+
 // Full-covariance row (loc, packed B) -> eigenvalues l (L) and the frame (V, or N at
 // d = 2 under the mixed policy; T).
 template <int D, typename T, typename L>
 PROBREG_HOST_DEVICE void decompose_full_row(const T pred[D + Packed<D>::P], L l[D], T V[D][D]) {
   L raw[Packed<D>::P], B[D][D];
-  PROBREG_UNROLL
-  for (int k = 0; k < Packed<D>::P; ++k) raw[k] = L(pred[D + k]);
+  convert_row<Packed<D>::P>(pred + D, raw);
   unpack_symmetric<D, L>(raw, B);
   symeig_frame_split<D, T, L>(B, l, V);
-}
-
-// x (N values in T) as L.
-template <int N, typename T, typename L>
-PROBREG_HOST_DEVICE void widen_row(const T x[N], L out[N]) {
-  PROBREG_UNROLL
-  for (int k = 0; k < N; ++k) out[k] = L(x[k]);
 }
 
 template <int D, int F, int Cov, typename T, typename L = T>
@@ -559,8 +559,8 @@ PROBREG_HOST_DEVICE L huber_nll_row(const T pred[NllLayout<D, Cov>::width], cons
     return L(huber_nll_full_frame<D, F, kSplitReflection<D, T, L>, T, L>(l, V, pred, y, T(delta), theta, mu_param));
   } else {
     L row[NllLayout<D, Cov>::width], yl[D];
-    widen_row<NllLayout<D, Cov>::width>(pred, row);
-    widen_row<D>(y, yl);
+    convert_row<NllLayout<D, Cov>::width>(pred, row);
+    convert_row<D>(y, yl);
     if constexpr (Cov == kCovarianceDiagonal) {
       return huber_nll_diagonal<D, F, L>(row + D, row, yl, delta, theta, mu_param);
     } else {
@@ -583,17 +583,15 @@ PROBREG_HOST_DEVICE void huber_nll_row_backward(const T pred[NllLayout<D, Cov>::
     pack_symmetric_grad<D, T>(gB, grad_pred + D);
   } else {
     L row[W], yl[D], grow[W], gy[D];
-    widen_row<W>(pred, row);
-    widen_row<D>(y, yl);
+    convert_row<W>(pred, row);
+    convert_row<D>(y, yl);
     if constexpr (Cov == kCovarianceDiagonal) {
       huber_nll_diagonal_backward<D, F, L>(row + D, row, yl, go, delta, theta, mu_param, grow, grow + D, gy);
     } else {
       huber_nll_identity_backward<D, F, L>(row, yl, go, delta, grow, gy);
     }
-    PROBREG_UNROLL
-    for (int k = 0; k < W; ++k) grad_pred[k] = T(grow[k]);
-    PROBREG_UNROLL
-    for (int k = 0; k < D; ++k) grad_y[k] = T(gy[k]);
+    convert_row<W>(grow, grad_pred);
+    convert_row<D>(gy, grad_y);
   }
 }
 
