@@ -1,6 +1,8 @@
 // Transposes between a block of kLaneWidth consecutive items stored with N values each
 // (array of structures: kLaneWidth * N contiguous values, the batch layout of every op)
-// and N Lanes, one per value (structure of arrays: lane j = item j).
+// and N vectors, one per value (structure of arrays: element j = item j). The vectors are
+// any GCC vector type of kLaneWidth elements: doubles (LaneVec) or, for float32 storage,
+// floats (cpu_loop.h StorageVec), which halves the shuffles' width.
 //
 // The block is loaded as N contiguous vectors and rearranged with chains of two-source
 // constant shuffles (one vpermt2pd each on AVX-512), instead of kLaneWidth * N element
@@ -37,13 +39,13 @@ constexpr int gather_index(int j) {
   return v == first + 1 + Step ? W + o : j;  // keep lane j of the accumulator otherwise
 }
 
-template <int N, int K, int Step, std::size_t... J>
-PROBREG_LANES_INLINE LaneVec gather_step(LaneVec a, LaneVec b, std::index_sequence<J...>) {
+template <int N, int K, int Step, typename V, std::size_t... J>
+PROBREG_LANES_INLINE V gather_step(V a, V b, std::index_sequence<J...>) {
   return __builtin_shufflevector(a, b, gather_index<N, K, Step>(int(J))...);
 }
 
-template <int N, int K, int Step>
-PROBREG_LANES_INLINE LaneVec gather_chain(const LaneVec X[N], LaneVec acc) {
+template <int N, int K, int Step, typename V>
+PROBREG_LANES_INLINE V gather_chain(const V X[N], V acc) {
   constexpr int next = Gather<N, K>::first + 1 + Step;
   if constexpr (next > Gather<N, K>::last) {
     return acc;
@@ -53,20 +55,20 @@ PROBREG_LANES_INLINE LaneVec gather_chain(const LaneVec X[N], LaneVec acc) {
   }
 }
 
-template <int N, int K>
-PROBREG_LANES_INLINE LaneVec gather_value(const LaneVec X[N]) {
+template <int N, int K, typename V>
+PROBREG_LANES_INLINE V gather_value(const V X[N]) {
   constexpr int first = Gather<N, K>::first;
   if constexpr (first == Gather<N, K>::last) {
     return X[first];  // N == 1: the block is already one value per lane
   } else {
-    const LaneVec acc = gather_step<N, K, 0>(X[first], X[first + 1], std::make_index_sequence<W>{});
+    const V acc = gather_step<N, K, 0>(X[first], X[first + 1], std::make_index_sequence<W>{});
     return gather_chain<N, K, 1>(X, acc);
   }
 }
 
-template <int N, std::size_t... K>
-PROBREG_LANES_INLINE void aos_to_soa_impl(const LaneVec X[N], Lanes out[N], std::index_sequence<K...>) {
-  ((out[K] = Lanes(gather_value<N, int(K)>(X))), ...);
+template <int N, typename V, std::size_t... K>
+PROBREG_LANES_INLINE void aos_to_soa_impl(const V X[N], V out[N], std::index_sequence<K...>) {
+  ((out[K] = gather_value<N, int(K)>(X)), ...);
 }
 
 // ---- structure of arrays -> array of structures ----
@@ -91,51 +93,50 @@ constexpr int scatter_index(int e) {
   return value == scatter_value_of<N, M>(Step + 1) ? W + item : e;
 }
 
-template <int N, int M, int Step, std::size_t... E>
-PROBREG_LANES_INLINE LaneVec scatter_step(LaneVec a, LaneVec b, std::index_sequence<E...>) {
+template <int N, int M, int Step, typename V, std::size_t... E>
+PROBREG_LANES_INLINE V scatter_step(V a, V b, std::index_sequence<E...>) {
   return __builtin_shufflevector(a, b, scatter_index<N, M, Step>(int(E))...);
 }
 
-template <int N, int M, int Step>
-PROBREG_LANES_INLINE LaneVec scatter_chain(const Lanes in[N], LaneVec acc) {
+template <int N, int M, int Step, typename V>
+PROBREG_LANES_INLINE V scatter_chain(const V in[N], V acc) {
   constexpr int count = N < W ? N : W;
   if constexpr (Step + 1 >= count) {
     return acc;
   } else {
     return scatter_chain<N, M, Step + 1>(
-        in, scatter_step<N, M, Step>(acc, in[scatter_value_of<N, M>(Step + 1)].v,
-                                     std::make_index_sequence<W>{}));
+        in, scatter_step<N, M, Step>(acc, in[scatter_value_of<N, M>(Step + 1)], std::make_index_sequence<W>{}));
   }
 }
 
-template <int N, int M>
-PROBREG_LANES_INLINE LaneVec scatter_vector(const Lanes in[N]) {
+template <int N, int M, typename V>
+PROBREG_LANES_INLINE V scatter_vector(const V in[N]) {
   if constexpr (N == 1) {
-    return in[0].v;
+    return in[0];
   } else {
-    const LaneVec acc = scatter_step<N, M, 0>(in[scatter_value_of<N, M>(0)].v,
-                                              in[scatter_value_of<N, M>(1)].v,
-                                              std::make_index_sequence<W>{});
+    const V acc = scatter_step<N, M, 0>(in[scatter_value_of<N, M>(0)], in[scatter_value_of<N, M>(1)],
+                                        std::make_index_sequence<W>{});
     return scatter_chain<N, M, 1>(in, acc);
   }
 }
 
-template <int N, std::size_t... M>
-PROBREG_LANES_INLINE void soa_to_aos_impl(const Lanes in[N], LaneVec X[N], std::index_sequence<M...>) {
+template <int N, typename V, std::size_t... M>
+PROBREG_LANES_INLINE void soa_to_aos_impl(const V in[N], V X[N], std::index_sequence<M...>) {
   ((X[M] = scatter_vector<N, int(M)>(in)), ...);
 }
 
 }  // namespace lane_transpose_detail
 
-// X: kLaneWidth items x N values, contiguous (N vectors) -> out[k] lane j = item j value k.
-template <int N>
-PROBREG_LANES_INLINE void aos_to_soa(const LaneVec X[N], Lanes out[N]) {
+// X: kLaneWidth items x N values, contiguous (N vectors of kLaneWidth elements: doubles,
+// LaneVec, or floats, LaneVecF) -> out[k] element j = item j value k.
+template <int N, typename V>
+PROBREG_LANES_INLINE void aos_to_soa(const V X[N], V out[N]) {
   lane_transpose_detail::aos_to_soa_impl<N>(X, out, std::make_index_sequence<N>{});
 }
 
 // Inverse of aos_to_soa.
-template <int N>
-PROBREG_LANES_INLINE void soa_to_aos(const Lanes in[N], LaneVec X[N]) {
+template <int N, typename V>
+PROBREG_LANES_INLINE void soa_to_aos(const V in[N], V X[N]) {
   lane_transpose_detail::soa_to_aos_impl<N>(in, X, std::make_index_sequence<N>{});
 }
 
