@@ -151,21 +151,6 @@ inline void store_item(const T in[N], S* base, int64_t i) {
 #if defined(PROBREG_HAVE_LANES)
 typedef float LaneVecF __attribute__((vector_size(kLaneWidth * sizeof(float))));
 
-// kLaneWidth floats widened to doubles and back. Widening is one vcvtps2pd on AVX and
-// AVX-512: GCC 12 lowers __builtin_convertvector(float -> double) on the whole vector as
-// two half-width conversions joined by a shuffle (five instructions where one does).
-// SSE2 (two lanes) keeps the builtin.
-PROBREG_LANES_INLINE LaneVec widen_floats(LaneVecF f) {
-#if defined(__AVX512F__)
-  return (LaneVec)_mm512_cvtps_pd((__m256)f);
-#elif defined(__AVX__)
-  return (LaneVec)_mm256_cvtps_pd((__m128)f);
-#else
-  return __builtin_convertvector(f, LaneVec);
-#endif
-}
-PROBREG_LANES_INLINE LaneVecF narrow_to_floats(LaneVec v) { return __builtin_convertvector(v, LaneVecF); }
-
 // The vector a block of storage type S is transposed in (lane_transpose.h): kLaneWidth
 // floats for float32, so that the shuffles act on half-width vectors (within 128-bit
 // lanes on AVX2) before widening / after narrowing; kLaneWidth doubles for the other
@@ -207,8 +192,19 @@ struct StorageVec<float> {
     return f;
   }
   static PROBREG_LANES_INLINE void store(type f, float* p) { std::memcpy(p, &f, sizeof(f)); }
-  static PROBREG_LANES_INLINE LaneVec widen(type f) { return widen_floats(f); }
-  static PROBREG_LANES_INLINE type narrow(LaneVec v) { return narrow_to_floats(v); }
+  // One vcvtps2pd on AVX and AVX-512: GCC 12 lowers __builtin_convertvector(float ->
+  // double) on the whole vector as two half-width conversions joined by a shuffle (five
+  // instructions where one does). SSE2 (two lanes) keeps the builtin.
+  static PROBREG_LANES_INLINE LaneVec widen(type f) {
+#if defined(__AVX512F__)
+    return (LaneVec)_mm512_cvtps_pd((__m256)f);
+#elif defined(__AVX__)
+    return (LaneVec)_mm256_cvtps_pd((__m128)f);
+#else
+    return __builtin_convertvector(f, LaneVec);
+#endif
+  }
+  static PROBREG_LANES_INLINE type narrow(LaneVec v) { return __builtin_convertvector(v, LaneVecF); }
 };
 
 // A full block's kLaneWidth * N values are contiguous: loaded as N whole vectors,
