@@ -4,7 +4,9 @@
 // An op writes ONE generic item body `fn(T zero, I i)` that computes item i (T a scalar
 // compute type, I = int64_t) or the items of one lane block (T = Lanes, SIMD; I =
 // LaneBlock, up to kLaneWidth consecutive items; run_decomposed also T = LanePair,
-// I = LaneBlockPair, two blocks). Where the compute type is double,
+// I = LaneBlockPair, two blocks, and for float32 storage on AVX2 / AVX-512 the tag
+// MixedLanes: values in FloatLanes, eigenvalues in LanePair, kMixedLanes). Where the
+// compute type is double,
 // run_items runs EVERY item through the lane body, partial blocks included (their loads
 // replicate the last item into the unused lanes and their stores skip them), and
 // run_decomposed recomputes with the scalar body exactly the items whose matrix the SIMD
@@ -21,8 +23,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "../checks.h"
+#include "lane_floats.h"
 #include "lane_pair.h"
 #include "lane_transpose.h"
 #include "probreg/lanes.h"
@@ -32,9 +36,10 @@
 namespace probreg {
 
 // Tag compute type of the CUDA kernels' float32 path (spectral.h, symeig_mixed): values
-// in float, eigenvalues in double. The CPU runs it (scalar) only to test that path's
+// in float, eigenvalues in double, scalar. The CPU runs it only to test that path's
 // accuracy without a GPU: PROBREG_CPU_EMULATE_CUDA_FLOAT32=1 routes float32 inputs of
 // spd_remap, spd_from_raw and huber_nll through it (tests/test_cuda_numerics_on_cpu.py).
+// The CPU's own float32 path is the same policy on SIMD lanes (MixedLanes, below).
 struct MixedPrecision {};
 
 template <typename Z>
@@ -47,6 +52,18 @@ struct Precision<MixedPrecision> {
   using value = float;
   using eigen = double;
 };
+
+#if defined(PROBREG_HAVE_LANES)
+// Tag compute type of the CPU SIMD float32 path (run_decomposed, kMixedLanes): the mixed
+// policy of the CUDA kernels on lane pairs, eigenvalues in LanePair doubles, values in
+// FloatLanes (lane_floats.h).
+struct MixedLanes {};
+template <>
+struct Precision<MixedLanes> {
+  using value = FloatLanes;
+  using eigen = LanePair;
+};
+#endif
 
 template <typename Z>
 using value_t = typename Precision<Z>::value;
@@ -149,8 +166,6 @@ inline void store_item(const T in[N], S* base, int64_t i) {
   for (int k = 0; k < N; ++k) base[i * N + k] = S(in[k]);
 }
 #if defined(PROBREG_HAVE_LANES)
-typedef float LaneVecF __attribute__((vector_size(kLaneWidth * sizeof(float))));
-
 // The vector a block of storage type S is transposed in (lane_transpose.h): kLaneWidth
 // floats for float32, so that the shuffles act on half-width vectors (within 128-bit
 // lanes on AVX2) before widening / after narrowing; kLaneWidth doubles for the other
@@ -192,52 +207,58 @@ struct StorageVec<float> {
     return f;
   }
   static PROBREG_LANES_INLINE void store(type f, float* p) { std::memcpy(p, &f, sizeof(f)); }
-  // One vcvtps2pd on AVX and AVX-512: GCC 12 lowers __builtin_convertvector(float ->
-  // double) on the whole vector as two half-width conversions joined by a shuffle (five
-  // instructions where one does). SSE2 (two lanes) keeps the builtin.
-  static PROBREG_LANES_INLINE LaneVec widen(type f) {
-#if defined(__AVX512F__)
-    return (LaneVec)_mm512_cvtps_pd((__m256)f);
-#elif defined(__AVX__)
-    return (LaneVec)_mm256_cvtps_pd((__m128)f);
-#else
-    return __builtin_convertvector(f, LaneVec);
-#endif
-  }
-  static PROBREG_LANES_INLINE type narrow(LaneVec v) { return __builtin_convertvector(v, LaneVecF); }
+  static PROBREG_LANES_INLINE LaneVec widen(type f) { return widen_floats(f); }
+  static PROBREG_LANES_INLINE type narrow(LaneVec v) { return narrow_doubles(v); }
 };
 
-// A full block's kLaneWidth * N values are contiguous: loaded as N whole vectors,
-// transposed with constant shuffles (lane_transpose.h), then widened to doubles. A
-// partial block is staged through a full-size buffer; its unused lanes repeat the
-// block's last item (a valid input, computed and discarded) and are never stored.
+// The N values of the items of block b, transposed (out[k] element j = value k of item
+// first + j) in the storage vector type. A full block's kLaneWidth * N values are
+// contiguous: loaded as N whole vectors and transposed with constant shuffles
+// (lane_transpose.h). A partial block is staged through a full-size buffer; its unused
+// lanes repeat the block's last item (a valid input, computed and discarded; count 0, the
+// empty partner of a pair (run_decomposed), repeats item `first`, which is valid) and are
+// never stored.
 template <int N, typename S>
-PROBREG_LANES_INLINE void load_item(const S* base, LaneBlock b, Lanes out[N]) {
+PROBREG_LANES_INLINE void load_block(const S* base, LaneBlock b, typename StorageVec<S>::type out[N]) {
   using Vec = StorageVec<S>;
   const S* block = base + b.first * N;
-  typename Vec::type X[N], Y[N];
+  typename Vec::type X[N];
   if (b.count == kLaneWidth) {
     for (int m = 0; m < N; ++m) X[m] = Vec::load(block + m * kLaneWidth);
   } else {
     S staged[kLaneWidth * N];
-    for (int e = 0; e < kLaneWidth * N; ++e) staged[e] = block[std::min(e / N, b.count - 1) * N + e % N];
+    const int last = std::max(b.count - 1, 0);
+    for (int e = 0; e < kLaneWidth * N; ++e) staged[e] = block[std::min(e / N, last) * N + e % N];
     for (int m = 0; m < N; ++m) X[m] = Vec::load(staged + m * kLaneWidth);
   }
-  aos_to_soa<N>(X, Y);
-  for (int k = 0; k < N; ++k) out[k] = Lanes(Vec::widen(Y[k]));
+  aos_to_soa<N>(X, out);
 }
+// Inverse of load_block for the count valid items of b.
 template <int N, typename S>
-PROBREG_LANES_INLINE void store_item(const Lanes in[N], S* base, LaneBlock b) {
+PROBREG_LANES_INLINE void store_block(const typename StorageVec<S>::type in[N], S* base, LaneBlock b) {
   using Vec = StorageVec<S>;
-  typename Vec::type Y[N], X[N];
-  for (int k = 0; k < N; ++k) Y[k] = Vec::narrow(in[k].v);
-  soa_to_aos<N>(Y, X);
+  typename Vec::type X[N];
+  soa_to_aos<N>(in, X);
   S* block = base + b.first * N;
   if (b.count == kLaneWidth) {
     for (int m = 0; m < N; ++m) Vec::store(X[m], block + m * kLaneWidth);
     return;
   }
   for (int v = 0; v < b.count * N; ++v) block[v] = S(X[v / kLaneWidth][v % kLaneWidth]);
+}
+
+// Loads are widened to doubles after the transpose, stores narrowed before it.
+template <int N, typename S>
+PROBREG_LANES_INLINE void load_item(const S* base, LaneBlock b, Lanes out[N]) {
+  typename StorageVec<S>::type Y[N];
+  load_block<N>(base, b, Y);
+  for (int k = 0; k < N; ++k) out[k] = Lanes(StorageVec<S>::widen(Y[k]));
+}
+template <int N, typename S>
+PROBREG_LANES_INLINE void store_item(const Lanes in[N], S* base, LaneBlock b) {
+  typename StorageVec<S>::type Y[N];
+  for (int k = 0; k < N; ++k) Y[k] = StorageVec<S>::narrow(in[k].v);
+  store_block<N>(Y, base, b);
 }
 #endif
 
@@ -262,6 +283,27 @@ PROBREG_LANES_INLINE void store_item(const LanePair in[N], S* base, LaneBlockPai
   }
   store_item<N>(x, base, b.first);
   store_item<N>(y, base, b.second);
+}
+// The items of a pair as FloatLanes (float32 storage only: the mixed policy, MixedLanes):
+// each block transposed in floats, the two joined (one insert per value).
+template <int N, typename S>
+PROBREG_LANES_INLINE void load_item(const S* base, LaneBlockPair b, FloatLanes out[N]) {
+  static_assert(std::is_same_v<S, float>, "FloatLanes items are float32 storage");
+  LaneVecF x[N], y[N];
+  load_block<N>(base, b.first, x);
+  load_block<N>(base, b.second, y);
+  for (int k = 0; k < N; ++k) out[k] = FloatLanes(concat_halves(x[k], y[k]));
+}
+template <int N, typename S>
+PROBREG_LANES_INLINE void store_item(const FloatLanes in[N], S* base, LaneBlockPair b) {
+  static_assert(std::is_same_v<S, float>, "FloatLanes items are float32 storage");
+  LaneVecF x[N], y[N];
+  for (int k = 0; k < N; ++k) {
+    x[k] = low_half(in[k].v);
+    y[k] = high_half(in[k].v);
+  }
+  store_block<N>(x, base, b.first);
+  store_block<N>(y, base, b.second);
 }
 #endif
 
@@ -364,6 +406,16 @@ constexpr bool kPairLaneBlocks = true;
 constexpr bool kPairLaneBlocks = false;
 #endif
 
+// Whether float32 storage runs run_decomposed under the mixed policy of the CUDA kernels
+// on lane pairs (MixedLanes: eigenvalues in LanePair doubles, everything after the
+// decomposition in FloatLanes): where blocks run in pairs. Elsewhere (SSE2-only builds)
+// float32 computes in double. PROBREG_CPU_EMULATE_CUDA_FLOAT32=1 still routes float32
+// through the scalar emulation (with_compute_type).
+#if defined(PROBREG_HAVE_LANES)
+template <typename S>
+constexpr bool kMixedLanes = std::is_same_v<S, float> && kPairLaneBlocks;
+#endif
+
 // Whether the ops whose finish body keeps the most values live (the d = 3 spd backward,
 // the d = 2 huber_nll backward without the loss) run it block by block after a paired
 // decomposition (run_decomposed's PairedFinish = false): on AVX2, whose 16 registers
@@ -395,7 +447,11 @@ constexpr bool reflection_frame = Reflection && D == 2;
 // recomputed by the scalar body, item by item. PairedFinish = false runs `finish` on each
 // block of a pair alone (the decomposition still in pairs; the same per-lane arithmetic):
 // for finish bodies that hold too many values for the registers as pairs
-// (kSplitHeavyFinish).
+// (kSplitHeavyFinish). float32 storage where kMixedLanes: every block in a pair (a task's
+// odd last block with an empty partner), the decomposition in LanePair as above, then V
+// rounded to FloatLanes and `finish` called with zero = MixedLanes (value FloatLanes,
+// eigen LanePair; PairedFinish does not apply); declined items take the scalar double
+// body as everywhere.
 template <int D, typename C, typename S, bool Reflection = false, bool PairedFinish = true, typename MatrixFn,
           typename FinishFn>
 void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
@@ -438,17 +494,48 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
       for (int j = 0; j < b.count; ++j)
         if (declined & (1u << j)) scalar(double{}, b.first + j);
     };
+    // Loads blocks b0 and b1 and decomposes them as one pair; returns their declined lanes.
+    // Inlined (GCC outlines it otherwise, as it is called from two loops, and passes l and V
+    // through memory: the d = 3 spd_from_raw forward ran ~10% slower).
+    auto decompose_pair = [&](LaneBlock b0, LaneBlock b1, LanePair l[D], LanePair V[D][D]) PROBREG_ITEM_BODY {
+      Lanes B0[D][D], B1[D][D], s0, s1;
+      const unsigned d0 = load(b0, B0, s0), d1 = load(b1, B1, s1);
+      LanePair B[D][D];
+      for (int r = 0; r < D; ++r)
+        for (int c = 0; c < D; ++c) B[r][c] = LanePair(B0[r][c], B1[r][c]);
+      decompose_lanes<D, LanePair, refine, Reflection>(B, LanePair(s0, s1), l, V);
+      return std::make_pair(d0, d1);
+    };
+    if constexpr (kMixedLanes<S>) {
+      // Every block in a pair: a task's odd last block with an empty partner (count 0 at
+      // the same first item: an identity placeholder whose other loads repeat a valid item,
+      // computed and discarded).
+      at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; i += 2 * kLaneWidth) {
+          const LaneBlock b0{i, int(std::min<int64_t>(kLaneWidth, end - i))};
+          const int64_t rest = end - i - kLaneWidth;
+          const LaneBlock b1 = rest > 0 ? LaneBlock{i + kLaneWidth, int(std::min<int64_t>(kLaneWidth, rest))}
+                                        : LaneBlock{i, 0};
+          LanePair l[D], V[D][D];
+          const auto declined = decompose_pair(b0, b1, l, V);
+          FloatLanes F[D][D];
+          for (int r = 0; r < D; ++r)
+            for (int c = 0; c < D; ++c) F[r][c] = FloatLanes(V[r][c]);
+          finish(MixedLanes{}, LaneBlockPair{b0, b1}, l, F);
+          redo_declined(b0, declined.first);
+          redo_declined(b1, declined.second);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, n, kCpuGrain, [&](int64_t begin, int64_t end) {
       int64_t i = begin;
       for (; kPairLaneBlocks && i + kLaneWidth < end; i += 2 * kLaneWidth) {
         const LaneBlock b0{i, kLaneWidth};
         const LaneBlock b1{i + kLaneWidth, int(std::min<int64_t>(kLaneWidth, end - i - kLaneWidth))};
-        Lanes B0[D][D], B1[D][D], s0, s1;
-        const unsigned d0 = load(b0, B0, s0), d1 = load(b1, B1, s1);
-        LanePair B[D][D], l[D], V[D][D];
-        for (int r = 0; r < D; ++r)
-          for (int c = 0; c < D; ++c) B[r][c] = LanePair(B0[r][c], B1[r][c]);
-        decompose_lanes<D, LanePair, refine, Reflection>(B, LanePair(s0, s1), l, V);
+        LanePair l[D], V[D][D];
+        const auto declined = decompose_pair(b0, b1, l, V);
+        const unsigned d0 = declined.first, d1 = declined.second;
         if constexpr (PairedFinish) {
           finish(LanePair{}, LaneBlockPair{b0, b1}, l, V);
         } else {

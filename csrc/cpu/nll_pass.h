@@ -6,10 +6,12 @@
 // Full covariance at d = 2 runs on the reflection frame (l, N) where cpu_loop.h offers it
 // (reflection_frame): no eigenvectors, the residual formed in the input frame.
 //
-// Compute type: double for every storage dtype. On the CPU the double SIMD lanes are the
-// fast path, so float16/bfloat16 gain float64 accuracy at no cost (the CUDA kernels
-// compute half types in float32, float64 in double, and float32 with the mixed policy of
-// spectral.h, which PROBREG_CPU_EMULATE_CUDA_FLOAT32=1 reproduces here: cpu_loop.h).
+// Compute type: double for every storage dtype, except full covariance in float32 on
+// AVX2 / AVX-512 builds, which runs the CUDA kernels' mixed policy (spectral.h) on SIMD
+// lanes (run_decomposed's MixedLanes: eigenvalues in double, the rest in float). The double
+// SIMD lanes give float16/bfloat16 float64 accuracy at no cost (the CUDA kernels compute
+// half types in float32). PROBREG_CPU_EMULATE_CUDA_FLOAT32=1 runs the CUDA kernels'
+// scalar float32 row body here instead (cpu_loop.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -52,15 +54,16 @@ inline void load_grad_loss(const S* base, int64_t stride, LaneBlockPair i, LaneP
 #endif
 
 // Full-covariance pred rows (loc (D), packed B (P)): B for the decomposition (the eigen
-// type of the caller), and loc and the target y in the value type T.
+// type of the caller), and loc and the target y in the value type T. Always inlined into
+// the lane loop (GCC outlined the FloatLanes load of d = 3: 3% of _huber_nll_and_grad).
 template <int D, typename S, typename L, typename I>
-inline void load_full_row_matrix(const S* pred, I i, L B[D][D]) {
+PROBREG_HOST_DEVICE void load_full_row_matrix(const S* pred, I i, L B[D][D]) {
   L row[D + Packed<D>::P];
   load_item<D + Packed<D>::P>(pred, i, row);
   unpack_symmetric<D, L>(row + D, B);
 }
 template <int D, typename S, typename T, typename I>
-inline void load_full_row_vectors(const S* pred, const S* target, I i, T loc[D], T y[D]) {
+PROBREG_HOST_DEVICE void load_full_row_vectors(const S* pred, const S* target, I i, T loc[D], T y[D]) {
   T row[D + Packed<D>::P];
   load_item<D + Packed<D>::P>(pred, i, row);
   for (int k = 0; k < D; ++k) loc[k] = row[k];

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "probreg/lanes.h"
+#include "../cpu/lane_floats.h"  // FloatLanes (header-only, torch-free)
 #include "probreg/packed.h"
 #include "probreg/spectral.h"
 #include "probreg/symeig.h"
@@ -436,6 +437,58 @@ void test_lanes_math() {
   expect(underflow == 0.0, "exp underflow", underflow, 0);
   expect(std::fabs(subnormal - std::exp(-740.0)) <= 1e-3 * std::exp(-740.0), "exp subnormal", subnormal, 0);
 }
+
+// FloatLanes (the CPU float32 path's value type): exp against the double libm exp, within
+// one float ulp (2^-23 relative; the rounding of the result alone is up to 2^-24), its
+// range ends, and the conversions and masks between LanePair and FloatLanes.
+void test_float_lanes_math() {
+  using probreg::FloatLanes;
+  using probreg::LanePair;
+  constexpr int W = probreg::kFloatLaneWidth;
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> uni(-87.0, 88.0);
+  double worst = 0;
+  for (int rep = 0; rep < 20000; ++rep) {
+    FloatLanes x;
+    for (int j = 0; j < W; ++j) x.v[j] = float(uni(rng));
+    const FloatLanes e = probreg::pr_exp(x);
+    for (int j = 0; j < W; ++j) {
+      const double re = std::exp(double(x.v[j]));
+      worst = std::fmax(worst, std::fabs(double(e.v[j]) - re) / re);
+    }
+  }
+  expect(worst <= 1.2e-7, "FloatLanes exp relative error", worst, 1.2e-7);
+  auto exp_in_last_lane = [&](float x) {
+    FloatLanes in(0.0);
+    in.v[W - 1] = x;
+    return probreg::pr_exp(in).v[W - 1];
+  };
+  const float overflow = exp_in_last_lane(89.0f), underflow = exp_in_last_lane(-104.0f);
+  const float subnormal = exp_in_last_lane(-100.0f), nan = exp_in_last_lane(NAN);
+  expect(std::isinf(overflow), "FloatLanes exp overflow", overflow, 0);
+  expect(underflow == 0.0f, "FloatLanes exp underflow", underflow, 0);
+  // exp(-100) = 3.72e-44 is subnormal in float: within one subnormal step (2^-149).
+  expect(std::fabs(subnormal - std::exp(-100.0)) <= std::ldexp(1.0, -149), "FloatLanes exp subnormal", subnormal, 0);
+  expect(std::isnan(nan), "FloatLanes exp NaN", nan, 0);
+  // LanePair -> FloatLanes rounds each element (element j of the pair's first block is
+  // element j, of its second block element kLaneWidth + j); back is exact; a LanePair mask
+  // selects the same elements.
+  LanePair p;
+  for (int j = 0; j < probreg::kLaneWidth; ++j) {
+    p.first.v[j] = 1.0 + j / 3.0;
+    p.second.v[j] = -2.0 - j / 7.0;
+  }
+  const FloatLanes f(p);
+  const LanePair back(f);
+  const FloatLanes picked = probreg::pr_where(p > LanePair(0.0), f, FloatLanes(7.0));
+  for (int j = 0; j < probreg::kLaneWidth; ++j) {
+    const int k = probreg::kLaneWidth + j;
+    expect(f.v[j] == float(p.first.v[j]) && f.v[k] == float(p.second.v[j]), "FloatLanes(LanePair)", f.v[j], 0);
+    expect(back.first.v[j] == double(f.v[j]) && back.second.v[j] == double(f.v[k]), "LanePair(FloatLanes)",
+           back.first.v[j], 0);
+    expect(picked.v[j] == f.v[j] && picked.v[k] == 7.0f, "pr_where(PairMask, FloatLanes)", picked.v[k], 0);
+  }
+}
 #endif
 
 }  // namespace
@@ -456,6 +509,7 @@ int main() {
   test_float_result_series();
 #if defined(PROBREG_HAVE_LANES)
   test_lanes_math();
+  test_float_lanes_math();
 #endif
   // Packed layout round trip: ||raw||_2 == ||B||_F.
   const double raw[6] = {1.0, 2.0, 3.0, 4.0, 5.0, 6.0};

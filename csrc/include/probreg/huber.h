@@ -261,7 +261,7 @@ PROBREG_HOST_DEVICE T masked_grad(T go, T x) {
 
 // ---------------------------------------------------------------- full covariance
 // Forward from the eigen-decomposition (l ascending, V columns) of B. Eigenvalues and
-// theta in L, the rest in T (L = T except the CUDA float32 path, spectral.h). Out (here and
+// theta in L, the rest in T (L = T except the float32 paths, spectral.h). Out (here and
 // below): the type the results are rounded to (spectral.h Theta).
 template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T loc[D], const T y[D],

@@ -11,8 +11,9 @@
 // eigenvalues and finite where g underflows.
 //
 // Two value types: eigenvalues (and theta) are of type L, everything else of type T.
-// L = T everywhere except the CUDA kernels' float32 path, T = float with L = double
-// (symeig_mixed in symeig.h): the eigenvalues and their differences are then exact to
+// L = T everywhere except the float32 paths of the CUDA kernels, T = float with
+// L = double (symeig_mixed in symeig.h), and of the CPU SIMD lanes, T = FloatLanes with
+// L = LanePair (csrc/cpu/lane_floats.h, the same policy): the eigenvalues and their differences are then exact to
 // double rounding, and g enters float through a compensated exponential, so the only
 // float errors are O(eps_f) relative to the result (no l/theta amplification).
 #pragma once
