@@ -447,12 +447,13 @@ constexpr bool reflection_frame = Reflection && D == 2;
 // recomputed by the scalar body, item by item. PairedFinish = false runs `finish` on each
 // block of a pair alone (the decomposition still in pairs; the same per-lane arithmetic):
 // for finish bodies that hold too many values for the registers as pairs
-// (kSplitHeavyFinish). float32 storage where kMixedLanes: every block in a pair (a task's
-// odd last block with an empty partner), the decomposition in LanePair as above, then V
-// rounded to FloatLanes and `finish` called with zero = MixedLanes (value FloatLanes,
-// eigen LanePair; PairedFinish does not apply); declined items take the scalar double
-// body as everywhere.
-template <int D, typename C, typename S, bool Reflection = false, bool PairedFinish = true, typename MatrixFn,
+// (kSplitHeavyFinish). float32 storage where kMixedLanes and the op asks for it
+// (MixedFloat32): every block in a pair (a task's odd last block with an empty partner),
+// the decomposition in LanePair as above, then V rounded to FloatLanes and `finish` called
+// with zero = MixedLanes (value FloatLanes, eigen LanePair; PairedFinish does not apply);
+// declined items take the scalar double body as everywhere.
+template <int D, typename C, typename S, bool Reflection = false, bool PairedFinish = true, bool MixedFloat32 = true,
+          typename MatrixFn,
           typename FinishFn>
 void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
   constexpr bool refine = kRefinedEigenvalues<D, S>;
@@ -506,7 +507,7 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
       decompose_lanes<D, LanePair, refine, Reflection>(B, LanePair(s0, s1), l, V);
       return std::make_pair(d0, d1);
     };
-    if constexpr (kMixedLanes<S>) {
+    if constexpr (MixedFloat32 && kMixedLanes<S>) {
       // Every block in a pair: a task's odd last block with an empty partner (count 0 at
       // the same first item: an identity placeholder whose other loads repeat a valid item,
       // computed and discarded).
@@ -571,10 +572,12 @@ void run_decomposed(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
   });
 }
 
-template <int D, typename S, bool Reflection = false, bool PairedFinish = true, typename MatrixFn, typename FinishFn>
+template <int D, typename S, bool Reflection = false, bool PairedFinish = true, bool MixedFloat32 = true,
+          typename MatrixFn, typename FinishFn>
 void run_decomposed_for(int64_t n, MatrixFn&& matrix, FinishFn&& finish) {
-  with_compute_type<S>(
-      [&](auto tag) { run_decomposed<D, decltype(tag), S, Reflection, PairedFinish>(n, matrix, finish); });
+  with_compute_type<S>([&](auto tag) {
+    run_decomposed<D, decltype(tag), S, Reflection, PairedFinish, MixedFloat32>(n, matrix, finish);
+  });
 }
 
 }  // namespace probreg
