@@ -409,21 +409,23 @@ void test_lanes_math() {
       small.v[j] = x.v[j] / 700.0;
     }
     const Lanes e = probreg::pr_exp(x), m1 = probreg::pr_expm1(small);
-    const Lanes ef = probreg::pr_exp_float_result(x);
+    Lanes nonpositive;  // the float-result exp's domain, x <= 0
+    for (int j = 0; j < probreg::kLaneWidth; ++j) nonpositive.v[j] = -std::fabs(x.v[j]);
+    const Lanes ef = probreg::pr_exp_nonpositive_float_result(nonpositive);
     for (int j = 0; j < probreg::kLaneWidth; ++j) {
-      const double re = std::exp(x.v[j]);
-      if (re > 1e-300) {
-        worst_exp = std::fmax(worst_exp, std::fabs(e.v[j] - re) / re);
-        worst_exp_float_result = std::fmax(worst_exp_float_result, std::fabs(ef.v[j] - re) / re);
-      }
+      const double re = std::exp(x.v[j]), re_nonpositive = std::exp(nonpositive.v[j]);
+      if (re > 1e-300) worst_exp = std::fmax(worst_exp, std::fabs(e.v[j] - re) / re);
+      if (re_nonpositive > 1e-300)
+        worst_exp_float_result =
+            std::fmax(worst_exp_float_result, std::fabs(ef.v[j] - re_nonpositive) / re_nonpositive);
       const double rm = std::expm1(small.v[j]);
       if (rm != 0) worst_expm1 = std::fmax(worst_expm1, std::fabs(m1.v[j] - rm) / std::fabs(rm));
     }
   }
   expect(worst_exp <= 4e-16, "Lanes exp relative error", worst_exp, 4e-16);
   expect(worst_expm1 <= 4e-16, "Lanes expm1 relative error", worst_expm1, 4e-16);
-  // For results rounded to float (series_precision 1): ~1e-13, far below float's 6e-8.
-  expect(worst_exp_float_result <= 4e-13, "Lanes exp for float results", worst_exp_float_result, 4e-13);
+  // For results rounded to float (series_precision 1): ~1e-11, far below float's 6e-8.
+  expect(worst_exp_float_result <= 1e-11, "Lanes exp for float results", worst_exp_float_result, 1e-11);
   // Each extreme argument in the last lane, the others 0 (any lane width).
   const int last = probreg::kLaneWidth - 1;
   auto exp_in_last_lane = [&](double x) {
@@ -436,6 +438,20 @@ void test_lanes_math() {
   expect(std::isinf(overflow), "exp overflow", overflow, 0);
   expect(underflow == 0.0, "exp underflow", underflow, 0);
   expect(std::fabs(subnormal - std::exp(-740.0)) <= 1e-3 * std::exp(-740.0), "exp subnormal", subnormal, 0);
+  // The float-result exp: floored at -708 (a tiny normal number, float's 0 once scaled by
+  // any float-range factor), 1 at 0, NaN in NaN out.
+  auto float_result_in_last_lane = [&](double x) {
+    Lanes in(0.0);
+    in.v[last] = x;
+    return probreg::pr_exp_nonpositive_float_result(in).v[last];
+  };
+  const double floored = float_result_in_last_lane(-800.0), at_floor = std::exp(-708.0);
+  expect(floored > 0 && std::fabs(floored - at_floor) <= 1e-11 * at_floor && floored * 3.5e38 < 1e-260,
+         "float-result exp floor", floored, at_floor);
+  expect(float_result_in_last_lane(0.0) == 1.0, "float-result exp(0)", float_result_in_last_lane(0.0), 1.0);
+  expect(std::isnan(float_result_in_last_lane(NAN)), "float-result exp NaN", 0, 0);
+  expect(std::isnan(float_result_in_last_lane(-INFINITY)) == false && float_result_in_last_lane(-INFINITY) > 0,
+         "float-result exp(-inf) floored", float_result_in_last_lane(-INFINITY), at_floor);
 }
 
 // FloatLanes (the CPU float32 path's value type): exp against the double libm exp, within

@@ -58,9 +58,10 @@ PROBREG_HOST_DEVICE double pr_fma(double a, double b, double c) { return a * b +
 PROBREG_HOST_DEVICE double pr_sqrt(double x) { return sqrt(x); }
 PROBREG_HOST_DEVICE float pr_exp(float x) { return expf(x); }
 PROBREG_HOST_DEVICE double pr_exp(double x) { return exp(x); }
-// exp for a result rounded to float (series_precision 1): libm's exp for scalars (as
-// fast as any shorter form); lanes.h cuts its series (Lanes overload).
-PROBREG_HOST_DEVICE double pr_exp_float_result(double x) { return exp(x); }
+// exp(x) for x <= 0 and a result rounded to float (series_precision 1): libm's exp for
+// scalars (as fast as any shorter form); lanes.h cuts its series and its range (Lanes
+// overload).
+PROBREG_HOST_DEVICE double pr_exp_nonpositive_float_result(double x) { return exp(x); }
 PROBREG_HOST_DEVICE float pr_expm1(float x) { return expm1f(x); }
 PROBREG_HOST_DEVICE double pr_expm1(double x) { return expm1(x); }
 PROBREG_HOST_DEVICE float pr_log(float x) { return logf(x); }

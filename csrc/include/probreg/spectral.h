@@ -52,12 +52,13 @@ PROBREG_HOST_DEVICE L remap_exponent(L l, const Theta<L, Out>& theta) {
 // exp(z) = exp(z_hi) (1 + z_lo) to a few ulps of T (|z_lo| <= ulp(z_hi)/2, so the
 // dropped z_lo^2/2 is far below T's precision). z is floored at -150, where exp
 // underflows float, so z_hi is always finite. A double result rounded to float
-// (series_precision 1) takes pr_exp_float_result (a shorter series on the SIMD lanes).
+// (series_precision 1) takes pr_exp_nonpositive_float_result (on the SIMD lanes a shorter
+// series and one 2^n factor: z <= 0 here).
 template <typename T, typename Out, typename L>
 PROBREG_HOST_DEVICE T exp_factor_of(L z) {
   if constexpr (std::is_same_v<T, L>) {
     if constexpr (series_precision<T, Out>() == 1) {
-      return pr_exp_float_result(z);
+      return pr_exp_nonpositive_float_result(z);
     } else {
       return pr_exp(z);
     }
