@@ -39,14 +39,17 @@ TORCH_LIBRARY(probreg, m) {
   m.def(
       "_huber_nll_backward(Tensor grad_loss, Tensor pred, Tensor target, float delta, float theta, "
       "int family, int covariance, bool mu_parameterization, bool need_grad_target) -> (Tensor, Tensor)");
-  // _huber_nll_and_grad: huber_nll and _huber_nll_backward for grad_loss = 1 in one pass (one
-  // decomposition per target) -> (loss (...), grad_pred (..., W), grad_target (..., d) or an
-  // empty (0,) tensor when need_grad_target is false), each equal bit for bit to the separate
-  // operators'. Not differentiable (its Autograd kernel raises): huber_nll's autograd rule
-  // calls it on the CPU when nothing but a first-order backward is to be recorded.
+  // _huber_nll_and_grad: huber_nll and _huber_nll_backward in one pass (one decomposition per
+  // target), the backward for the upstream gradient grad_loss of every target (one value,
+  // rounded to the loss dtype as a grad_loss tensor would be) -> (loss (...), grad_pred
+  // (..., W), grad_target (..., d) or an empty (0,) tensor when need_grad_target is false),
+  // each equal bit for bit to huber_nll's and to _huber_nll_backward's with that value
+  // broadcast. Not differentiable (its Autograd kernel raises): huber_nll's autograd rule
+  // calls it on the CPU when nothing but a first-order backward is to be recorded
+  // (grad_loss = 1), probreg.huber_nll's mean reduction with grad_loss = 1/n.
   m.def(
       "_huber_nll_and_grad(Tensor pred, Tensor target, float delta, float theta, int family, int covariance, "
-      "bool mu_parameterization, bool need_grad_target) -> (Tensor, Tensor, Tensor)");
+      "bool mu_parameterization, bool need_grad_target, float grad_loss=1.) -> (Tensor, Tensor, Tensor)");
   // _log_normalizer: log c of the family's density in R^d, a 0-d float64 CPU tensor.
   // Implemented in Python (probreg/normalizer.py, registered in probreg/_ops.py); an op so
   // that torch.compile can evaluate it when delta is a symbolic (changing) float.

@@ -288,37 +288,48 @@ def _register_huber_nll(forward_name: str, backward_name: str) -> None:
 
 class _HuberNllOnePass(torch.autograd.Function):
     """huber_nll recorded for a first-order backward on the CPU (d = 2, 3): the forward computes the
-    loss and its gradients for grad_loss = 1 in one pass (ops._huber_nll_and_grad: one
+    loss and its gradients for a unit upstream gradient in one pass (ops._huber_nll_and_grad: one
     eigendecomposition per target instead of one in the forward and one in the backward)
     and keeps them (memory: grad_pred (..., W), and grad_target (..., d) where target
     requires grad, held from the forward to the backward); the backward returns them
-    times grad_loss, exactly 0 where grad_loss is 0, in place. A second backward through a
-    retained graph recomputes them (_huber_nll_backward with grad_loss = 1, the same
-    values bit for bit); a backward that records a graph (create_graph=True) computes the
-    same product with differentiable operators, so every backward of this node returns
-    the same values. Old-style (ctx in forward): used only where no functorch transform,
-    forward-AD level or tracing is active (_huber_nll_one_pass)."""
+    times the upstream gradient, exactly 0 where it is 0, in place. Two outputs:
+    - mean=False: the per-target loss (...), unit gradients for grad_loss = 1 per target;
+    - mean=True (probreg.huber_nll's mean reduction without weights): the mean
+      loss.sum() * (1/n) as _weighted_reduce computes it, and the unit gradients are the
+      mean's, grad_loss = 1/n folded into the kernel (no second pass over grad_pred to
+      scale it); the upstream is then the mean's gradient (1 for mean.backward()).
+    A second backward through a retained graph recomputes the unit gradients
+    (_huber_nll_backward with 1 or 1/n broadcast, the same values bit for bit); a backward
+    that records a graph (create_graph=True) computes the same product with
+    differentiable operators, so every backward of this node returns the same values.
+    Old-style (ctx in forward): used only where no functorch transform, forward-AD level or
+    tracing is active (_huber_nll_one_pass)."""
 
     @staticmethod
-    def forward(ctx, pred, target, *options):
-        loss, grad_pred, grad_target = ops._huber_nll_and_grad(pred, target, *options, ctx.needs_input_grad[1])
+    def forward(ctx, mean, pred, target, *options):
+        batch_shape = target.shape[:-1]
+        ctx.unit = 1.0 / batch_shape.numel() if mean else 1.0
+        loss, grad_pred, grad_target = ops._huber_nll_and_grad(pred, target, *options, ctx.needs_input_grad[2],
+                                                              ctx.unit)
         ctx.save_for_backward(pred, target)
         ctx.options = options
+        ctx.mean = mean
         ctx.unit_grads = (grad_pred, grad_target)
-        return loss
+        return loss.sum() * ctx.unit if mean else loss
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad_out):
         pred, target = ctx.saved_tensors
-        need_pred, need_target = ctx.needs_input_grad[:2]
+        need_pred, need_target = ctx.needs_input_grad[1:3]
+        grad_loss = grad_out.expand(target.shape[:-1])  # per target (the mean's: one broadcast value)
         unit_grads, ctx.unit_grads = ctx.unit_grads, None
         record = torch.is_grad_enabled()
         if unit_grads is None or record:
-            ones = grad_loss.new_ones(()).expand(grad_loss.shape)
-            unit_grads = ops._huber_nll_backward(ones, pred, target, *ctx.options, need_target)
+            unit = grad_loss.new_full((), ctx.unit).expand(grad_loss.shape)
+            unit_grads = ops._huber_nll_backward(unit, pred, target, *ctx.options, need_target)
         scale = _upstream_times if record else _scale_by_upstream
         grad_pred, grad_target = (scale(g, grad_loss) if g.numel() else g for g in unit_grads)
-        return (grad_pred if need_pred else None, grad_target if need_target else None, *_none(5))
+        return (None, grad_pred if need_pred else None, grad_target if need_target else None, *_none(5))
 
 
 def _scale_by_upstream(grad, grad_loss):
@@ -346,8 +357,9 @@ def _upstream_times(grad, grad_loss):
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def _huber_nll_one_pass(args):
-    """huber_nll's loss through _HuberNllOnePass where it applies: plain reverse mode on the
+def _huber_nll_one_pass(args, mean: bool = False):
+    """huber_nll's loss (mean: its mean, huber_nll_mean_one_pass) through _HuberNllOnePass
+    where it applies: plain reverse mode on the
     CPU (no functorch transform, no forward-AD level, no tensor subclass such as torch.compile's
     fake tensors), float32 or float64, d = 2 and 3, where one decomposition and one read of
     the inputs instead of two pay (tools/nll_route_ab.py, 2^20 targets, full covariance, AVX2,
@@ -362,9 +374,19 @@ def _huber_nll_one_pass(args):
             or target.dim() == 0 or target.shape[-1] not in (2, 3)):
         return None
     try:
-        return _HuberNllOnePass.apply(*args)
+        return _HuberNllOnePass.apply(mean, *args)
     except RuntimeError:
         return None
+
+
+def huber_nll_mean_one_pass(args):
+    """The mean of huber_nll(*args) over its targets (no weights) through _HuberNllOnePass,
+    the mean's 1/n folded into the one pass, where a backward is to be recorded and the
+    route applies (a nonempty batch); None elsewhere: the caller then reduces huber_nll's
+    per-target loss (probreg.nll._weighted_reduce, the same value)."""
+    if not _single_level.needs_autograd(args) or args[1].numel() == 0:
+        return None
+    return _huber_nll_one_pass(args, mean=True)
 
 
 # ---------------------------------------------------------------- huber_fuse
@@ -456,4 +478,4 @@ def _and_grad_error(name: str) -> RuntimeError:
 
 
 _register_not_differentiable("_huber_nll_and_grad", _and_grad_error,
-                             vmap_out_dims=lambda *args: (0, 0, 0 if args[-1] else None))
+                             vmap_out_dims=lambda *args: (0, 0, 0 if args[7] else None))

@@ -199,7 +199,8 @@ def _huber_nll_backward_fake(grad_loss, pred, target, delta, theta, family, cova
 
 
 @torch.library.register_fake("probreg::_huber_nll_and_grad")
-def _huber_nll_and_grad_fake(pred, target, delta, theta, family, covariance, mu_parameterization, need_grad_target):
+def _huber_nll_and_grad_fake(pred, target, delta, theta, family, covariance, mu_parameterization, need_grad_target,
+                             grad_loss=1.0):
     _check_nll(pred, target, delta, theta, family, covariance, "probreg._huber_nll_and_grad")
     return (pred.new_empty(target.shape[:-1], dtype=_nll_loss_dtype(pred.dtype)),
             *_nll_backward_results(pred, target, need_grad_target))

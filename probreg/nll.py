@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from . import _validation as check
+from ._autograd import huber_nll_mean_one_pass
 from ._ops import ops
 from .normalizer import log_normalizer
 
@@ -204,20 +205,19 @@ def huber_nll(
         pred, target = pred.to(common), target.to(common)
     loss_dtype = torch.float32 if pred.dtype in _HALF_TYPES else pred.dtype
     weight = _check_weight(weight, target.shape[:-1], loss_dtype, pred.device, name)
-    op = ops.huber_nll if d <= _FUSED_MAX_DIM else ops._huber_nll_fallback
-    loss = op(
-        pred,
-        target,
-        float(delta),
-        float(theta),
-        FAMILY_CODES[family],
-        COVARIANCE_CODES[covariance],
-        parameterization == "mu",
-    )
+    args = (pred, target, float(delta), float(theta), FAMILY_CODES[family], COVARIANCE_CODES[covariance],
+            parameterization == "mu")
     constant = _normalizer_constant(d, family, float(delta)) if normalized else None
     if isinstance(constant, torch.Tensor):  # as eager's Python float: in the loss dtype
-        constant = constant.to(loss.dtype)
-    return _weighted_reduce(loss, weight, reduction, constant)
+        constant = constant.to(loss_dtype)
+    if reduction == "mean" and weight is None and d <= _FUSED_MAX_DIM:
+        # The mean and its gradients in one pass where huber_nll's one-pass route applies
+        # (probreg/_autograd.py _HuberNllOnePass): the same value as below.
+        mean = huber_nll_mean_one_pass(args)
+        if mean is not None:
+            return mean if constant is None else mean + constant
+    op = ops.huber_nll if d <= _FUSED_MAX_DIM else ops._huber_nll_fallback
+    return _weighted_reduce(op(*args), weight, reduction, constant)
 
 
 class HuberNLLLoss(torch.nn.Module):

@@ -67,6 +67,16 @@ def test_and_grad_matches_reference_and_the_separate_operators(d, covariance, fa
         assert got.dtype == want.dtype
         torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert ops._huber_nll_and_grad(pred, target, *options, False)[2].shape == (0,)
+    # any upstream value: _huber_nll_backward's with that value broadcast, bit for bit (the
+    # value rounded to the loss dtype first, as a grad_loss tensor holds it)
+    scaled = ops._huber_nll_and_grad(pred, target, *options, True, 1.0 / 37)
+    upstream = torch.full(target.shape[:-1], 1.0 / 37, dtype=loss.dtype)
+    separate = (loss, *ops._huber_nll_backward(upstream, pred, target, *options, True))
+    for got, want in zip(scaled, separate):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    tol_scaled = tol / 37
+    for got, want in zip(scaled[1:], ref[1:]):
+        torch.testing.assert_close(got.double(), want / 37, rtol=tol, atol=tol_scaled)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
@@ -183,6 +193,66 @@ def test_route_create_graph_and_retain_graph():
     for _ in range(2):
         ops.huber_nll(p, t, *options).sum().backward()
     torch.testing.assert_close(p.grad, 2.0 * once, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("d", [2, 3])
+def test_mean_route_folds_the_mean_into_the_pass(d, dtype):
+    """probreg.huber_nll's default mean reduction (no weights): the route returns the mean
+    itself, with the gradients for grad_loss = 1/n from the one pass (_huber_nll_and_grad's
+    grad_loss), and scales them by the mean's upstream gradient."""
+    pred, target = _problem(d, 2, n=41, dtype=dtype, seed=37)
+    n = pred.shape[0]
+    options = _options(0, 2, False)
+    kwargs = dict(delta=DELTA, theta=THETA, normalized=False)
+    p, t = _leaves(pred, target)
+    mean = probreg.huber_nll(p, t, **kwargs)
+    assert mean.grad_fn.name() == "_HuberNllOnePassBackward" and mean.shape == ()
+    ref_loss, ref_pred, ref_target = _reference(pred, target, 0, 2, False)
+    tol = 1e-12 if dtype == F64 else 2e-5
+    torch.testing.assert_close(mean.double(), ref_loss.mean(), rtol=tol, atol=tol)
+    assert torch.equal(mean.detach(), ops.huber_nll(pred, target, *options).sum() * (1.0 / n))  # _weighted_reduce's
+    mean.backward()
+    torch.testing.assert_close(p.grad.double(), ref_pred / n, rtol=tol, atol=tol / n)
+    torch.testing.assert_close(t.grad.double(), ref_target / n, rtol=tol, atol=tol / n)
+    per_target = torch.full((n,), 1.0 / n, dtype=dtype)
+    want = ops._huber_nll_backward(per_target, pred, target, *options, True)
+    torch.testing.assert_close((p.grad, t.grad), want, rtol=0, atol=0)
+    # an upstream gradient on the mean scales them (as the per-target route scales its
+    # unit gradients); the normaliser constant does not change them
+    p, t = _leaves(pred, target)
+    (2.5 * probreg.huber_nll(p, t, delta=DELTA, theta=THETA)).backward()
+    torch.testing.assert_close((p.grad, t.grad), tuple(g * 2.5 for g in want), rtol=0, atol=0)
+    torch.testing.assert_close(p.grad.double(), ref_pred * (2.5 / n), rtol=tol, atol=tol / n)
+    # retain_graph and create_graph: the same values as the first backward
+    p, t = _leaves(pred, target, target_grad=False)
+    mean = probreg.huber_nll(p, t, **kwargs)
+    (g1,) = torch.autograd.grad(mean, p, retain_graph=True)
+    (g2,) = torch.autograd.grad(3.0 * mean, p, retain_graph=True)
+    (g3,) = torch.autograd.grad(3.0 * mean, p, create_graph=True)
+    torch.testing.assert_close(g1, want[0], rtol=0, atol=0)
+    torch.testing.assert_close(g2, want[0] * 3.0, rtol=0, atol=0)
+    torch.testing.assert_close(g3, want[0] * 3.0, rtol=0, atol=0)
+    assert g3.requires_grad
+
+
+def test_mean_route_second_order_and_where_it_applies():
+    pred, target = _problem(3, 2, n=6, dtype=F64, seed=41)
+    small = tuple(x.clone().requires_grad_(True) for x in (pred, target))
+    mean = lambda p, t: probreg.huber_nll(p, t, delta=DELTA, theta=THETA, normalized=False)
+    assert mean(*small).grad_fn.name() == "_HuberNllOnePassBackward"
+    assert torch.autograd.gradcheck(mean, small)
+    assert torch.autograd.gradgradcheck(mean, small)
+    p, t = _leaves(pred, target)
+    # weights, sums and empty batches reduce huber_nll's per-target loss as before
+    weighted = probreg.huber_nll(p, t, weight=torch.ones(6))
+    assert weighted.grad_fn.name() != "_HuberNllOnePassBackward"
+    assert probreg.huber_nll(p, t, reduction="sum").grad_fn.name() != "_HuberNllOnePassBackward"
+    empty = probreg.huber_nll(p[:0], t[:0])
+    assert empty.item() == 0 and empty.grad_fn.name() != "_HuberNllOnePassBackward"
+    # nothing to record: the plain operator and _weighted_reduce, the same value
+    assert mean(pred, target).grad_fn is None
+    assert torch.equal(mean(*small).detach(), mean(pred, target))
 
 
 def _route(pred, target, **kwargs):

@@ -4,21 +4,23 @@
 
 namespace probreg {
 
-// The loss and its gradients for the upstream gradient 1 in one pass (one decomposition).
+// The loss and its gradients for the upstream gradient grad_loss in one pass (one
+// decomposition).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> huber_nll_and_grad_cpu(const at::Tensor& pred_in,
                                                                       const at::Tensor& target_in, double delta,
                                                                       double theta, int64_t family,
                                                                       int64_t covariance, bool mu_parameterization,
-                                                                      bool need_grad_target) {
+                                                                      bool need_grad_target, double grad_loss) {
   const NllAndGradArgs a =
       prepare_huber_nll_and_grad(pred_in, target_in, delta, theta, family, covariance, need_grad_target);
   dispatch_nll_pass(a.pred, a.d, family, covariance, [&](auto dim, auto fam, auto cov, auto* s) {
     using S = std::remove_pointer_t<decltype(s)>;
+    const ConstantGradLoss go{double(nll_loss_t<S>(grad_loss))};  // as _huber_nll_backward reads it
     constexpr int D = decltype(dim)::value, F = decltype(fam)::value, Cov = decltype(cov)::value;
     const auto pass = [&](auto with_loss, auto with_grad) {
       nll_pass<D, F, Cov, decltype(with_loss)::value, decltype(with_grad)::value>(
           a.n, a.pred.const_data_ptr<S>(), a.target.const_data_ptr<S>(), delta, theta, mu_parameterization,
-          a.loss.mutable_data_ptr<nll_loss_t<S>>(), UnitGradLoss{}, a.grad_pred.mutable_data_ptr<S>(),
+          a.loss.mutable_data_ptr<nll_loss_t<S>>(), go, a.grad_pred.mutable_data_ptr<S>(),
           a.grad_target.mutable_data_ptr<S>(), need_grad_target);
     };
     // One decomposition per target where that pays and where huber_nll's autograd route

@@ -14,7 +14,7 @@ at::Tensor huber_nll_cpu(const at::Tensor& pred_in, const at::Tensor& target_in,
     using S = std::remove_pointer_t<decltype(s)>;
     nll_pass<decltype(dim)::value, decltype(fam)::value, decltype(cov)::value, true, false>(
         a.n, a.pred.const_data_ptr<S>(), a.target.const_data_ptr<S>(), delta, theta, mu_parameterization,
-        a.loss.mutable_data_ptr<nll_loss_t<S>>(), UnitGradLoss{}, s, s, false);
+        a.loss.mutable_data_ptr<nll_loss_t<S>>(), ConstantGradLoss{1.0}, s, s, false);
   });
   return a.loss;
 }

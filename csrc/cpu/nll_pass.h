@@ -190,12 +190,14 @@ struct GradLossReader {
   }
 };
 
-// The upstream gradient 1 of every item (_huber_nll_and_grad; the forward, which reads
-// none, passes it as a placeholder).
-struct UnitGradLoss {
+// One upstream gradient for every item, the value a stride-0 GradLossReader would read
+// (_huber_nll_and_grad: grad_loss rounded to the loss storage type first; the forward,
+// which reads none, passes 1 as a placeholder).
+struct ConstantGradLoss {
+  double value;
   template <typename I, typename G>
   void operator()(I, G go[1]) const {
-    go[0] = G(1.0);
+    go[0] = G(value);
   }
 };
 
@@ -210,6 +212,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> huber_nll_and_grad_cpu(const at::
                                                                       const at::Tensor& target, double delta,
                                                                       double theta, int64_t family,
                                                                       int64_t covariance, bool mu_parameterization,
-                                                                      bool need_grad_target);
+                                                                      bool need_grad_target, double grad_loss);
 
 }  // namespace probreg

@@ -42,14 +42,14 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cuda(const at::Tensor& gra
 }
 
 // The forward and backward kernels one after the other, the backward with the upstream
-// gradient 1 read as one broadcast value. (huber_nll's autograd rule uses this operator
+// gradient grad_loss read as one broadcast value (in the loss dtype). (huber_nll's autograd rule uses this operator
 // on the CPU only, where one decomposition instead of two is what makes it pay; it is
 // here so that the operator runs on every device.)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> huber_nll_and_grad_cuda(const at::Tensor& pred_in,
                                                                        const at::Tensor& target_in, double delta,
                                                                        double theta, int64_t family,
                                                                        int64_t covariance, bool mu_parameterization,
-                                                                       bool need_grad_target) {
+                                                                       bool need_grad_target, double grad_loss) {
   const c10::cuda::CUDAGuard guard(pred_in.device());
   const NllAndGradArgs a =
       prepare_huber_nll_and_grad(pred_in, target_in, delta, theta, family, covariance, need_grad_target);
@@ -59,10 +59,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> huber_nll_and_grad_cuda(const at:
                                               a.target.const_data_ptr(), a.loss.mutable_data_ptr(), a.n, delta,
                                               theta, current_stream()),
                op);
-  const at::Tensor unit = at::ones({1}, a.loss.options());
+  const at::Tensor upstream = at::full({1}, grad_loss, a.loss.options());
   check_launch(cuda::launch_huber_nll_backward(
                    kernel_dtype(a.pred), int(a.d), int(family), int(covariance), mu_parameterization,
-                   unit.const_data_ptr(), 0, a.pred.const_data_ptr(), a.target.const_data_ptr(),
+                   upstream.const_data_ptr(), 0, a.pred.const_data_ptr(), a.target.const_data_ptr(),
                    a.grad_pred.mutable_data_ptr(), need_grad_target ? a.grad_target.mutable_data_ptr() : nullptr,
                    a.n, delta, theta, current_stream()),
                op);
