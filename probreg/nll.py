@@ -210,7 +210,7 @@ def huber_nll(
     constant = _normalizer_constant(d, family, float(delta)) if normalized else None
     if isinstance(constant, torch.Tensor):  # as eager's Python float: in the loss dtype
         constant = constant.to(loss_dtype)
-    if reduction == "mean" and weight is None and d <= _FUSED_MAX_DIM:
+    if reduction == "mean" and weight is None:
         # The mean and its gradients in one pass where huber_nll's one-pass route applies
         # (probreg/_autograd.py _HuberNllOnePass): the same value as below.
         mean = huber_nll_mean_one_pass(args)

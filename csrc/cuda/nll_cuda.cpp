@@ -42,9 +42,9 @@ std::tuple<at::Tensor, at::Tensor> huber_nll_backward_cuda(const at::Tensor& gra
 }
 
 // The forward and backward kernels one after the other, the backward with the upstream
-// gradient grad_loss read as one broadcast value (in the loss dtype). (huber_nll's autograd rule uses this operator
-// on the CPU only, where one decomposition instead of two is what makes it pay; it is
-// here so that the operator runs on every device.)
+// gradient grad_loss read as one broadcast value (in the loss dtype). (huber_nll's
+// autograd rule uses this operator on the CPU only, where one decomposition instead of two
+// is what makes it pay; it is here so that the operator runs on every device.)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> huber_nll_and_grad_cuda(const at::Tensor& pred_in,
                                                                        const at::Tensor& target_in, double delta,
                                                                        double theta, int64_t family,

@@ -177,23 +177,20 @@ PROBREG_LANES_INLINE LaneVec exp_reduce(LaneVec x, LaneBits& n_int) {
 }
 }  // namespace lanes_detail
 
-// exp(x): exp(r) by its Taylor series to r^(Terms - 1) (Terms = 14: truncation < 1e-17),
-// 2^n applied as two factors so subnormal results and overflow come out right.
-template <int Terms>
-PROBREG_LANES_INLINE Lanes pr_exp_terms(Lanes x) {
+// exp(x): exp(r) by its Taylor series to r^13 (truncation < 1e-17), 2^n applied as two
+// factors so subnormal results and overflow come out right.
+PROBREG_LANES_INLINE Lanes pr_exp(Lanes x) {
   using namespace lanes_detail;
   const LaneVec xc = x.v < -746.0 ? LaneVec{} - 746.0 : (x.v > 710.0 ? LaneVec{} + 710.0 : x.v);
   LaneBits k;
   const LaneVec r = exp_reduce(xc, k);
-  const LaneVec p = polynomial_lowest<Terms>(Lanes(r), kExpInvFactorials).v;
+  const LaneVec p = polynomial(Lanes(r), kExpInvFactorials).v;
   const LaneBits k1 = k >> 1;
   const LaneBits k2 = k - k1;
   LaneVec out = p * pow2(k1) * pow2(k2);
   out = x.v != x.v ? x.v : out;  // NaN in, NaN out
   return Lanes(out);
 }
-
-PROBREG_LANES_INLINE Lanes pr_exp(Lanes x) { return pr_exp_terms<14>(x); }
 
 // exp(x) for x <= 0 (or NaN) and a result rounded to float or narrower (macros.h
 // series_precision 1; spectral.h exp_factor_of, whose arguments min(l/theta - 1, 0) and
