@@ -9,6 +9,7 @@ Peers in the same run:
   closed_form_compiled  and _3x3; diagonal: reference.huber_nll_closed_form_diagonal),
                         eager and under torch.compile
   probreg               probreg.huber_nll (one fused kernel forward, one backward)
+The peers of one row are timed in alternation (common.time_interleaved_ms).
 Accuracy: max relative error of the per-target loss (reduction="none") against the
 float64 reference (reference.huber_nll_reference, eigh) on the same float32 inputs.
 """
@@ -21,7 +22,7 @@ import torch
 import probreg
 from probreg import reference
 
-from .common import OVERRIDES, forward_and_backward_rows, max_rel_error, suite_sizes
+from .common import OVERRIDES, interleaved_forward_and_backward_rows, max_rel_error, suite_sizes
 
 DELTA = 1.0
 THETA = 1.0
@@ -73,6 +74,12 @@ def _inputs(d: int, covariance: str, batch: int, device: str):
     return pred.to(device), target.to(device)
 
 
+def _forward_backward(fn, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = pred.detach().requires_grad_(True)
+    fn(p, target, DELTA, THETA).backward()
+    return p.grad
+
+
 def run(device: str, quick: bool = False):
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
     rows = []
@@ -89,21 +96,18 @@ def run(device: str, quick: bool = False):
                 ref64 = reference.huber_nll_reference(pred.double(), target.double(), DELTA, THETA,
                                                       covariance=covariance, reduction="none")
                 per_target = _impls(d, covariance, "none")
+                impl_rows, forwards, forward_backwards = {}, {}, {}
                 for impl, fn in _impls(d, covariance, "mean").items():
                     if impl == "eager_reference" and device != "cpu" and batch > 2**20 and not OVERRIDES["batches"]:
                         continue  # cuSOLVER batched eigh on 2^22+ tiny matrices: minutes, adds nothing
                     with torch.no_grad():
                         err = max_rel_error(per_target[impl](pred, target, DELTA, THETA), ref64)
-
-                    def fwd_bwd():
-                        p = pred.detach().requires_grad_(True)
-                        fn(p, target, DELTA, THETA).backward()
-                        return p.grad
-
-                    row = {"op": "huber_nll", "covariance": covariance, "d": d, "batch": batch, "dtype": "float32",
-                           "impl": impl, "max_err_vs_float64": err}
-                    rows += forward_and_backward_rows(row, lambda: fn(pred, target, DELTA, THETA), fwd_bwd, device,
-                                                      lambda mode: bytes_moved(d, width, batch, mode))
+                    impl_rows[impl] = {"op": "huber_nll", "covariance": covariance, "d": d, "batch": batch,
+                                       "dtype": "float32", "impl": impl, "max_err_vs_float64": err}
+                    forwards[impl] = functools.partial(fn, pred, target, DELTA, THETA)
+                    forward_backwards[impl] = functools.partial(_forward_backward, fn, pred, target)
+                rows += interleaved_forward_and_backward_rows(impl_rows, forwards, forward_backwards, device,
+                                                              lambda mode: bytes_moved(d, width, batch, mode))
     return rows
 
 

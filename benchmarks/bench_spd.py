@@ -4,7 +4,7 @@ Peers in the same run: the eager reference (torch.linalg.eigh with the stable ba
 probreg.reference.spd_from_raw), the naive eager version (eigh + plain autograd), the
 closed-form pure-PyTorch version (2x2: Sylvester; 3x3: trigonometric eigenvalues and
 Newton's interpolation, probreg/closed_form_3x3.py) eager and under torch.compile, and
-probreg.
+probreg, timed in alternation (common.time_interleaved_ms).
 Accuracy: max relative error of the forward output against the float64 reference
 computed from the same (float32-rounded) input.
 """
@@ -18,7 +18,7 @@ import torch
 import probreg
 from probreg import reference
 
-from .common import OVERRIDES, forward_and_backward_rows, max_rel_error, suite_sizes
+from .common import OVERRIDES, interleaved_forward_and_backward_rows, max_rel_error, suite_sizes
 
 _CLOSED_FORMS = {2: reference.spd_from_raw_closed_form_2x2, 3: reference.spd_from_raw_closed_form_3x3}
 
@@ -47,6 +47,12 @@ def bytes_moved(d: int, batch: int, mode: str, itemsize: int = 4) -> int:
     return fwd if mode == "forward" else fwd + bwd
 
 
+def _forward_backward(fn, raw: torch.Tensor, theta: float, grad_A: torch.Tensor) -> torch.Tensor:
+    r = raw.detach().requires_grad_(True)
+    fn(r, theta).backward(grad_A)
+    return r.grad
+
+
 def run(device: str, quick: bool = False, theta: float = 1.0):
     rows = []
     if device == "cpu":
@@ -61,21 +67,16 @@ def run(device: str, quick: bool = False, theta: float = 1.0):
             raw = torch.randn(batch, P, generator=gen).to(device)
             grad_A = torch.randn(batch, d, d, generator=gen).to(device)
             ref64 = reference.spd_from_raw(raw.double(), theta)
+            impl_rows, forwards, forward_backwards = {}, {}, {}
             for impl, fn in _impls(d).items():
                 if impl == "eager_naive" and device != "cpu" and batch > 2**20 and not OVERRIDES["batches"]:
                     continue  # cuSOLVER batched eigh on 2^22+ tiny matrices: minutes, adds nothing
-                out = fn(raw, theta)
-                err = max_rel_error(out, ref64)
-
-                def fwd_bwd():
-                    r = raw.detach().requires_grad_(True)
-                    fn(r, theta).backward(grad_A)
-                    return r.grad
-
-                row = {"op": "spd_from_raw", "d": d, "batch": batch, "dtype": "float32", "impl": impl,
-                       "max_err_vs_float64": err}
-                rows += forward_and_backward_rows(row, lambda: fn(raw, theta), fwd_bwd, device,
-                                                  lambda mode: bytes_moved(d, batch, mode))
+                impl_rows[impl] = {"op": "spd_from_raw", "d": d, "batch": batch, "dtype": "float32", "impl": impl,
+                                   "max_err_vs_float64": max_rel_error(fn(raw, theta), ref64)}
+                forwards[impl] = functools.partial(fn, raw, theta)
+                forward_backwards[impl] = functools.partial(_forward_backward, fn, raw, theta, grad_A)
+            rows += interleaved_forward_and_backward_rows(impl_rows, forwards, forward_backwards, device,
+                                                          lambda mode: bytes_moved(d, batch, mode))
     return rows
 
 

@@ -1,6 +1,7 @@
 """Timing, environment and reporting helpers shared by every benchmark suite.
 
-Method (DESIGN.md section 4): warm-up runs, then the median of many timed runs. CPU:
+Method (DESIGN.md section 4): warm-up runs, then the median of many timed runs; the
+peers of one table row are timed in alternation (time_interleaved_ms). CPU:
 time.perf_counter around a synchronous call. CUDA: CUDA events on the current stream,
 synchronised once per run. Bandwidth ceilings are measured in the same run (a
 device-to-device copy) so that "fraction of peak" compares like with like.
@@ -52,33 +53,86 @@ def time_ms(fn: Callable[[], object], device: str, *, warmup: int = 3, reps: int
     times: List[float] = []
     started = time.perf_counter()
     for i in range(reps):
-        if device.startswith("cuda"):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append(_timed_call_ms(fn, device))
         if i >= 2 and time.perf_counter() - started > budget_s:
             break
     return statistics.median(times)
 
 
-def forward_and_backward_rows(row: dict, forward: Callable[[], object], forward_backward: Callable[[], object],
-                               device: str, bytes_moved: Callable[[str], int]) -> List[dict]:
-    """Times forward() and forward_backward() (time_ms) and returns two copies of `row`,
-    one per mode ("forward", "forward+backward"), with ms and GB/s (bytes_moved(mode) /
-    time) filled in."""
-    rows = []
-    for mode, fn in (("forward", forward), ("forward+backward", forward_backward)):
-        ms = time_ms(fn, device)
-        rows.append({**row, "mode": mode, "ms": ms, "GB/s": bytes_moved(mode) / (ms * 1e-3) / 1e9})
-    return rows
+def time_interleaved_ms(fns: Dict[str, Callable[[], object]], device: str, *, warmup: int = 3,
+                        reps: int = 20, budget_s: float = 20.0, quantum_s: float = 0.05) -> Dict[str, float]:
+    """Median wall time of every fn() in milliseconds, the peers timed in alternation.
+
+    The peers of one table row share the same minutes: round after round, each fn runs in
+    turn (the order rotates by one every round), so a slow spell of the machine (other
+    tenants, frequency changes) lands on all of them instead of on whichever was being
+    timed then, and the ratios between them stay meaningful on a noisy machine. Within a
+    round a fn runs back to back for about quantum_s (at least once), each call timed on
+    its own, so a 5 ms kernel collects many samples spread over every round while a 1 s
+    eager peer runs once per round.
+    Stops once every fn has `reps` samples, or once the timed rounds have taken
+    budget_s per fn (each fn then has at least 3 samples). Warm-up: up to `warmup` calls
+    per fn, fewer once a fn's warm-up has taken a quarter of budget_s; the last warm-up
+    call sets its calls per round. OVERRIDES["budget_s"], when set, caps budget_s.
+    """
+    if OVERRIDES["budget_s"] is not None:
+        budget_s = min(budget_s, float(OVERRIDES["budget_s"]))
+    names = list(fns)
+    calls_per_round: Dict[str, int] = {}
+    for name in names:
+        started = time.perf_counter()
+        last = 0.0
+        for _ in range(max(warmup, 1)):
+            last = _timed_call_ms(fns[name], device)
+            if time.perf_counter() - started > budget_s / 4:
+                break
+        calls_per_round[name] = max(1, int(quantum_s * 1e3 / max(last, 1e-3)))
+    samples: Dict[str, List[float]] = {name: [] for name in names}
+    started = time.perf_counter()
+    rounds = 0
+    while True:
+        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+            for _ in range(calls_per_round[name]):
+                samples[name].append(_timed_call_ms(fns[name], device))
+        rounds += 1
+        if all(len(s) >= reps for s in samples.values()):
+            break
+        if rounds >= 3 and time.perf_counter() - started > budget_s * len(names):
+            break
+    return {name: statistics.median(samples[name]) for name in names}
+
+
+def _timed_call_ms(fn: Callable[[], object], device: str) -> float:
+    """Wall time of one fn() in milliseconds: CUDA events on the current stream, else
+    time.perf_counter around the (synchronous) CPU call."""
+    if device.startswith("cuda"):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def interleaved_forward_and_backward_rows(rows: Dict[str, dict], forwards: Dict[str, Callable[[], object]],
+                                          forward_backwards: Dict[str, Callable[[], object]], device: str,
+                                          bytes_moved: Callable[[str], int]) -> List[dict]:
+    """Times every impl's forward() and, separately, every forward_backward()
+    (time_interleaved_ms: the impls of one mode in alternation) and returns, per impl in
+    the order of `rows`, two copies of rows[impl], one per mode ("forward",
+    "forward+backward"), with ms and GB/s (bytes_moved(mode) / time) filled in."""
+    ms = {"forward": time_interleaved_ms(forwards, device),
+          "forward+backward": time_interleaved_ms(forward_backwards, device)}
+    out = []
+    for impl, row in rows.items():
+        for mode in ("forward", "forward+backward"):
+            t = ms[mode][impl]
+            out.append({**row, "mode": mode, "ms": t, "GB/s": bytes_moved(mode) / (t * 1e-3) / 1e9})
+    return out
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 28) -> float:
