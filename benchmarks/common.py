@@ -150,6 +150,9 @@ def environment(device: str) -> Dict[str, object]:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "cpu": _cpu_name(),
+        # The SIMD ISA torch detects, which probreg's CPU kernels target unless the build
+        # set PROBREG_CPU_ISA (setup.py): "AMD EPYC" names several generations.
+        "cpu_capability": _cpu_capability(),
         "threads": torch.get_num_threads(),
         "device": device,
     }
@@ -165,6 +168,13 @@ def device_label(device: str) -> str:
     else:
         name = "cpu-" + _cpu_name()
     return "".join(ch if ch.isalnum() else "-" for ch in name).strip("-").lower().replace("--", "-")
+
+
+def _cpu_capability() -> str:
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:  # older torch
+        return "unknown"
 
 
 def _cpu_name() -> str:

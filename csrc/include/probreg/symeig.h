@@ -305,8 +305,10 @@ PROBREG_HOST_DEVICE void symeig(const T B[D][D], T l[D], T V[D][D]) {
 // cos(acos(x) / 3) for 0 <= x <= 1, without acos: the largest root of 4c^3 - 3c = x is
 // analytic on [0, 1] (its nearest singularity is at x = -1), so its Chebyshev
 // interpolant in u = 2x - 1, written as a polynomial, converges fast: degree 18 in
-// double (error 1.2e-16), degree 8 in float (1.8e-9). Branch-free in T.
-template <typename T>
+// double (error 1.2e-16), degree 8 in float (1.8e-9). Coarse, in double: degree 10
+// (4.0e-11), for callers that need no more (symeig3_trace_free's kFloatFrame).
+// Branch-free in T.
+template <typename T, bool Coarse = false>
 PROBREG_HOST_DEVICE T cos_third_acos(T x) {
   const T u = T(2) * x - T(1);
   if constexpr (Eps<T>::value > 1e-10) {  // float
@@ -314,6 +316,12 @@ PROBREG_HOST_DEVICE T cos_third_acos(T x) {
         -1.1830242244174324e-06, 4.323750525886311e-06, -1.363549260432252e-05, 5.4368007097610814e-05,
         -0.00023368930890791412, 0.0011068093153735262, -0.006431410664297061, 0.06582179562331245,
         0.9396926207859084};
+    return polynomial(u, c);
+  } else if constexpr (Coarse) {
+    constexpr double c[] = {
+        -9.877998681240881e-08, 3.4583194781585974e-07, -9.613189169906698e-07, 3.547500581025483e-06,
+        -1.3801225118045625e-05, 5.4948333295476535e-05, -0.00023364348276825488, 0.0011066488313105144,
+        -0.006431414077896089, 0.06582180758001321, 0.9396926207859084};
     return polynomial(u, c);
   } else {
     constexpr double c[] = {
@@ -354,7 +362,13 @@ PROBREG_HOST_DEVICE void cross3(const T x[3], const T y[3], T c[3]) {
 // Backward stable: V is orthonormal to O(eps) and every column has a residual
 // ||a v - (v^T a v) v|| = O(eps p), with no iteration and no special case at
 // clustered or repeated eigenvalues (the 2x2 rotation is exact inside the plane).
-template <typename T, typename Mask>
+// kFloatFrame (the caller rounds V to float, symeig_mixed): step 1 to cos_third_acos's
+// coarse accuracy. The extreme eigenvalue only locates v0 (lam[0] is v0's Rayleigh
+// quotient, lam[1], lam[2] come from the 2x2 compression): an error of 4e-11 * 2p tilts
+// v0, and with it U and W, by about 5e-11 (gap >= sqrt(3) p), a thousandth of a float
+// ulp of V, and moves the eigenvalues by that angle squared times p, far below eps p.
+// (Degree 8, 1.8e-9, measurably widened the rounded V's residuals: 1.8 -> 1.9 eps_f.)
+template <typename T, typename Mask, bool kFloatFrame = false>
 PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], Mask valid, T lam[3], T V[3][3]) {
   const T a00 = a[0][0], a11 = a[1][1], a22 = a[2][2], a01 = a[0][1], a02 = a[0][2], a12 = a[1][2];
   const T p2 = (a00 * a00 + a11 * a11 + a22 * a22 + T(2) * (a01 * a01 + a02 * a02 + a12 * a12)) * T(1.0 / 6.0);
@@ -364,7 +378,7 @@ PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], Mask valid, T lam[3
   const T p = p2 * inv_p;
   const T det = a00 * (a11 * a22 - a12 * a12) - a01 * (a01 * a22 - a12 * a02) + a02 * (a01 * a12 - a11 * a02);
   const T r = det * (T(0.5) * inv_p * inv_p * inv_p);
-  const T extreme = pr_where(r >= T(0), T(2) * p, T(-2) * p) * cos_third_acos(pr_min(pr_abs(r), T(1)));
+  const T extreme = pr_where(r >= T(0), T(2) * p, T(-2) * p) * cos_third_acos<T, kFloatFrame>(pr_min(pr_abs(r), T(1)));
   const T m0[3] = {a00 - extreme, a01, a02}, m1[3] = {a01, a11 - extreme, a12}, m2[3] = {a02, a12, a22 - extreme};
   T v0[3], c1[3], c2[3];
   cross3(m0, m1, v0);
@@ -444,8 +458,9 @@ PROBREG_HOST_DEVICE double pow2_rsqrt_scale(double x, double& up) {
 // they keep V in. Needs max|B_ij| in [SafeRange<double>::lo, hi] (1e-130..1e130;
 // every finite float32 matrix qualifies): squares of the shifted entries neither
 // overflow nor underflow where they matter (a spread below 1e-150, dropped as zero, is
-// < eps/16 max|B_ij| there). B = c I gives V = I and l = c exactly.
-template <typename T>
+// < eps/16 max|B_ij| there). B = c I gives V = I and l = c exactly. kFloatFrame: see
+// symeig3_trace_free (for callers that round V to float).
+template <typename T, bool kFloatFrame = false>
 PROBREG_HOST_DEVICE void symeig3_closed_form(const T B[3][3], T l[3], T V[3][3]) {
   const T q = (B[0][0] + B[1][1] + B[2][2]) * T(1.0 / 3.0);
   T shifted[3][3], p2 = T(0);
@@ -468,7 +483,7 @@ PROBREG_HOST_DEVICE void symeig3_closed_form(const T B[3][3], T l[3], T V[3][3])
   for (int i = 0; i < 3; ++i)
     PROBREG_UNROLL
     for (int j = 0; j < 3; ++j) a[i][j] = shifted[i][j] * down;
-  symeig3_trace_free<T>(a, spread, lam, V);
+  symeig3_trace_free<T, std::decay_t<decltype(spread)>, kFloatFrame>(a, spread, lam, V);
   PROBREG_UNROLL
   for (int k = 0; k < 3; ++k) l[k] = q + lam[k] * up;
 }
@@ -515,7 +530,8 @@ PROBREG_HOST_DEVICE void symeig2_mixed(const double B[2][2], double l[2], float 
 // Mixed-precision eigen-decomposition (the CUDA kernels' float32 path): B in double (the
 // exact float32 inputs), eigenvalues l in double, eigenvectors V in double rounded to
 // float. d = 3: symeig3_closed_form in double (every finite float32 matrix is within its
-// range; straight-line code, no iteration); eigenvalues accurate to ~eps_d ||B||, which
+// range; straight-line code, no iteration; kFloatFrame: the extreme eigenvalue that
+// locates the first eigenvector only to the accuracy a float V needs); eigenvalues accurate to ~eps_d ||B||, which
 // is what g's exponential needs at l = -80 theta, and rounding V to float perturbs
 // A = V g V^T by O(eps_f ||A||), with no 1/gap or l/theta amplification. d = 2:
 // symeig2_mixed (closed form); d = 1: symeig<1, double>. NaN/Inf anywhere: every output
@@ -535,7 +551,7 @@ PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V
       PROBREG_UNROLL
       for (int j = i; j < D; ++j) total += pr_abs(B[i][j]);
     double Q[D][D];
-    symeig3_closed_form<double>(B, l, Q);
+    symeig3_closed_form<double, true>(B, l, Q);  // Q is rounded to float below
     const double poison = 0.0 * total;  // NaN where B has a NaN or Inf, else 0
     PROBREG_UNROLL
     for (int i = 0; i < D; ++i) {
