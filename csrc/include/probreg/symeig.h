@@ -367,7 +367,7 @@ PROBREG_HOST_DEVICE void cross3(const T x[3], const T y[3], T c[3]) {
 // quotient, lam[1], lam[2] come from the 2x2 compression): an error of 4e-11 * 2p tilts
 // v0, and with it U and W, by about 5e-11 (gap >= sqrt(3) p), a thousandth of a float
 // ulp of V, and moves the eigenvalues by that angle squared times p, far below eps p.
-// (Degree 8, 1.8e-9, measurably widened the rounded V's residuals: 1.8 -> 1.9 eps_f.)
+// tools/symeig_mixed_accuracy.cpp measures the rounded V against degree 18.
 template <typename T, typename Mask, bool kFloatFrame = false>
 PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], Mask valid, T lam[3], T V[3][3]) {
   const T a00 = a[0][0], a11 = a[1][1], a22 = a[2][2], a01 = a[0][1], a02 = a[0][2], a12 = a[1][2];
