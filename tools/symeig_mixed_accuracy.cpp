@@ -22,6 +22,7 @@
 #include <random>
 
 #include "probreg/symeig.h"
+#include "../csrc/tests/random_symmetric.h"
 
 namespace {
 
@@ -30,31 +31,6 @@ constexpr double kEpsF = 5.9604644775390625e-8;  // 2^-24
 struct Worst {
   double orthogonality = 0, residual = 0, eigenvalue = 0;
 };
-
-// B = Q diag(eig) Q^T, Q orthonormal (Gram-Schmidt of a Gaussian matrix), rounded to float.
-void random_float_symmetric(std::mt19937_64& rng, const double eig[3], double B[3][3]) {
-  std::normal_distribution<double> normal;
-  double Q[3][3];
-  for (auto& row : Q)
-    for (double& x : row) x = normal(rng);
-  for (int j = 0; j < 3; ++j) {
-    for (int k = 0; k < j; ++k) {
-      double dot = 0;
-      for (int i = 0; i < 3; ++i) dot += Q[i][j] * Q[i][k];
-      for (int i = 0; i < 3; ++i) Q[i][j] -= dot * Q[i][k];
-    }
-    double norm = 0;
-    for (int i = 0; i < 3; ++i) norm += Q[i][j] * Q[i][j];
-    norm = std::sqrt(norm);
-    for (int i = 0; i < 3; ++i) Q[i][j] /= norm;
-  }
-  for (int i = 0; i < 3; ++i)
-    for (int j = i; j < 3; ++j) {
-      long double acc = 0;
-      for (int k = 0; k < 3; ++k) acc += (long double)Q[i][k] * eig[k] * Q[j][k];
-      B[i][j] = B[j][i] = double(float(acc));
-    }
-}
 
 void closed_form_degree18(const double B[3][3], double l[3], float V[3][3]) {
   double Q[3][3];
@@ -98,15 +74,18 @@ Worst measure(Decompose decompose, int samples) {
   for (double scale : scales)
     for (double gap : gaps)
       for (int rep = 0; rep < samples; ++rep) {
-        double eig[3];
+        long double eig[3];
         eig[0] = uni(rng);
         for (int k = 1; k < 3; ++k) eig[k] = (rep % 2) ? eig[0] * (1 + gap * k) : uni(rng);
         if (rep % 4 == 1) eig[2] = uni(rng);  // a cluster of two beside a distant one
-        for (double& e : eig) e *= scale;
+        for (long double& e : eig) e *= scale;
         double B[3][3], norm = 0;
-        random_float_symmetric(rng, eig, B);
+        probreg_test::random_symmetric<3>(rng, eig, B);
         for (auto& row : B)
-          for (double x : row) norm = std::fmax(norm, std::fabs(x));
+          for (double& x : row) {
+            x = double(float(x));  // float32 inputs, as the kernels see them
+            norm = std::fmax(norm, std::fabs(x));
+          }
         double l[3], l_ref[3], V_ref[3][3];
         float V[3][3];
         decompose(B, l, V);

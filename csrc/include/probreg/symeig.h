@@ -531,9 +531,10 @@ PROBREG_HOST_DEVICE void symeig2_mixed(const double B[2][2], double l[2], float 
 // exact float32 inputs), eigenvalues l in double, eigenvectors V in double rounded to
 // float. d = 3: symeig3_closed_form in double (every finite float32 matrix is within its
 // range; straight-line code, no iteration; kFloatFrame: the extreme eigenvalue that
-// locates the first eigenvector only to the accuracy a float V needs); eigenvalues accurate to ~eps_d ||B||, which
-// is what g's exponential needs at l = -80 theta, and rounding V to float perturbs
-// A = V g V^T by O(eps_f ||A||), with no 1/gap or l/theta amplification. d = 2:
+// locates the first eigenvector only to the accuracy a float V needs); eigenvalues
+// accurate to ~eps_d ||B||, which is what g's exponential needs at l = -80 theta, and
+// rounding V to float perturbs A = V g V^T by O(eps_f ||A||), with no 1/gap or l/theta
+// amplification. d = 2:
 // symeig2_mixed (closed form); d = 1: symeig<1, double>. NaN/Inf anywhere: every output
 // NaN, as symeig; B = 0: V = I, l = 0.
 template <int D>
