@@ -57,6 +57,10 @@ def test_parse_and_count_main_body():
     assert sass_counts.loop_sizes(body) == [2]  # the predicated BRA P2 is a forward branch
     assert sass_counts.classify(body) == {"instructions": 9, "fp64": 2, "mufu": 1, "ldg": 1, "stg": 0,
                                           "lds": 0, "sts": 1}
+    # blocks start at 0, the loop head 0x20, after each branch and at the branch target 0x70;
+    # the hot path leaves out the one block that calls out of line (the CALL alone here)
+    assert sass_counts.basic_blocks(body) == [(0, 2), (2, 4), (4, 6), (6, 7), (7, 9)]
+    assert sass_counts.hot_path(body) == body[:6] + body[7:]
 
 
 def test_registers_and_target_kernel_names():

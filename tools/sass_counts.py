@@ -10,6 +10,12 @@ huber_nll (huber family, full covariance) forward and backward, d = 2 and 3, flo
                 the last, partial tile's row copies, kernel_common.cuh
                 copy_partial_tile) and padding NOPs are left out. A static count: loops
                 count once;
+  hot path      of which the instructions outside the basic blocks that call out-of-line
+                code (their argument set-up, the CALL, the result loads): what a full tile
+                of regular items issues per item, where `instructions` also counts the
+                call sites of the last, partial tile and of special matrices
+                (symeig3_mixed_special: c I, NaN, Inf); the JSON rows also give its fp64
+                count (hot_path_fp64);
   fp64          of which FP64 arithmetic (D* instructions, MUFU.*64H), which Hopper
                 issues at half the FP32 rate;
   mufu          special-function instructions (rcp, rsqrt, ex2, ...: quarter rate);
@@ -111,6 +117,33 @@ def loop_sizes(instructions: list[str]) -> list[int]:
     return sizes
 
 
+def basic_blocks(instructions: list[str]) -> list[tuple[int, int]]:
+    """[start, end) index ranges of the basic blocks: a block starts at the first
+    instruction, at every branch target and after every branch or EXIT (a CALL returns to
+    the next instruction, so it does not end one)."""
+    leaders = {0}
+    for i, ins in enumerate(instructions):
+        op = opcode(ins)
+        if op.startswith("BRA"):
+            m = re.search(r"(0x[0-9a-f]+)\s*$", ins)
+            if m:
+                leaders.add(int(m.group(1), 16) // 16)
+        if op.startswith("BRA") or op == "EXIT":
+            leaders.add(i + 1)
+    starts = sorted(x for x in leaders if x < len(instructions))
+    return list(zip(starts, starts[1:] + [len(instructions)]))
+
+
+def hot_path(instructions: list[str]) -> list[str]:
+    """The instructions outside the basic blocks that contain a CALL."""
+    hot = []
+    for start, end in basic_blocks(instructions):
+        block = instructions[start:end]
+        if not any(opcode(ins).startswith("CALL") for ins in block):
+            hot.extend(block)
+    return hot
+
+
 def classify(instructions: list[str]) -> dict:
     counts = collections.Counter()
     for ins in instructions:
@@ -181,15 +214,17 @@ def measure(arch: str, policies: list[str], nvcc: str, cuobjdump: str, extra: li
                 if len(matches) != 1:
                     raise RuntimeError(f"{label}: expected one kernel matching {pattern}, found {matches}")
                 body = main_body(functions[matches[0]])
-                rows.append({"kernel": label, **classify(body), "loops": loop_sizes(body),
-                             "registers": registers.get(matches[0])})
+                counts, hot = classify(body), classify(hot_path(body))
+                rows.append({"kernel": label, "instructions": counts.pop("instructions"),
+                             "hot_path": hot["instructions"], **counts, "hot_path_fp64": hot["fp64"],
+                             "loops": loop_sizes(body), "registers": registers.get(matches[0])})
     return rows
 
 
 def markdown(rows: list[dict], arch: str, extra: list[str]) -> str:
-    head = ["kernel", "instructions", "fp64", "mufu", "ldg", "stg", "lds", "sts", "loops", "registers"]
+    head = ["kernel", "instructions", "hot_path", "fp64", "mufu", "ldg", "stg", "lds", "sts", "loops", "registers"]
     lines = [f"SASS of the main body per kernel ({arch}; nvcc {' '.join(NVCC_FLAGS + extra)})", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "| " + " | ".join(h.replace("_", " ") for h in head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(str(r[k]) if k != "loops" else " ".join(map(str, r[k])) or "-"
                                        for k in head) + " |")

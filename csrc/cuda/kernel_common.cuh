@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "kernel_api.h"
+#include "probreg/macros.h"  // PROBREG_NOINLINE
 
 #if defined(PROBREG_CUDA_HOST_EMULATION)
 // Test-only host build of the kernels (tests/test_cuda_kernels_on_host.py); must come
@@ -140,11 +141,6 @@ struct SharedRows {
 // per grid, for its last tile, so it stays out of the loop body every full tile runs
 // (instruction cache; and tools/sass_counts.py's count of the main body, which leaves
 // out-of-line code out, is then the full tile's path).
-#if defined(__CUDACC__)
-#define PROBREG_NOINLINE __noinline__
-#else  // host emulation (kernel_common.cuh compiled as C++)
-#define PROBREG_NOINLINE __attribute__((noinline))
-#endif
 template <typename S>
 __device__ PROBREG_NOINLINE void copy_partial_tile(const S* __restrict__ src, S* __restrict__ dst, int size) {
 #pragma unroll 1

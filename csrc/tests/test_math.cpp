@@ -242,9 +242,52 @@ void test_symeig_mixed(std::mt19937_64& rng) {
   probreg::symeig_mixed<D>(scalar, l, V);
   for (int i = 0; i < D; ++i)
     for (int j = 0; j < D; ++j) expect(V[i][j] == (i == j ? 1.0f : 0.0f), "symeig_mixed c I gives V = I", V[i][j], i == j);
+  const double tiny_scalar = 1e-45;  // c I at both ends of float's range: l = c exactly
+  for (double c : {tiny_scalar, 3.0e38}) {
+    double cI[D][D] = {};
+    for (int k = 0; k < D; ++k) cI[k][k] = c;
+    probreg::symeig_mixed<D>(cI, l, V);
+    for (int k = 0; k < D; ++k) expect(l[k] == c && V[k][k] == 1.0f, "symeig_mixed c I at the range's ends", l[k], c);
+  }
   scalar[0][D - 1] = scalar[D - 1][0] = NAN;
   probreg::symeig_mixed<D>(scalar, l, V);
   for (int k = 0; k < D; ++k) expect(std::isnan(l[k]) && std::isnan(V[0][k]), "symeig_mixed NaN", l[k], 0);
+  // +-Inf on the diagonal or off it (the out-of-line special case at d = 3) poisons all.
+  for (int at = 0; at < 2; ++at)
+    for (double inf : {INFINITY, -INFINITY}) {
+      double B[D][D] = {};
+      for (int k = 0; k < D; ++k) B[k][k] = 1.0 + k;
+      B[0][at * (D - 1)] = B[at * (D - 1)][0] = inf;
+      probreg::symeig_mixed<D>(B, l, V);
+      for (int k = 0; k < D; ++k)
+        for (int i = 0; i < D; ++i)
+          expect(std::isnan(l[k]) && std::isnan(V[i][k]), "symeig_mixed Inf gives NaN", l[k], 0);
+    }
+}
+
+// sort_eigenpairs_extreme_first against an independent stable sort, on triples whose
+// first value is an extreme (the largest or the smallest, ties included): the values come
+// out ascending and every column of V travels with its value.
+void test_sort_extreme_first(std::mt19937_64& rng) {
+  std::uniform_int_distribution<int> small(0, 3);
+  for (int rep = 0; rep < 2000; ++rep) {
+    double l[3] = {double(small(rng)), double(small(rng)), double(small(rng))};
+    const double lo = std::min(l[1], l[2]), hi = std::max(l[1], l[2]);
+    l[0] = (rep % 2) ? hi + small(rng) : lo - small(rng);  // an extreme, ties included
+    float V[3][3];
+    for (int r = 0; r < 3; ++r)
+      for (int c = 0; c < 3; ++c) V[r][c] = float(10 * c + r);  // column c is tagged by its tens
+    const double in[3] = {l[0], l[1], l[2]};
+    int order[3] = {0, 1, 2};
+    std::stable_sort(order, order + 3, [&](int a, int b) { return in[a] < in[b]; });
+    probreg::sort_eigenpairs_extreme_first<double, float>(l, V);
+    for (int k = 0; k < 3; ++k) {
+      expect(l[k] == in[order[k]], "sort_eigenpairs_extreme_first values", l[k], in[order[k]]);
+      const int tag = int(V[0][k]) / 10;
+      expect(in[tag] == l[k], "sort_eigenpairs_extreme_first column follows its value", in[tag], l[k]);
+      for (int r = 0; r < 3; ++r) expect(V[r][k] == float(10 * tag + r), "sort_eigenpairs_extreme_first column intact", V[r][k], 0);
+    }
+  }
 }
 
 // Refined d = 3 eigenvalues (refine_eigenvalues3) of symeig<3, double> and of the CPU
@@ -515,6 +558,7 @@ int main() {
   test_cos_third_acos();
   test_symeig_mixed<2>(rng);
   test_symeig_mixed<3>(rng);
+  test_sort_extreme_first(rng);
   test_divided_difference();
   test_float_result_series();
 #if defined(PROBREG_HAVE_LANES)

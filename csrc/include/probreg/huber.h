@@ -190,15 +190,24 @@ PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {
 // by its odd series: to s^25 in double (truncation < 1e-20 relative), to s^15 for a double
 // result rounded to float (< 2e-14: -log|A| of float32 inputs), s^9 in float. Out:
 // series_precision (macros.h).
+// 2/k for odd k = 25, 23, ..., 1: log_near_one's coefficients (a table for scalar double:
+// macros.h PROBREG_DOUBLE_TABLE).
+PROBREG_DOUBLE_TABLE(kTwoOverOdd, {2.0 / 25, 2.0 / 23, 2.0 / 21, 2.0 / 19, 2.0 / 17, 2.0 / 15, 2.0 / 13, 2.0 / 11,
+                                   2.0 / 9, 2.0 / 7, 2.0 / 5, 2.0 / 3, 2.0 / 1});
 template <typename T, typename Out = T>
 PROBREG_HOST_DEVICE T log_near_one(T f) {
   constexpr int tops[] = {9, 15, 25};
   constexpr int top = tops[series_precision<T, Out>()];
   const T s = (f - T(1)) * pr_recip(f + T(1));
   const T s2 = s * s;
-  T p = T(2.0 / top);
-  PROBREG_UNROLL_POLYNOMIAL
-  for (int k = top - 2; k >= 1; k -= 2) p = pr_fma(p, s2, T(2.0 / k));
+  T p;
+  if constexpr (std::is_same_v<T, double>) {
+    p = polynomial_lowest<(top + 1) / 2>(s2, PROBREG_TABLE(kTwoOverOdd));  // the same Horner steps
+  } else {
+    p = T(2.0 / top);
+    PROBREG_UNROLL_POLYNOMIAL
+    for (int k = top - 2; k >= 1; k -= 2) p = pr_fma(p, s2, T(2.0 / k));
+  }
   return p * s;
 }
 
@@ -260,6 +269,22 @@ PROBREG_HOST_DEVICE T masked_grad(T go, T x) {
 }
 
 // ---------------------------------------------------------------- full covariance
+// The eigenbasis residual p = g o (V^T z) - V^T v reads z = y - loc and v = 0 (mu
+// parameterisation), or z = y and v = loc (v). Both parameterisations run the same
+// arithmetic on selected values (x - 0 is x exactly, and V^T 0 = 0 for finite V), so a
+// kernel holds one copy of it: from `mu_param ? g q : g q - V^T loc` the compiler hoisted
+// the branch out of the kernels' loops and duplicated everything after it (about 90
+// instructions of each d = 3 huber_nll kernel). The d = 2 reflection form keeps its
+// conditional expressions, which compile to fewer instructions there.
+template <int D, typename T>
+PROBREG_HOST_DEVICE void eigenbasis_residual_inputs(const T loc[D], const T y[D], bool mu_param, T z[D], T v[D]) {
+  PROBREG_UNROLL
+  for (int k = 0; k < D; ++k) {
+    z[k] = y[k] - pr_where(mu_param, loc[k], T(0));
+    v[k] = pr_where(mu_param, T(0), loc[k]);
+  }
+}
+
 // Forward from the eigen-decomposition (l ascending, V columns) of B. Eigenvalues and
 // theta in L, the rest in T (L = T except the float32 paths, spectral.h). Out (here and
 // below): the type the results are rounded to (spectral.h Theta).
@@ -267,9 +292,8 @@ template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T loc[D], const T y[D],
                                          T delta, L theta_value, bool mu_param) {
   const Theta<L, Out> theta(theta_value);
-  T z[D];
-  PROBREG_UNROLL
-  for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
+  T z[D], v[D];
+  eigenbasis_residual_inputs<D>(loc, y, mu_param, z, v);
   T p[D];
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
@@ -277,24 +301,23 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T 
     PROBREG_UNROLL
     for (int k = 0; k < D; ++k) {
       q += V[k][j] * z[k];
-      vj += V[k][j] * loc[k];
+      vj += V[k][j] * v[k];
     }
     const T g = remap_g<L, T>(l[j], theta);
-    p[j] = mu_param ? g * q : g * q - vj;
+    p[j] = g * q - vj;
   }
   return T(neg_log_det_remap<D>(l, theta)) + family_rho<F>(scaled_norm<D>(p), delta);
 }
 
-// Backward from the eigen-decomposition of B: gradients w.r.t. loc (D), the symmetric
+// Backward from the eigen-decomposition of B (l ascending, as for the forward): gradients w.r.t. loc (D), the symmetric
 // B (D x D) and y (D), scaled by the upstream gradient go.
 template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][D], const T loc[D],
                                                      const T y[D], T go, T delta, L theta_value, bool mu_param,
                                                      T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
   const Theta<L, Out> theta(theta_value);
-  T z[D];
-  PROBREG_UNROLL
-  for (int k = 0; k < D; ++k) z[k] = mu_param ? y[k] - loc[k] : y[k];
+  T z[D], v[D];
+  eigenbasis_residual_inputs<D>(loc, y, mu_param, z, v);
   T h[D], e[D], g[D], q[D], p[D];
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
@@ -302,21 +325,22 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
     PROBREG_UNROLL
     for (int k = 0; k < D; ++k) {
       qj += V[k][j] * z[k];
-      vj += V[k][j] * loc[k];
+      vj += V[k][j] * v[k];
     }
     h[j] = remap_half_exp_factor<T>(l[j], theta);
     e[j] = h[j] * h[j];
     g[j] = remap_g_from(l[j], e[j], theta);
     q[j] = qj;
-    p[j] = mu_param ? g[j] * qj : g[j] * qj - vj;
+    p[j] = g[j] * qj - vj;
   }
   T u[D];
   const T c = go * family_rho_prime<F>(norm_and_direction<D>(p, u), delta);
-  T t[D], gt[D];
+  T t[D], gt[D], lt[D];
   PROBREG_UNROLL
   for (int j = 0; j < D; ++j) {
     t[j] = c * u[j];
     gt[j] = g[j] * t[j];
+    lt[j] = pr_where(mu_param, gt[j], t[j]);  // a select, not a branch (see above)
   }
   // Rotate back: grad_y = V (g o t); grad_loc = -V t (v) or -grad_y (mu).
   PROBREG_UNROLL
@@ -325,10 +349,10 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
     PROBREG_UNROLL
     for (int j = 0; j < D; ++j) {
       a += V[k][j] * gt[j];
-      b += V[k][j] * t[j];
+      b += V[k][j] * lt[j];
     }
     grad_y[k] = masked_grad(go, a);
-    grad_loc[k] = masked_grad(go, -(mu_param ? a : b));
+    grad_loc[k] = masked_grad(go, -b);
   }
   // M = sym(t q^T) o K - go diag(g'/g), then grad_B = V M V^T.
   T M[D][D];
@@ -339,7 +363,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][
       if (i == j) {
         M[i][i] = t[i] * q[i] * remap_g_prime_from(l[i], e[i], theta) - go * remap_log_g_prime<T>(l[i], theta);
       } else {
-        const T kij = remap_divided_difference(l[i], l[j], h[i], h[j], theta);
+        const T kij = remap_divided_difference_ordered(l[i], l[j], h[i], h[j], theta);
         M[i][j] = T(0.5) * (t[i] * q[j] + q[i] * t[j]) * kij;
         M[j][i] = M[i][j];
       }

@@ -20,6 +20,18 @@
 #define PROBREG_HOST_DEVICE inline
 #endif
 
+// A function kept out of line (a call), for code that runs rarely inside a kernel's loop
+// (the last, partial tile; special matrices), so that the loop body every item runs
+// leaves it out: instruction cache, and tools/sass_counts.py's counts, which leave
+// out-of-line code out.
+#if defined(__CUDACC__)
+#define PROBREG_NOINLINE __noinline__
+#elif defined(__GNUC__)
+#define PROBREG_NOINLINE __attribute__((noinline))
+#else
+#define PROBREG_NOINLINE
+#endif
+
 // Full unrolling of the fixed-size (d <= 3) loops.
 #if defined(__CUDACC__)
 #define PROBREG_UNROLL _Pragma("unroll")
@@ -39,6 +51,27 @@
 #endif
 
 namespace probreg {
+
+// Tables of double constants (polynomial coefficients), defined at namespace scope by
+// PROBREG_DOUBLE_TABLE(name, {values}) and read by PROBREG_TABLE(name). On a CUDA device
+// nvcc materialises every double immediate with two uniform moves at each use, inside
+// the kernels' loops; an entry of a table in constant memory takes one uniform load
+// (tools/sass_counts.py). The device copy is not const: nvcc folds a const one back into
+// immediates. Host code (g++, and nvcc's host pass) reads a constexpr copy of the same
+// list.
+#if defined(__CUDACC__)
+#define PROBREG_DOUBLE_TABLE(name, ...)         \
+  constexpr double name##_host[] = __VA_ARGS__; \
+  static __constant__ double name##_device[] = __VA_ARGS__
+#else
+#define PROBREG_DOUBLE_TABLE(name, ...) constexpr double name##_host[] = __VA_ARGS__
+#endif
+#if defined(__CUDA_ARCH__)
+#define PROBREG_TABLE(name) name##_device
+#else
+#define PROBREG_TABLE(name) name##_host
+#endif
+
 
 // Overloads that resolve to the single- or double-precision libm/CUDA function, so that
 // a template instantiated for float never silently computes in double (or vice versa).

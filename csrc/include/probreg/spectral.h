@@ -42,7 +42,7 @@ struct Theta {
 // separately).
 template <typename L, typename Out>
 PROBREG_HOST_DEVICE L remap_exponent(L l, const Theta<L, Out>& theta) {
-  return pr_min((l - theta.value) * theta.inv, L(0));
+  return pr_where(l < theta.value, (l - theta.value) * theta.inv, L(0));
 }
 
 // exp(min(l/theta - 1, 0)): the exponential factor of g on its exponential branch
@@ -63,9 +63,8 @@ PROBREG_HOST_DEVICE T exp_factor_of(L z) {
       return pr_exp(z);
     }
   } else {
-    const L zc = pr_max(z, L(-150));
-    const T z_hi = T(zc);
-    const T z_lo = T(zc - L(z_hi));
+    const T z_hi = pr_max(T(z), T(-150));
+    const T z_lo = pr_max(T(z - L(z_hi)), T(-1));
     return pr_exp(z_hi) * (T(1) + z_lo);
   }
 }
@@ -122,18 +121,14 @@ PROBREG_HOST_DEVICE T expm1_nonpositive_from(T z, T e) {
   return pr_where(z > T(-0.5), expm1_taylor<T, Out>(z), e - T(1));
 }
 
-// Divided difference K(li, lj) = (g(li) - g(lj)) / (li - lj), and g'(li) at li == lj,
-// given hi_, hj_ = remap_half_exp_factor(li / lj). Symmetric in its arguments. Every branch
-// is evaluated and one is selected (branch-free); no tie threshold, no cancellation.
-// Mixed types: the differences gap, hi - theta and z_lo are formed in L (exact where
-// they cancel) before rounding to T.
+// Divided difference K(lo, hi) = (g(hi) - g(lo)) / (hi - lo), and g'(lo) at lo == hi,
+// given h_lo, h_hi = remap_half_exp_factor(lo / hi), for ORDERED arguments: lo <= hi, or a
+// NaN (the callers' eigenvalues are ascending; remap_divided_difference takes any order).
+// Every branch is evaluated and one is selected (branch-free); no tie threshold, no
+// cancellation. Mixed types: the differences gap, hi - theta and z_lo are formed in L
+// (exact where they cancel) before rounding to T.
 template <typename T, typename L, typename Out>
-PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T half_i, T half_j, const Theta<L, Out>& theta) {
-  const auto i_is_hi = li >= lj;
-  const L hi = pr_where(i_is_hi, li, lj);
-  const L lo = pr_where(i_is_hi, lj, li);
-  const T h_hi = pr_where(i_is_hi, half_i, half_j);
-  const T h_lo = pr_where(i_is_hi, half_j, half_i);
+PROBREG_HOST_DEVICE T remap_divided_difference_ordered(L lo, L hi, T h_lo, T h_hi, const Theta<L, Out>& theta) {
   const T e_hi = h_hi * h_hi;
   const T e_lo = h_lo * h_lo;
   const T gap = T(hi - lo);
@@ -161,6 +156,16 @@ PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T half_i, T half_j, c
   const T k_far = theta_t * (e_hi - e_lo) * inv_gap;
   const T k_exp = pr_where(far, k_far, k_near);
   return pr_where(both_linear, T(1), pr_where(mixed, k_mixed, k_exp));
+}
+
+// remap_divided_difference_ordered for arguments in either order (symmetric in them);
+// li >= lj false (NaN included) takes li as the lower one.
+template <typename T, typename L, typename Out>
+PROBREG_HOST_DEVICE T remap_divided_difference(L li, L lj, T half_i, T half_j, const Theta<L, Out>& theta) {
+  const auto i_is_hi = li >= lj;
+  return remap_divided_difference_ordered(pr_where(i_is_hi, lj, li), pr_where(i_is_hi, li, lj),
+                                          pr_where(i_is_hi, half_j, half_i), pr_where(i_is_hi, half_i, half_j),
+                                          theta);
 }
 
 template <typename T>
@@ -222,7 +227,8 @@ PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], L 
   compose_spectral<D, T>(V, gl, A);
 }
 
-// Backward of the spectral remap given the eigen-decomposition of B and the upstream
+// Backward of the spectral remap given the eigen-decomposition of B (l ascending, as
+// symeig returns it: the divided differences take ordered pairs) and the upstream
 // gradient dL/dA (any square matrix; it is symmetrised). Writes the symmetric dL/dB.
 template <int D, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], const T gA[D][D],
@@ -249,8 +255,12 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], c
       T acc = T(0);
       PROBREG_UNROLL
       for (int k = 0; k < D; ++k) acc += V[k][i] * GV[k][j];
+      // The ordered form (l ascending) saves each pair's compare and selects; with it ptxas
+      // gives the float64 d = 3 CUDA kernel 150 registers instead of 128 (one block of
+      // kThreads per SM instead of two), so where T = L the symmetric form stays.
       const T kij = (i == j) ? remap_g_prime_from(l[i], h[i] * h[i], theta)
-                             : remap_divided_difference(l[i], l[j], h[i], h[j], theta);
+                    : std::is_same_v<T, L> ? remap_divided_difference(l[i], l[j], h[i], h[j], theta)
+                                           : remap_divided_difference_ordered(l[i], l[j], h[i], h[j], theta);
       M[i][j] = acc * kij;
       M[j][i] = M[i][j];
     }
@@ -281,7 +291,7 @@ PROBREG_HOST_DEVICE void reflection_backward_from(const L l[2], T h_lo, T h_hi, 
                                                   const Theta<L, Out>& theta, T gB[2][2]) {
   const T alpha = remap_g_prime_from(l[0], h_lo * h_lo, theta);
   const T beta = remap_g_prime_from(l[1], h_hi * h_hi, theta);
-  const T kappa = remap_divided_difference(l[0], l[1], h_lo, h_hi, theta);
+  const T kappa = remap_divided_difference_ordered(l[0], l[1], h_lo, h_hi, theta);
   const T c_g = T(0.25) * (alpha + beta + T(2) * kappa);
   const T c_ng = T(0.25) * (beta - alpha);
   const T c_ngn = T(0.25) * (alpha + beta - T(2) * kappa);

@@ -193,6 +193,31 @@ PROBREG_HOST_DEVICE void sort_eigenpairs(L l[D], T V[D][D]) {
     }
 }
 
+// sort_eigenpairs for d = 3 when l[0] is an extreme value (>= both others or <= both;
+// symeig3_trace_free's isolated eigenvalue, rounded monotonically): one compare-swap
+// orders the pair l[1], l[2] (equal values keep their order), and l[0] goes last if it
+// exceeds the pair's smaller value, else first. Ascending output.
+template <typename L, typename T>
+PROBREG_HOST_DEVICE void sort_eigenpairs_extreme_first(L l[3], T V[3][3]) {
+  const auto swap = l[1] > l[2];
+  const L lo = pr_where(swap, l[2], l[1]);
+  const L hi = pr_where(swap, l[1], l[2]);
+  const auto last = l[0] > lo;
+  const L l0 = l[0];
+  l[0] = pr_where(last, lo, l0);
+  l[1] = pr_where(last, hi, lo);
+  l[2] = pr_where(last, l0, hi);
+  PROBREG_UNROLL
+  for (int r = 0; r < 3; ++r) {
+    const T x = V[r][0];
+    const T v_lo = pr_where(swap, V[r][2], V[r][1]);
+    const T v_hi = pr_where(swap, V[r][1], V[r][2]);
+    V[r][0] = pr_where(last, v_lo, x);
+    V[r][1] = pr_where(last, v_hi, v_lo);
+    V[r][2] = pr_where(last, x, v_hi);
+  }
+}
+
 // Jacobi core on a finite matrix a (overwritten) whose largest |entry| is `unit`
 // (within SafeRange, or 1 after rescaling). Writes ascending l and the columns of V.
 template <int D, typename T>
@@ -308,29 +333,29 @@ PROBREG_HOST_DEVICE void symeig(const T B[D][D], T l[D], T V[D][D]) {
 // double (error 1.2e-16), degree 8 in float (1.8e-9). Coarse, in double: degree 10
 // (4.0e-11), for callers that need no more (symeig3_trace_free's kFloatFrame).
 // Branch-free in T.
+PROBREG_DOUBLE_TABLE(kCosThirdAcos18,
+                     {-7.735658098734745e-12, 2.520259132434053e-11, -4.576602098929384e-11, 1.519045707836425e-10,
+                      -5.812979784190751e-10, 1.9510098713100844e-09, -6.52777227104142e-09, 2.236175871754495e-08,
+                      -7.764866727359298e-08, 2.7368261594825763e-07, -9.83537028433641e-07, 3.6232882101634036e-06,
+                      -1.3791278346508278e-05, 5.4914418801357915e-05, -0.00023364527941077302,
+                      0.0011066549558275303, -0.00643141398766414, 0.06582180727244992, 0.9396926207859084});
+PROBREG_DOUBLE_TABLE(kCosThirdAcos10,
+                     {-9.877998681240881e-08, 3.4583194781585974e-07, -9.613189169906698e-07, 3.547500581025483e-06,
+                      -1.3801225118045625e-05, 5.4948333295476535e-05, -0.00023364348276825488,
+                      0.0011066488313105144, -0.006431414077896089, 0.06582180758001321, 0.9396926207859084});
 template <typename T, bool Coarse = false>
 PROBREG_HOST_DEVICE T cos_third_acos(T x) {
   const T u = T(2) * x - T(1);
-  if constexpr (Eps<T>::value > 1e-10) {  // float
+  if constexpr (Eps<T>::value > 1e-10) {  // float: immediates
     constexpr double c[] = {
         -1.1830242244174324e-06, 4.323750525886311e-06, -1.363549260432252e-05, 5.4368007097610814e-05,
         -0.00023368930890791412, 0.0011068093153735262, -0.006431410664297061, 0.06582179562331245,
         0.9396926207859084};
     return polynomial(u, c);
   } else if constexpr (Coarse) {
-    constexpr double c[] = {
-        -9.877998681240881e-08, 3.4583194781585974e-07, -9.613189169906698e-07, 3.547500581025483e-06,
-        -1.3801225118045625e-05, 5.4948333295476535e-05, -0.00023364348276825488, 0.0011066488313105144,
-        -0.006431414077896089, 0.06582180758001321, 0.9396926207859084};
-    return polynomial(u, c);
+    return polynomial(u, PROBREG_TABLE(kCosThirdAcos10));
   } else {
-    constexpr double c[] = {
-        -7.735658098734745e-12, 2.520259132434053e-11, -4.576602098929384e-11, 1.519045707836425e-10,
-        -5.812979784190751e-10, 1.9510098713100844e-09, -6.52777227104142e-09, 2.236175871754495e-08,
-        -7.764866727359298e-08, 2.7368261594825763e-07, -9.83537028433641e-07, 3.6232882101634036e-06,
-        -1.3791278346508278e-05, 5.4914418801357915e-05, -0.00023364527941077302, 0.0011066549558275303,
-        -0.00643141398766414, 0.06582180727244992, 0.9396926207859084};
-    return polynomial(u, c);
+    return polynomial(u, PROBREG_TABLE(kCosThirdAcos18));
   }
 }
 
@@ -342,9 +367,19 @@ PROBREG_HOST_DEVICE void cross3(const T x[3], const T y[3], T c[3]) {
   c[2] = x[0] * y[1] - x[1] * y[0];
 }
 
+// tr(a^2) = sum_ij a_ij^2 of a symmetric 3x3 a (its squared Frobenius norm), in the one
+// order of operations that symeig3_trace_free's callers and symeig3_shift_scale share.
+template <typename T>
+PROBREG_HOST_DEVICE T frobenius2_symmetric3(const T a[3][3]) {
+  return a[0][0] * a[0][0] + a[1][1] * a[1][1] + a[2][2] * a[2][2] +
+         T(2) * (a[0][1] * a[0][1] + a[0][2] * a[0][2] + a[1][2] * a[1][2]);
+}
+
 // Closed-form eigen-decomposition a = V diag(lam) V^T of a finite symmetric 3x3 `a` with
 // trace zero up to rounding and eigenvalue spread p = sqrt(tr(a^2) / 6) in [0.28, 0.58)
-// (callers shift and scale by a power of two); where p <= 16 eps or the caller's mask
+// (callers shift and scale by a power of two), given frobenius2 = tr(a^2)
+// (frobenius2_symmetric3, or the caller's unscaled one times the power of two squared:
+// the same value); where p <= 16 eps or the caller's mask
 // `valid` is false, V = I and lam = diag(a). Columns in no particular order (callers sort).
 // Straight-line and branch-free in T (float on the CUDA mixed path, the double SIMD
 // lanes on the CPU):
@@ -369,11 +404,17 @@ PROBREG_HOST_DEVICE void cross3(const T x[3], const T y[3], T c[3]) {
 // ulp of V, and moves the eigenvalues by that angle squared times p, far below eps p.
 // tools/symeig_mixed_accuracy.cpp measures the rounded V against degree 18.
 template <typename T, typename Mask, bool kFloatFrame = false>
-PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], Mask valid, T lam[3], T V[3][3]) {
+PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], T frobenius2, Mask valid, T lam[3], T V[3][3]) {
   const T a00 = a[0][0], a11 = a[1][1], a22 = a[2][2], a01 = a[0][1], a02 = a[0][2], a12 = a[1][2];
-  const T p2 = (a00 * a00 + a11 * a11 + a22 * a22 + T(2) * (a01 * a01 + a02 * a02 + a12 * a12)) * T(1.0 / 6.0);
+  const T p2 = frobenius2 * T(1.0 / 6.0);
   const T eps = T(Eps<T>::value);
-  const auto spread = (p2 > T(256) * eps * eps) & valid;
+  const auto spread = [&] {
+    if constexpr (std::is_same_v<Mask, std::true_type>) {
+      return std::true_type{};
+    } else {
+      return (p2 > T(256) * eps * eps) & valid;
+    }
+  }();
   const T inv_p = pr_rsqrt(pr_where(spread, p2, T(1)));
   const T p = p2 * inv_p;
   const T det = a00 * (a11 * a22 - a12 * a12) - a01 * (a01 * a22 - a12 * a02) + a02 * (a01 * a12 - a11 * a02);
@@ -440,6 +481,11 @@ PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], Mask valid, T lam[3
   }
 }
 
+template <typename T, typename Mask, bool kFloatFrame = false>
+PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], Mask valid, T lam[3], T V[3][3]) {
+  symeig3_trace_free<T, Mask, kFloatFrame>(a, frobenius2_symmetric3(a), valid, lam, V);
+}
+
 // down = 2^-floor(e/2) and up = 1/down for positive normal x = f 2^e, f in [1/2, 1): x
 // times down^2 is in [1/2, 2), so a matrix scaled by down has its sum of squares there.
 // Bit operations (lanes.h has the SIMD form).
@@ -460,30 +506,35 @@ PROBREG_HOST_DEVICE double pow2_rsqrt_scale(double x, double& up) {
 // overflow nor underflow where they matter (a spread below 1e-150, dropped as zero, is
 // < eps/16 max|B_ij| there). B = c I gives V = I and l = c exactly. kFloatFrame: see
 // symeig3_trace_free (for callers that round V to float).
-template <typename T, bool kFloatFrame = false>
-PROBREG_HOST_DEVICE void symeig3_closed_form(const T B[3][3], T l[3], T V[3][3]) {
-  const T q = (B[0][0] + B[1][1] + B[2][2]) * T(1.0 / 3.0);
-  T shifted[3][3], p2 = T(0);
+template <typename T>
+PROBREG_HOST_DEVICE auto symeig3_shift_scale(const T B[3][3], T& q, T& up, T& frobenius2, T a[3][3]) {
+  q = (B[0][0] + B[1][1] + B[2][2]) * T(1.0 / 3.0);
+  T shifted[3][3];
   PROBREG_UNROLL
   for (int i = 0; i < 3; ++i)
     PROBREG_UNROLL
-    for (int j = 0; j < 3; ++j) {
-      shifted[i][j] = i == j ? B[i][j] - q : B[i][j];
-      p2 += shifted[i][j] * shifted[i][j];
-    }
+    for (int j = 0; j < 3; ++j) shifted[i][j] = i == j ? B[i][j] - q : B[i][j];
+  const T f2 = frobenius2_symmetric3(shifted);
   // Spread 0: B = c I exactly (then V = I and l = q + (c - q) = c, whatever q's
-  // rounding), or a spread below 1e-150 (c I to within eps/16 max|B_ij|).
+  // rounding), or a spread below 1e-150 (c I to within eps/16 max|B_ij|; the threshold
+  // 2^-996 = 1.5e-300 on tr(S^2), a power of two: an immediate operand on CUDA).
   const auto general = (B[0][1] != T(0)) | (B[0][2] != T(0)) | (B[1][2] != T(0)) | (B[0][0] != B[1][1]) |
                        (B[1][1] != B[2][2]);
-  const auto spread = (p2 > T(1e-300)) & general;
-  T up;
-  const T down = pow2_rsqrt_scale(pr_where(spread, p2, T(1)), up);
-  T a[3][3], lam[3];
+  const auto spread = (f2 > T(0x1p-996)) & general;
+  const T down = pow2_rsqrt_scale(pr_where(spread, f2, T(1)), up);
   PROBREG_UNROLL
   for (int i = 0; i < 3; ++i)
     PROBREG_UNROLL
     for (int j = 0; j < 3; ++j) a[i][j] = shifted[i][j] * down;
-  symeig3_trace_free<T, std::decay_t<decltype(spread)>, kFloatFrame>(a, spread, lam, V);
+  frobenius2 = f2 * down * down;  // exactly frobenius2_symmetric3(a): down is a power of two
+  return spread;
+}
+
+template <typename T, bool kFloatFrame = false>
+PROBREG_HOST_DEVICE void symeig3_closed_form(const T B[3][3], T l[3], T V[3][3]) {
+  T q, up, frobenius2, a[3][3], lam[3];
+  const auto spread = symeig3_shift_scale<T>(B, q, up, frobenius2, a);
+  symeig3_trace_free<T, std::decay_t<decltype(spread)>, kFloatFrame>(a, frobenius2, spread, lam, V);
   PROBREG_UNROLL
   for (int k = 0; k < 3; ++k) l[k] = q + lam[k] * up;
 }
@@ -527,16 +578,47 @@ PROBREG_HOST_DEVICE void symeig2_mixed(const double B[2][2], double l[2], float 
   V[1][1] = swap ? -sn : cs;
 }
 
+// symeig_mixed's d = 3 matrices off the closed form's straight path, out of line: B = c I
+// (V = I and l = c exactly, through symeig3_closed_form's spread mask) and NaN or Inf
+// anywhere (every output NaN). It runs only for such items, so the kernels' loop bodies
+// hold a call to it rather than its instructions. B's six distinct entries by value: an
+// array argument would pass through local memory for every item.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline PROBREG_NOINLINE void symeig3_mixed_special(double b00, double b01, double b02, double b11, double b12,
+                                                   double b22, double l[3], float V[3][3]) {
+  const double B[3][3] = {{b00, b01, b02}, {b01, b11, b12}, {b02, b12, b22}};
+  double total = 0.0;  // NaN or Inf anywhere makes it non-finite
+  PROBREG_UNROLL
+  for (int i = 0; i < 3; ++i)
+    PROBREG_UNROLL
+    for (int j = i; j < 3; ++j) total += pr_abs(B[i][j]);
+  double Q[3][3];
+  symeig3_closed_form<double, true>(B, l, Q);  // Q is rounded to float below
+  const double poison = 0.0 * total;  // NaN where B has a NaN or Inf, else 0
+  PROBREG_UNROLL
+  for (int i = 0; i < 3; ++i) {
+    l[i] += poison;
+    PROBREG_UNROLL
+    for (int j = 0; j < 3; ++j) V[i][j] = float(Q[i][j]) + float(poison);
+  }
+  sort_eigenpairs<3, double, float>(l, V);
+}
+
 // Mixed-precision eigen-decomposition (the CUDA kernels' float32 path): B in double (the
 // exact float32 inputs), eigenvalues l in double, eigenvectors V in double rounded to
-// float. d = 3: symeig3_closed_form in double (every finite float32 matrix is within its
-// range; straight-line code, no iteration; kFloatFrame: the extreme eigenvalue that
-// locates the first eigenvector only to the accuracy a float V needs); eigenvalues
-// accurate to ~eps_d ||B||, which is what g's exponential needs at l = -80 theta, and
-// rounding V to float perturbs A = V g V^T by O(eps_f ||A||), with no 1/gap or l/theta
-// amplification. d = 2:
-// symeig2_mixed (closed form); d = 1: symeig<1, double>. NaN/Inf anywhere: every output
-// NaN, as symeig; B = 0: V = I, l = 0.
+// float. d = 3: the closed form in double (every finite float32 matrix is within its
+// range; straight-line code, no iteration), eigenvalues accurate to ~eps_d ||B||, which
+// is what g's exponential needs at l = -80 theta, and rounding V to float perturbs
+// A = V g V^T by O(eps_f ||A||), with no 1/gap or l/theta amplification. Its straight
+// path: symeig3_shift_scale, symeig3_trace_free with the spread known (its masks fold
+// away) and kFloatFrame (the extreme eigenvalue locates the first eigenvector only to the
+// accuracy a float V needs), sort_eigenpairs_extreme_first; B = c I and non-finite B go
+// to symeig3_mixed_special, whose results replace the straight path's (which runs for
+// every B: after an early return nvcc would pass the outputs through local memory).
+// d = 2: symeig2_mixed (closed form); d = 1: symeig<1, double>. NaN/Inf anywhere: every
+// output NaN, as symeig; B = 0: V = I, l = 0.
 template <int D>
 PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V[D][D]) {
   if constexpr (D == 2) {
@@ -546,21 +628,28 @@ PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V
     symeig<1, double>(B, l, Q);
     V[0][0] = float(Q[0][0]);
   } else {
-    double total = 0.0;  // NaN or Inf anywhere makes it non-finite
-    PROBREG_UNROLL
-    for (int i = 0; i < D; ++i)
-      PROBREG_UNROLL
-      for (int j = i; j < D; ++j) total += pr_abs(B[i][j]);
-    double Q[D][D];
-    symeig3_closed_form<double, true>(B, l, Q);  // Q is rounded to float below
-    const double poison = 0.0 * total;  // NaN where B has a NaN or Inf, else 0
+    double q, up, frobenius2, a[3][3];
+    const bool spread = symeig3_shift_scale<double>(B, q, up, frobenius2, a);
+    double lam[3], Q[3][3];
+    symeig3_trace_free<double, std::true_type, true>(a, frobenius2, std::true_type{}, lam, Q);
     PROBREG_UNROLL
     for (int i = 0; i < D; ++i) {
-      l[i] += poison;
+      l[i] = q + lam[i] * up;
       PROBREG_UNROLL
-      for (int j = 0; j < D; ++j) V[i][j] = float(Q[i][j]) + float(poison);
+      for (int j = 0; j < D; ++j) V[i][j] = float(Q[i][j]);
     }
-    sort_eigenpairs<D, double, float>(l, V);
+    sort_eigenpairs_extreme_first<double, float>(l, V);
+    if (!(spread && frobenius2 < INFINITY)) {  // B = c I, NaN or Inf
+      double l_special[3];
+      float V_special[3][3];
+      symeig3_mixed_special(B[0][0], B[0][1], B[0][2], B[1][1], B[1][2], B[2][2], l_special, V_special);
+      PROBREG_UNROLL
+      for (int i = 0; i < D; ++i) {
+        l[i] = l_special[i];
+        PROBREG_UNROLL
+        for (int j = 0; j < D; ++j) V[i][j] = V_special[i][j];
+      }
+    }
   }
 }
 
