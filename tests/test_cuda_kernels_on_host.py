@@ -183,6 +183,62 @@ def test_huber_nll_sizes_dtypes_broadcast_gradient(emu, dtype, d, n):
     assert_close(gp, egp, dtype, "grad_pred")
 
 
+# ---- special matrices in one batch ----
+
+def with_special_rows(raw, d):
+    """raw (n, P) packed B rows (probreg's layout: the diagonal first) with rows 3..7 made
+    special: B = 2.5 I, B = 0, a NaN off the diagonal, +Inf on it, -Inf off it. At d = 3
+    the float32 kernels send those to symeig3_mixed_special, out of line; at d = 2 the
+    Inf on the diagonal once left finite zeros in A."""
+    raw = raw.clone()
+    raw[3:5] = 0.0
+    raw[3, :d] = 2.5
+    raw[5, d] = float("nan")
+    raw[6, 0] = float("inf")
+    raw[7, -1] = -float("inf")
+    return raw
+
+
+def assert_rows_match(actual, expected, dtype, what, floor=1e-6):
+    """The non-finite rows of `expected` are NaN in every entry of `actual` (items with a
+    NaN or Inf input), the others agree within TOL."""
+    bad = ~torch.isfinite(expected.reshape(expected.shape[0], -1)).all(-1)
+    assert bad[5:8].all() and not bad[:5].any(), f"{what}: the CPU op's non-finite rows"
+    assert torch.isnan(actual[bad]).all(), f"{what}: a NaN or Inf input must give NaN outputs"
+    assert_close(actual[~bad], expected[~bad], dtype, what, floor=floor)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_special_matrices_float32(emu, d):
+    n, P, dtype = 300, d * (d + 1) // 2, torch.float32
+    raw64 = with_special_rows(torch.randn(n, P, generator=gen(40 + d), dtype=torch.float64), d)
+    raw = raw64.to(dtype)
+    gA, gA64 = rounded(torch.randn(n, d, d, generator=gen(41), dtype=torch.float64), dtype)
+    assert_rows_match(emu.spd_from_raw(raw, d, THETA), ops.spd_from_raw(raw64, THETA), dtype, "spd_from_raw")
+    assert_rows_match(emu.spd_from_raw_backward(gA, raw, THETA), ops._spd_from_raw_backward(gA64, raw64, THETA),
+                      dtype, "spd_from_raw backward")
+    B64 = symmetric_inputs(n, d, seed=44 + d, ties=False)
+    B64[3], B64[4] = 2.5 * torch.eye(d, dtype=torch.float64), 0.0
+    B64[5, 0, 1] = B64[5, 1, 0] = float("nan")
+    B64[6, 0, 0] = float("inf")
+    B64[7, 0, d - 1] = B64[7, d - 1, 0] = -float("inf")
+    B = B64.to(dtype)
+    assert_rows_match(emu.spd_remap(B, THETA), ops.spd_remap(B64, THETA), dtype, "spd_remap")
+    assert_rows_match(emu.spd_remap_backward(gA, B, THETA), ops._spd_remap_backward(gA64, B64, THETA), dtype,
+                      "spd_remap backward")
+    pred, pred64, target, target64 = nll_inputs(n, d, "full", dtype, seed=42 + d)
+    pred64[:, d:] = raw64
+    pred = pred64.to(dtype)
+    args = (DELTA, THETA, FAMILIES["huber"], COVARIANCES["full"], True)
+    assert_rows_match(emu.huber_nll(pred, target, *args).unsqueeze(-1),
+                      ops.huber_nll(pred64, target64, *args).unsqueeze(-1), dtype, "loss", floor=1.0)
+    grad_loss, grad_loss64 = rounded(torch.rand(n, generator=gen(43), dtype=torch.float64) + 0.5, dtype)
+    gp, gt = emu.huber_nll_backward(grad_loss, pred, target, *args, need_grad_target=True)
+    egp, egt = ops._huber_nll_backward(grad_loss64, pred64, target64, *args, True)
+    assert_rows_match(gp, egp, dtype, "grad_pred")
+    assert_rows_match(gt, egt, dtype, "grad_target")
+
+
 # ---- huber_fuse ----
 
 def fuse_inputs(problems, n, d, dtype, seed):

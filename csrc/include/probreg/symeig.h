@@ -403,6 +403,8 @@ PROBREG_HOST_DEVICE T frobenius2_symmetric3(const T a[3][3]) {
 // v0, and with it U and W, by about 5e-11 (gap >= sqrt(3) p), a thousandth of a float
 // ulp of V, and moves the eigenvalues by that angle squared times p, far below eps p.
 // tools/symeig_mixed_accuracy.cpp measures the rounded V against degree 18.
+// Mask std::true_type: the caller guarantees the spread (symeig_mixed's straight path,
+// after symeig3_shift_scale), and the selections of the identity fold away.
 template <typename T, typename Mask, bool kFloatFrame = false>
 PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], T frobenius2, Mask valid, T lam[3], T V[3][3]) {
   const T a00 = a[0][0], a11 = a[1][1], a22 = a[2][2], a01 = a[0][1], a02 = a[0][2], a12 = a[1][2];
@@ -496,16 +498,12 @@ PROBREG_HOST_DEVICE double pow2_rsqrt_scale(double x, double& up) {
   return pr_bit_cast<double>((unsigned long long)(1023 - half) << 52);
 }
 
-// Eigen-decomposition of a finite symmetric 3x3 B in closed form (the CPU SIMD lanes'
-// d = 3 path and the CUDA float32 path): B - q I (q = tr(B)/3) scaled by a power of two
-// to an eigenvalue spread in [0.28, 0.58), symeig3_trace_free, and l = q + lam scaled
-// back. Backward stable like Jacobi: residual and orthogonality O(eps), eigenvalues
-// within O(eps ||B||). Columns UNSORTED: callers sort (sort_eigenpairs), in the type
-// they keep V in. Needs max|B_ij| in [SafeRange<double>::lo, hi] (1e-130..1e130;
-// every finite float32 matrix qualifies): squares of the shifted entries neither
-// overflow nor underflow where they matter (a spread below 1e-150, dropped as zero, is
-// < eps/16 max|B_ij| there). B = c I gives V = I and l = c exactly. kFloatFrame: see
-// symeig3_trace_free (for callers that round V to float).
+// symeig3_closed_form's first step: q = tr(B)/3, the shifted S = B - q I scaled to
+// a = S down by a power of two down (up = 1/down) that puts tr(a^2) in [1/2, 2), and
+// frobenius2 = tr(a^2) (as tr(S^2) down^2). Returns the spread mask, false where
+// B = c I exactly, where tr(S^2) <= 2^-996 (a spread below 1e-150: c I to within eps/16
+// max|B_ij|; a power of two, an immediate operand on CUDA) and where tr(S^2) is NaN; then
+// down = up = 1. An Inf in B gives tr(S^2) = Inf or NaN (symeig_mixed tests frobenius2).
 template <typename T>
 PROBREG_HOST_DEVICE auto symeig3_shift_scale(const T B[3][3], T& q, T& up, T& frobenius2, T a[3][3]) {
   q = (B[0][0] + B[1][1] + B[2][2]) * T(1.0 / 3.0);
@@ -516,8 +514,7 @@ PROBREG_HOST_DEVICE auto symeig3_shift_scale(const T B[3][3], T& q, T& up, T& fr
     for (int j = 0; j < 3; ++j) shifted[i][j] = i == j ? B[i][j] - q : B[i][j];
   const T f2 = frobenius2_symmetric3(shifted);
   // Spread 0: B = c I exactly (then V = I and l = q + (c - q) = c, whatever q's
-  // rounding), or a spread below 1e-150 (c I to within eps/16 max|B_ij|; the threshold
-  // 2^-996 = 1.5e-300 on tr(S^2), a power of two: an immediate operand on CUDA).
+  // rounding), or tr(S^2) <= 2^-996 (1.5e-300).
   const auto general = (B[0][1] != T(0)) | (B[0][2] != T(0)) | (B[1][2] != T(0)) | (B[0][0] != B[1][1]) |
                        (B[1][1] != B[2][2]);
   const auto spread = (f2 > T(0x1p-996)) & general;
@@ -526,10 +523,22 @@ PROBREG_HOST_DEVICE auto symeig3_shift_scale(const T B[3][3], T& q, T& up, T& fr
   for (int i = 0; i < 3; ++i)
     PROBREG_UNROLL
     for (int j = 0; j < 3; ++j) a[i][j] = shifted[i][j] * down;
-  frobenius2 = f2 * down * down;  // exactly frobenius2_symmetric3(a): down is a power of two
+  // frobenius2_symmetric3(a): the same operations on values scaled by a power of two
+  // (exactly equal unless a square of S underflows, a term negligible there).
+  frobenius2 = f2 * down * down;
   return spread;
 }
 
+// Eigen-decomposition of a finite symmetric 3x3 B in closed form (the CPU SIMD lanes'
+// d = 3 path and the CUDA float32 path): B - q I (q = tr(B)/3) scaled by a power of two
+// to an eigenvalue spread in [0.28, 0.58), symeig3_trace_free, and l = q + lam scaled
+// back. Backward stable like Jacobi: residual and orthogonality O(eps), eigenvalues
+// within O(eps ||B||). Columns UNSORTED: callers sort (sort_eigenpairs), in the type
+// they keep V in. Needs max|B_ij| in [SafeRange<double>::lo, hi] (1e-130..1e130;
+// every finite float32 matrix qualifies): squares of the shifted entries neither
+// overflow nor underflow where they matter (a spread below 1e-150, dropped as zero, is
+// < eps/16 max|B_ij| there). B = c I gives V = I and l = c exactly. kFloatFrame: see
+// symeig3_trace_free (for callers that round V to float).
 template <typename T, bool kFloatFrame = false>
 PROBREG_HOST_DEVICE void symeig3_closed_form(const T B[3][3], T l[3], T V[3][3]) {
   T q, up, frobenius2, a[3][3], lam[3];
@@ -661,16 +670,21 @@ constexpr bool kMixedPolicy = std::is_same_v<T, float> && std::is_same_v<L, doub
 // symeig2_reflection for the mixed policy: l and N in double, N rounded to float. B holds
 // float32 data (|B_ij| <= 3.4e38, nonzero differences >= 1e-45), so x^2 + b^2 neither
 // overflows nor, short of an exact tie, underflows in double: no range check is needed.
-// NaN/Inf entries give NaN l (and so a NaN result downstream).
+// NaN/Inf entries give NaN l and N.
 template <typename T, typename L>
 PROBREG_HOST_DEVICE void symeig2_reflection_split(const L B[2][2], L l[2], T N[2][2]) {
   static_assert(kMixedPolicy<T, L>, "symeig2_reflection_split: (float, double) only");
   L frame[2][2];
   symeig2_reflection<L>(B, l, frame);
+  // An Inf on B's diagonal makes l NaN (r = Inf * 0) but leaves N's off-diagonal b / r = 0,
+  // and g(NaN) is finite (remap_exponent takes NaN to 0), so A = mean I + half N would keep
+  // finite zeros: N is poisoned too, and every output of such an item is NaN, as on the
+  // CPU paths. l is finite for finite float32 data, so the poison is 0 there.
+  const T poison = T(l[0] - l[0]);
   PROBREG_UNROLL
   for (int i = 0; i < 2; ++i)
     PROBREG_UNROLL
-    for (int j = 0; j < 2; ++j) N[i][j] = T(frame[i][j]);
+    for (int j = 0; j < 2; ++j) N[i][j] = T(frame[i][j]) + poison;
 }
 
 // Eigenvalues in L, eigenvectors in T: symeig when T = L, symeig_mixed for (float, double).
