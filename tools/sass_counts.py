@@ -103,17 +103,20 @@ def main_body(instructions: list[str]) -> list[str]:
     return instructions[:exits[-1] + 1] if exits else instructions[:end]
 
 
+def branch_target(instruction: str) -> int | None:
+    """The index of a BRA's target (branch targets are byte addresses; SASS instructions
+    are 16 bytes), None for other instructions."""
+    m = re.search(r"BRA\s+(?:!?U?P\w+,\s*)?(0x[0-9a-f]+)", instruction)
+    return int(m.group(1), 16) // 16 if m and opcode(instruction).startswith("BRA") else None
+
+
 def loop_sizes(instructions: list[str]) -> list[int]:
-    """Sizes (in instructions) of the loops closed by a backward branch. Branch targets
-    are byte addresses; SASS instructions are 16 bytes."""
+    """Sizes (in instructions) of the loops closed by a backward branch."""
     sizes = []
     for i, ins in enumerate(instructions):
-        if opcode(ins) == "BRA":
-            m = re.search(r"BRA\s+(?:!?U?P\w+,\s*)?(0x[0-9a-f]+)", ins)
-            if m:
-                target = int(m.group(1), 16) // 16
-                if target <= i:
-                    sizes.append(i - target + 1)
+        target = branch_target(ins) if opcode(ins) == "BRA" else None
+        if target is not None and target <= i:
+            sizes.append(i - target + 1)
     return sizes
 
 
@@ -123,12 +126,10 @@ def basic_blocks(instructions: list[str]) -> list[tuple[int, int]]:
     the next instruction, so it does not end one)."""
     leaders = {0}
     for i, ins in enumerate(instructions):
-        op = opcode(ins)
-        if op.startswith("BRA"):
-            m = re.search(r"(0x[0-9a-f]+)\s*$", ins)
-            if m:
-                leaders.add(int(m.group(1), 16) // 16)
-        if op.startswith("BRA") or op == "EXIT":
+        target = branch_target(ins)
+        if target is not None:
+            leaders.add(target)
+        if target is not None or opcode(ins) == "EXIT":
             leaders.add(i + 1)
     starts = sorted(x for x in leaders if x < len(instructions))
     return list(zip(starts, starts[1:] + [len(instructions)]))

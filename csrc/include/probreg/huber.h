@@ -186,14 +186,15 @@ PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {
 }
 #endif
 
-// log(f) for f in [sqrt(1/2), sqrt(2)): 2 atanh(s), s = (f - 1)/(f + 1), |s| <= 0.1716,
-// by its odd series: to s^25 in double (truncation < 1e-20 relative), to s^15 for a double
-// result rounded to float (< 2e-14: -log|A| of float32 inputs), s^9 in float. Out:
-// series_precision (macros.h).
 // 2/k for odd k = 25, 23, ..., 1: log_near_one's coefficients (a table for scalar double:
 // macros.h PROBREG_DOUBLE_TABLE).
 PROBREG_DOUBLE_TABLE(kTwoOverOdd, {2.0 / 25, 2.0 / 23, 2.0 / 21, 2.0 / 19, 2.0 / 17, 2.0 / 15, 2.0 / 13, 2.0 / 11,
                                    2.0 / 9, 2.0 / 7, 2.0 / 5, 2.0 / 3, 2.0 / 1});
+
+// log(f) for f in [sqrt(1/2), sqrt(2)): 2 atanh(s), s = (f - 1)/(f + 1), |s| <= 0.1716,
+// by its odd series: to s^25 in double (truncation < 1e-20 relative), to s^15 for a double
+// result rounded to float (< 2e-14: -log|A| of float32 inputs), s^9 in float. Out:
+// series_precision (macros.h).
 template <typename T, typename Out = T>
 PROBREG_HOST_DEVICE T log_near_one(T f) {
   constexpr int tops[] = {9, 15, 25};
@@ -309,8 +310,8 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T 
   return T(neg_log_det_remap<D>(l, theta)) + family_rho<F>(scaled_norm<D>(p), delta);
 }
 
-// Backward from the eigen-decomposition of B (l ascending, as for the forward): gradients w.r.t. loc (D), the symmetric
-// B (D x D) and y (D), scaled by the upstream gradient go.
+// Backward from the eigen-decomposition of B (l ascending, as for the forward): gradients
+// w.r.t. loc (D), the symmetric B (D x D) and y (D), scaled by the upstream gradient go.
 template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][D], const T loc[D],
                                                      const T y[D], T go, T delta, L theta_value, bool mu_param,

@@ -72,7 +72,6 @@ namespace probreg {
 #define PROBREG_TABLE(name) name##_host
 #endif
 
-
 // Overloads that resolve to the single- or double-precision libm/CUDA function, so that
 // a template instantiated for float never silently computes in double (or vice versa).
 PROBREG_HOST_DEVICE float pr_sqrt(float x) { return sqrtf(x); }

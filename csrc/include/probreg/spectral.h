@@ -50,8 +50,10 @@ PROBREG_HOST_DEVICE L remap_exponent(L l, const Theta<L, Out>& theta) {
 // eigenvalue and reuse it for g, g' and the divided differences.
 // Mixed types: z = l/theta - 1 in L, split z = z_hi + z_lo with z_hi = T(z), and
 // exp(z) = exp(z_hi) (1 + z_lo) to a few ulps of T (|z_lo| <= ulp(z_hi)/2, so the
-// dropped z_lo^2/2 is far below T's precision). z is floored at -150, where exp
-// underflows float, so z_hi is always finite. A double result rounded to float
+// dropped z_lo^2/2 is far below T's precision). z_hi is floored at -150 in T, where exp
+// underflows float, so it is always finite; below that z_lo = z + 150 is floored at -1,
+// so exp(z_hi) (1 + z_lo) is 0 (as when z itself was floored in L: the same values,
+// without L's min with its NaN rules). A double result rounded to float
 // (series_precision 1) takes pr_exp_nonpositive_float_result (on the SIMD lanes a shorter
 // series and one 2^n factor: z <= 0 here).
 template <typename T, typename Out, typename L>
