@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cfloat>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -62,9 +63,12 @@ inline void check_companion(const at::Tensor& t, const at::Tensor& ref, const ch
   check_same_device(t, ref, op, name, ref_name);
 }
 
+// theta: finite and positive normal (>= DBL_MIN). The kernels form 1/theta, which
+// overflows below about 5.6e-309, and sum_log_normal takes max(l, theta) as normal: a
+// subnormal theta gave A = 0 where g(l) is about theta.
 inline void check_theta(double theta, const char* op) {
-  TORCH_CHECK(std::isfinite(theta) && theta > 0.0, op,
-              ": theta must be a finite positive number, got ", theta);
+  TORCH_CHECK(std::isfinite(theta) && theta >= DBL_MIN, op,
+              ": theta must be a finite positive normal number (>= 2.2250738585072014e-308), got ", theta);
 }
 
 // B of shape (..., d, d), d in {1, 2, 3}. Returns d.

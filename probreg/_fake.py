@@ -6,6 +6,7 @@ symbolic under torch.compile(dynamic=True): equalities go through torch._check."
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch.fx.experimental.symbolic_shapes import sym_eq
@@ -76,8 +77,8 @@ def _in_range(x, low, high, low_open: bool, high_open: bool):
 
 
 def _check_theta(theta, op):
-    torch._check(_in_range(theta, 0, math.inf, True, True),
-                 lambda: f"{op}: theta must be a finite positive number, got {theta}")
+    torch._check(_in_range(theta, sys.float_info.min, math.inf, False, True),
+                 lambda: f"{op}: theta must be a finite positive normal number (>= {sys.float_info.min!r}), got {theta}")
 
 
 def _empty_like(t):

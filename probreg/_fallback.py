@@ -13,6 +13,7 @@ types in float32; results in the input dtype (the NLL loss in float32 for half i
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -50,7 +51,9 @@ def check_square(B: torch.Tensor, op: str, name: str = "B") -> None:
 
 
 def check_theta(theta: float, op: str) -> None:
-    _check(0 < theta < math.inf, op, lambda: f"theta must be a finite positive number, got {theta}")
+    # Normal: the kernels form 1/theta (csrc/checks.h check_theta).
+    _check(sys.float_info.min <= theta < math.inf, op,
+           lambda: f"theta must be a finite positive normal number (>= {sys.float_info.min!r}), got {theta}")
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, op: str, name_a: str, name_b: str) -> None:

@@ -161,6 +161,9 @@ SCALAR_CASES = [
     ("spd_remap", 1, 0.0, "theta"),
     ("spd_remap", 1, math.nan, "theta"),
     ("spd_remap", 1, math.inf, "theta"),
+    ("spd_remap", 1, 1e-310, "theta"),  # subnormal: 1/theta overflows (A was 0)
+    ("spd_from_raw", 1, 5e-324, "theta"),
+    ("huber_nll", 3, 2.2e-308, "theta"),
     ("_spd_remap_backward", 2, -1.0, "theta"),
     ("spd_from_raw", 1, math.nan, "theta"),
     ("_spd_from_raw_backward", 2, 0.0, "theta"),
@@ -180,6 +183,7 @@ SCALAR_CASES = [
     ("_huber_fuse_backward", 5, -1.0, "delta"),
     ("_huber_fuse_backward", 6, math.inf, "damping"),
     ("_spd_remap_fallback", 1, 0.0, "theta"),
+    ("_spd_remap_fallback", 1, 1e-310, "theta"),
     ("_spd_remap_fallback_backward", 2, math.nan, "theta"),
     ("_huber_nll_fallback", 2, -1.0, "delta"),
     ("_huber_nll_fallback_backward", 6, 3, "covariance"),

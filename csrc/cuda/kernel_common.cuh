@@ -123,11 +123,11 @@ constexpr int kThreads = 256;
 // The batch layouts are rows of N contiguous values per item (N = 1..12). A thread that
 // reads its own row makes each warp access span N times the cache lines of a coalesced
 // one, and strided stores write partial sectors. The tiled kernels instead take
-// kThreads consecutive items per block iteration (PROBREG_TILE_LOOP): the block copies
-// the tile's rows between global and shared memory with consecutive threads on
-// consecutive addresses, and each thread reads or writes its own row in shared memory.
-// Every thread of the block must call these (they synchronise); threads past `count`
-// (the last, partial tile) only help with the copies.
+// kThreads consecutive items per block iteration (for_each_tile): the block copies the
+// tile's rows between global and shared memory with consecutive threads on consecutive
+// addresses, and each thread reads or writes its own row in shared memory. Every thread
+// of the block must call these (they synchronise); in the grid's last, partial tile the
+// threads without an item (!tile.mine()) only help with the copies.
 
 // Static shared storage for a tile of rows of up to N values of S (raw bytes: the half
 // types have constructors, which __shared__ variables may not).
@@ -137,54 +137,83 @@ struct SharedRows {
   __device__ __forceinline__ S* rows() { return reinterpret_cast<S*>(bytes); }
 };
 
-// The last, partial tile of copy_tile, value by value. Out of line (a call): it runs once
-// per grid, for its last tile, so it stays out of the loop body every full tile runs
-// (instruction cache; and tools/sass_counts.py's count of the main body, which leaves
-// out-of-line code out, is then the full tile's path).
-template <typename S>
-__device__ PROBREG_NOINLINE void copy_partial_tile(const S* __restrict__ src, S* __restrict__ dst, int size) {
-#pragma unroll 1
-  for (int k = int(threadIdx.x); k < size; k += kThreads) dst[k] = src[k];
-}
+// The tile a block works on: a full one (kThreads items: every tile but the grid's last)
+// or the grid's last, partial one (count() < kThreads items). The tiled helpers below
+// take either; on a FullTile their bounds checks fold away (for_each_tile).
+struct FullTile {
+  static constexpr bool kFull = true;
+  __device__ __forceinline__ int count() const { return kThreads; }
+  __device__ __forceinline__ bool mine() const { return true; }  // this thread has an item
+};
+struct PartialTile {
+  static constexpr bool kFull = false;
+  int size;
+  __device__ __forceinline__ int count() const { return size; }
+  __device__ __forceinline__ bool mine() const { return int(threadIdx.x) < size; }
+};
 
-// Copies the `size` values of S at src to dst, one of them global and the other the
-// shared tile (same layout), consecutive threads on consecutive addresses (each warp
-// access is one contiguous span); launch with kThreads threads. A full tile
-// (size == kThreads * N) is unrolled: each thread issues its N loads before its first
-// store, so the block has the whole tile in flight at once instead of one value per
-// thread per round trip. (16-byte vector chunks would issue fewer instructions but cost
-// the d = 3 kernels about 20 registers, one block per SM, on sm_90: tools/sass_counts.py.)
-template <int N, typename S>
-__device__ __forceinline__ void copy_tile(const S* __restrict__ src, S* __restrict__ dst, int size) {
-  if (size == kThreads * N) {
+// Copies the tile's count() * N values of S at src to dst, one of them global and the
+// other the shared tile (same layout), consecutive threads on consecutive addresses (each
+// warp access is one contiguous span); launch with kThreads threads. A full tile is
+// unrolled: each thread issues its N loads before its first store, so the block has the
+// whole tile in flight at once instead of one value per thread per round trip. (16-byte
+// vector chunks would issue fewer instructions but cost the d = 3 kernels about 20
+// registers, one block per SM, on sm_90: tools/sass_counts.py.)
+template <int N, typename S, typename Tile>
+__device__ __forceinline__ void copy_tile(const S* __restrict__ src, S* __restrict__ dst, Tile tile) {
+  if constexpr (Tile::kFull) {
     S values[N];
 #pragma unroll
     for (int j = 0; j < N; ++j) values[j] = src[int(threadIdx.x) + j * kThreads];
 #pragma unroll
     for (int j = 0; j < N; ++j) dst[int(threadIdx.x) + j * kThreads] = values[j];
   } else {
-    copy_partial_tile(src, dst, size);
+    const int size = tile.count() * N;
+#pragma unroll 1
+    for (int k = int(threadIdx.x); k < size; k += kThreads) dst[k] = src[k];
   }
 }
 
-// out = the N values of item first + threadIdx.x (left untouched past `count`).
-template <int N, typename C, typename S>
-__device__ __forceinline__ void load_row_tiled(const S* __restrict__ base, int64_t first, int count,
-                                               S* tile, C out[N]) {
-  copy_tile<N>(base + first * N, tile, count * N);
+// out = the N values of item first + threadIdx.x (left untouched where !tile.mine()).
+template <int N, typename C, typename S, typename Tile>
+__device__ __forceinline__ void load_row_tiled(const S* __restrict__ base, int64_t first, Tile tile, S* shared,
+                                               C out[N]) {
+  copy_tile<N>(base + first * N, shared, tile);
   __syncthreads();
-  if (int(threadIdx.x) < count) load_row<N>(tile, threadIdx.x, out);
+  if (tile.mine()) load_row<N>(shared, threadIdx.x, out);
   __syncthreads();
 }
 
-// Writes the N values `in` of item first + threadIdx.x (ignored past `count`).
-template <int N, typename S, typename C>
-__device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t first, int count, S* tile,
+// Writes the N values `in` of item first + threadIdx.x (ignored where !tile.mine()).
+template <int N, typename S, typename C, typename Tile>
+__device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t first, Tile tile, S* shared,
                                                 const C in[N]) {
-  if (int(threadIdx.x) < count) store_row<N>(tile, threadIdx.x, in);
+  if (tile.mine()) store_row<N>(shared, threadIdx.x, in);
   __syncthreads();
-  copy_tile<N>(tile, base + first * N, count * N);
+  copy_tile<N>(shared, base + first * N, tile);
   __syncthreads();
+}
+
+// The grid's last, partial tile, out of line (a call): it runs once per grid, so the
+// loop body that every full tile runs holds no bounds checks and no copy loops
+// (instruction cache; and tools/sass_counts.py's count of the main body, which leaves
+// out-of-line code out, is then the full tile's path).
+template <typename Body>
+__device__ PROBREG_NOINLINE void run_partial_tile(Body body, int64_t first, int count) {
+  body(first, PartialTile{count});
+}
+
+// Block-stride loop over the tiles of kThreads consecutive items of [0, n) (launch with
+// kThreads threads): body(first, tile) with `first` the tile's first item and `tile` a
+// FullTile, or a PartialTile for the grid's last tile when kThreads does not divide n.
+// Both are uniform over the block, so the body may synchronise (the tiled helpers above).
+// The body must capture by value: it is passed to run_partial_tile.
+template <typename Body>
+__device__ __forceinline__ void for_each_tile(int64_t n, Body body) {
+  const int64_t stride = int64_t(kThreads) * gridDim.x;
+  int64_t first = blockIdx.x * int64_t(kThreads);
+  for (; first + kThreads <= n; first += stride) body(first, FullTile{});
+  if (first < n) run_partial_tile(body, first, int(n - first));
 }
 
 // Launch bounds of the tiled kernels (launched with kThreads threads). With
@@ -214,14 +243,6 @@ inline unsigned int blocks_for(int64_t n) {
 #define PROBREG_GRID_STRIDE_LOOP(i, n)                                                   \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n);              \
        i += int64_t(blockDim.x) * gridDim.x)
-
-// Block-stride loop over tiles of kThreads items (launch with kThreads threads): `first`
-// is the tile's first item, `count` its size; the condition is uniform over the block,
-// so the tiled loads and stores may synchronise inside.
-#define PROBREG_TILE_LOOP(first, count, n)                                               \
-  for (int64_t first = blockIdx.x * int64_t(kThreads); first < (n);                      \
-       first += int64_t(kThreads) * gridDim.x)                                           \
-    if (const int count = int((n) - first < kThreads ? (n) - first : kThreads); true)
 
 // Launches `kernel` on `stream` with `blocks` x `threads` threads (no dynamic shared
 // memory) and returns the launch status (cudaGetLastError; never synchronises). The one

@@ -24,7 +24,7 @@ struct LossStorage<__nv_bfloat16> {
   using type = float;
 };
 
-// Tiled (kernel_common.cuh PROBREG_TILE_LOOP): pred and target rows are loaded, and the
+// Tiled (kernel_common.cuh for_each_tile): pred and target rows are loaded, and the
 // gradient rows stored, coalesced through shared memory; the per-target loss and its
 // upstream gradient are one value per item and go straight to global memory.
 template <int D, int F, int Cov, typename S, typename CT>
@@ -35,13 +35,14 @@ PROBREG_TILED_KERNEL huber_nll_forward_kernel(const S* __restrict__ pred, const 
   using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W> tile;  // W >= D
-  PROBREG_TILE_LOOP(first, count, n) {
+  S* const shared = tile.rows();
+  for_each_tile(n, [=](int64_t first, auto part) {
     T row[W], y[D];  // T holds S exactly (kernel_common.cuh Compute)
-    load_row_tiled<W>(pred, first, count, tile.rows(), row);
-    load_row_tiled<D>(target, first, count, tile.rows(), y);
-    if (int(threadIdx.x) < count)
+    load_row_tiled<W>(pred, first, part, shared, row);
+    load_row_tiled<D>(target, first, part, shared, y);
+    if (part.mine())
       store_as(loss + first + threadIdx.x, huber_nll_row<D, F, Cov, T, L>(row, y, L(delta), L(theta), mu_param));
-  }
+  });
 }
 
 template <int D, int F, int Cov, typename S, typename CT>
@@ -54,17 +55,18 @@ PROBREG_TILED_KERNEL huber_nll_backward_kernel(const typename LossStorage<S>::ty
   using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W> tile;
-  PROBREG_TILE_LOOP(first, count, n) {
+  S* const shared = tile.rows();
+  for_each_tile(n, [=](int64_t first, auto part) {
     T row[W], y[D], grow[W], gy[D];
-    load_row_tiled<W>(pred, first, count, tile.rows(), row);
-    load_row_tiled<D>(target, first, count, tile.rows(), y);
-    if (int(threadIdx.x) < count) {
+    load_row_tiled<W>(pred, first, part, shared, row);
+    load_row_tiled<D>(target, first, part, shared, y);
+    if (part.mine()) {
       const L go = load_as<L>(grad_loss + (first + threadIdx.x) * grad_loss_stride);
       huber_nll_row_backward<D, F, Cov, T, L>(row, y, go, L(delta), L(theta), mu_param, grow, gy);
     }
-    store_row_tiled<W>(grad_pred, first, count, tile.rows(), grow);
-    if (grad_target != nullptr) store_row_tiled<D>(grad_target, first, count, tile.rows(), gy);
-  }
+    store_row_tiled<W>(grad_pred, first, part, shared, grow);
+    if (grad_target != nullptr) store_row_tiled<D>(grad_target, first, part, shared, gy);
+  });
 }
 
 // Calls f(std::integral_constant<int, F>, std::integral_constant<int, Cov>).

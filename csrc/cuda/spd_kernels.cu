@@ -24,26 +24,26 @@ __device__ __forceinline__ void symmetrize(const C flat[D * D], C B[D][D]) {
     }
 }
 
-// Every kernel below is tiled (kernel_common.cuh PROBREG_TILE_LOOP): coalesced global
+// Every kernel below is tiled (kernel_common.cuh for_each_tile): coalesced global
 // loads and stores through shared memory; the math runs on the thread's item.
-#define PROBREG_MINE (int(threadIdx.x) < count)
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL symeig_forward_kernel(const S* __restrict__ B, S* __restrict__ L, S* __restrict__ V,
                                            int64_t n) {
   using C = typename CT::type;
   __shared__ SharedRows<S, D * D> tile;
-  PROBREG_TILE_LOOP(first, count, n) {
+  S* const shared = tile.rows();
+  for_each_tile(n, [=](int64_t first, auto part) {
     C flat[D * D], l[D], Vm[D][D];
-    load_row_tiled<D * D>(B, first, count, tile.rows(), flat);
-    if (PROBREG_MINE) {
+    load_row_tiled<D * D>(B, first, part, shared, flat);
+    if (part.mine()) {
       C Bm[D][D];
       symmetrize<D>(flat, Bm);
       symeig<D, C>(Bm, l, Vm);
     }
-    store_row_tiled<D>(L, first, count, tile.rows(), l);
-    store_row_tiled<D * D>(V, first, count, tile.rows(), &Vm[0][0]);
-  }
+    store_row_tiled<D>(L, first, part, shared, l);
+    store_row_tiled<D * D>(V, first, part, shared, &Vm[0][0]);
+  });
 }
 
 template <int D, typename S, typename CT>
@@ -52,15 +52,16 @@ PROBREG_TILED_KERNEL symeig_backward_kernel(const S* __restrict__ gL, const S* _
                                             S* __restrict__ gB, int64_t n) {
   using C = typename CT::type;
   __shared__ SharedRows<S, D * D> tile;
-  PROBREG_TILE_LOOP(first, count, n) {
+  S* const shared = tile.rows();
+  for_each_tile(n, [=](int64_t first, auto part) {
     C l[D], gl[D], Vm[D][D], gVm[D][D], g[D][D];
-    load_row_tiled<D>(L, first, count, tile.rows(), l);
-    load_row_tiled<D>(gL, first, count, tile.rows(), gl);
-    load_row_tiled<D * D>(V, first, count, tile.rows(), &Vm[0][0]);
-    load_row_tiled<D * D>(gV, first, count, tile.rows(), &gVm[0][0]);
-    if (PROBREG_MINE) symeig_backward<D, C>(l, Vm, gl, gVm, g);
-    store_row_tiled<D * D>(gB, first, count, tile.rows(), &g[0][0]);
-  }
+    load_row_tiled<D>(L, first, part, shared, l);
+    load_row_tiled<D>(gL, first, part, shared, gl);
+    load_row_tiled<D * D>(V, first, part, shared, &Vm[0][0]);
+    load_row_tiled<D * D>(gV, first, part, shared, &gVm[0][0]);
+    if (part.mine()) symeig_backward<D, C>(l, Vm, gl, gVm, g);
+    store_row_tiled<D * D>(gB, first, part, shared, &g[0][0]);
+  });
 }
 
 template <int D, typename S, typename CT>
@@ -69,17 +70,18 @@ PROBREG_TILED_KERNEL spd_remap_forward_kernel(const S* __restrict__ B, S* __rest
   using L = typename CT::type;
   using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
-  PROBREG_TILE_LOOP(first, count, n) {
+  S* const shared = tile.rows();
+  for_each_tile(n, [=](int64_t first, auto part) {
     L flat[D * D];
     T Am[D][D];
-    load_row_tiled<D * D>(B, first, count, tile.rows(), flat);
-    if (PROBREG_MINE) {
+    load_row_tiled<D * D>(B, first, part, shared, flat);
+    if (part.mine()) {
       L Bm[D][D];
       symmetrize<D>(flat, Bm);
       spd_remap_forward<D, T, L>(Bm, L(theta), Am);
     }
-    store_row_tiled<D * D>(A, first, count, tile.rows(), &Am[0][0]);
-  }
+    store_row_tiled<D * D>(A, first, part, shared, &Am[0][0]);
+  });
 }
 
 template <int D, typename S, typename CT>
@@ -88,18 +90,19 @@ PROBREG_TILED_KERNEL spd_remap_backward_kernel(const S* __restrict__ gA, const S
   using L = typename CT::type;
   using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
-  PROBREG_TILE_LOOP(first, count, n) {
+  S* const shared = tile.rows();
+  for_each_tile(n, [=](int64_t first, auto part) {
     L flat[D * D];
     T gAm[D][D], gBm[D][D];
-    load_row_tiled<D * D>(B, first, count, tile.rows(), flat);
-    load_row_tiled<D * D>(gA, first, count, tile.rows(), &gAm[0][0]);
-    if (PROBREG_MINE) {
+    load_row_tiled<D * D>(B, first, part, shared, flat);
+    load_row_tiled<D * D>(gA, first, part, shared, &gAm[0][0]);
+    if (part.mine()) {
       L Bm[D][D];
       symmetrize<D>(flat, Bm);
       spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
     }
-    store_row_tiled<D * D>(gB, first, count, tile.rows(), &gBm[0][0]);
-  }
+    store_row_tiled<D * D>(gB, first, part, shared, &gBm[0][0]);
+  });
 }
 
 template <int D, typename S, typename CT>
@@ -109,17 +112,18 @@ PROBREG_TILED_KERNEL spd_from_raw_forward_kernel(const S* __restrict__ raw, S* _
   using T = typename CT::value;
   constexpr int P = Packed<D>::P;
   __shared__ SharedRows<S, D * D> tile;  // D * D >= P
-  PROBREG_TILE_LOOP(first, count, n) {
+  S* const shared = tile.rows();
+  for_each_tile(n, [=](int64_t first, auto part) {
     L r[P];
     T Am[D][D];
-    load_row_tiled<P>(raw, first, count, tile.rows(), r);
-    if (PROBREG_MINE) {
+    load_row_tiled<P>(raw, first, part, shared, r);
+    if (part.mine()) {
       L Bm[D][D];
       unpack_symmetric<D, L>(r, Bm);
       spd_remap_forward<D, T, L>(Bm, L(theta), Am);
     }
-    store_row_tiled<D * D>(A, first, count, tile.rows(), &Am[0][0]);
-  }
+    store_row_tiled<D * D>(A, first, part, shared, &Am[0][0]);
+  });
 }
 
 template <int D, typename S, typename CT>
@@ -129,23 +133,22 @@ PROBREG_TILED_KERNEL spd_from_raw_backward_kernel(const S* __restrict__ gA, cons
   using T = typename CT::value;
   constexpr int P = Packed<D>::P;
   __shared__ SharedRows<S, D * D> tile;
-  PROBREG_TILE_LOOP(first, count, n) {
+  S* const shared = tile.rows();
+  for_each_tile(n, [=](int64_t first, auto part) {
     L r[P];
     T gAm[D][D], g[P];
-    load_row_tiled<P>(raw, first, count, tile.rows(), r);
-    load_row_tiled<D * D>(gA, first, count, tile.rows(), &gAm[0][0]);
-    if (PROBREG_MINE) {
+    load_row_tiled<P>(raw, first, part, shared, r);
+    load_row_tiled<D * D>(gA, first, part, shared, &gAm[0][0]);
+    if (part.mine()) {
       L Bm[D][D];
       T gBm[D][D];
       unpack_symmetric<D, L>(r, Bm);
       spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
       pack_symmetric_grad<D, T>(gBm, g);
     }
-    store_row_tiled<P>(graw, first, count, tile.rows(), g);
-  }
+    store_row_tiled<P>(graw, first, part, shared, g);
+  });
 }
-
-#undef PROBREG_MINE
 
 // Dispatches (dtype, compute types, d) and launches KERNEL<D, S, CT> with the given
 // arguments, each pointer argument cast to the storage type S.

@@ -157,20 +157,22 @@ PROBREG_HOST_DEVICE T family_rho_prime(T s, T delta) {
 }
 
 // ---------------------------------------------------------------- log-determinant
-// x = m 2^e with m in [1/2, 1) (x > 0 finite, subnormal included); returns m, writes e as a
-// T. Bit operations, no libm (the Lanes overload below does the same per lane).
-PROBREG_HOST_DEVICE double split_exponent(double x, double& e) {
-  const bool sub = x < DBL_MIN;
-  const unsigned long long bits = pr_bit_cast<unsigned long long>(sub ? x * 18014398509481984.0 : x);  // * 2^54
-  e = double(int((bits >> 52) & 0x7ff) - (sub ? 1022 + 54 : 1022));
+// x = m 2^e with m in [1/2, 1), for POSITIVE NORMAL x: returns m and adds e to e_sum.
+// Bit operations on the exponent field (no libm, no subnormal case: sum_log_normal's
+// inputs are >= theta, which the ops require to be normal). Other x give a finite m and
+// a meaningless e (callers propagate NaN separately).
+PROBREG_HOST_DEVICE double normal_mantissa(double x, int& e_sum) {
+  const unsigned long long bits = pr_bit_cast<unsigned long long>(x);
+  e_sum += int(bits >> 52) - 1022;
   return pr_bit_cast<double>((bits & 0x000fffffffffffffULL) | 0x3fe0000000000000ULL);
 }
-PROBREG_HOST_DEVICE float split_exponent(float x, float& e) {
-  const bool sub = x < FLT_MIN;
-  const unsigned int bits = pr_bit_cast<unsigned int>(sub ? x * 16777216.0f : x);  // * 2^24
-  e = float(int((bits >> 23) & 0xff) - (sub ? 126 + 24 : 126));
+PROBREG_HOST_DEVICE float normal_mantissa(float x, int& e_sum) {
+  const unsigned int bits = pr_bit_cast<unsigned int>(x);
+  e_sum += int(bits >> 23) - 126;
   return pr_bit_cast<float>((bits & 0x007fffffU) | 0x3f000000U);
 }
+// The SIMD lanes' form: x = m 2^e (x > 0 finite, subnormal included); returns m, writes
+// e as a Lanes value.
 #if defined(PROBREG_HAVE_LANES)
 PROBREG_LANES_INLINE Lanes split_exponent(Lanes x, Lanes& e) {
   using namespace lanes_detail;
@@ -212,22 +214,33 @@ PROBREG_HOST_DEVICE T log_near_one(T f) {
   return p * s;
 }
 
-// sum_j log x_j for positive finite x_j with ONE logarithm: log(prod m_j) + (sum e_j) ln 2,
-// x_j = m_j 2^e_j, prod m_j in [2^-D, 1) (no overflow or underflow at any scale), split
-// once more to f in [sqrt(1/2), sqrt(2)) for log_near_one (no libm log).
+// sum_j log x_j for positive normal x_j (the SIMD lanes: positive finite, subnormal
+// included) with ONE logarithm: log(prod m_j) + (sum e_j) ln 2, x_j = m_j 2^e_j,
+// prod m_j in [2^-D, 1) (no overflow or underflow at any scale), split once more to f in
+// [sqrt(1/2), sqrt(2)) for log_near_one (no libm log). Scalars sum the exponents as ints.
 template <int D, typename T, typename Out = T>
-PROBREG_HOST_DEVICE T sum_log_positive(const T x[D]) {
-  T prod = T(1), esum = T(0);
-  PROBREG_UNROLL
-  for (int j = 0; j < D; ++j) {
+PROBREG_HOST_DEVICE T sum_log_normal(const T x[D]) {
+  T prod = T(1), f, esum;
+  if constexpr (std::is_floating_point_v<T>) {
+    int e = 0;
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) prod *= normal_mantissa(x[j], e);
+    f = normal_mantissa(prod, e);  // [1/2, 1)
+    esum = T(e);
+  } else {
+    esum = T(0);
+    PROBREG_UNROLL
+    for (int j = 0; j < D; ++j) {
+      T e;
+      prod *= split_exponent(x[j], e);
+      esum += e;
+    }
     T e;
-    prod *= split_exponent(x[j], e);
+    f = split_exponent(prod, e);  // [1/2, 1)
     esum += e;
   }
-  T e;
-  const T f = split_exponent(prod, e);  // [1/2, 1)
   const auto low = f < T(0.70710678118654752440);
-  esum += pr_where(low, e - T(1), e);
+  esum = pr_where(low, esum - T(1), esum);
   // ln 2 split in two (Cody-Waite) so that esum * ln2 is exact to double rounding.
   return (log_near_one<T, Out>(pr_where(low, f * T(2), f)) + esum * T(1.90821492927058770002e-10)) +
          esum * T(6.93147180369123816490e-01);
@@ -236,7 +249,8 @@ PROBREG_HOST_DEVICE T sum_log_positive(const T x[D]) {
 // -log|A| = -sum_j log g(l_j), with log g(l) = log max(l, theta) + min(l/theta - 1, 0)
 // (equal to log l above theta and l/theta - 1 + log theta below): one logarithm per
 // matrix instead of one per eigenvalue. NaN eigenvalues propagate (the 0 * l term). The
-// logarithm's series goes as far as theta's Out needs (log_near_one).
+// logarithm's series goes as far as theta's Out needs (log_near_one). theta normal (the
+// ops' check_theta), so every max(l, theta) is.
 template <int D, typename T, typename Out>
 PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], const Theta<T, Out>& theta) {
   T x[D];
@@ -246,7 +260,7 @@ PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], const Theta<T, Out>& theta
     x[j] = pr_max(l[j], theta.value);
     rest += remap_exponent(l[j], theta) + T(0) * l[j];
   }
-  return -(sum_log_positive<D, T, Out>(x) + rest);
+  return -(sum_log_normal<D, T, Out>(x) + rest);
 }
 template <int D, typename T>
 PROBREG_HOST_DEVICE T neg_log_det_remap(const T l[D], T theta) {
@@ -286,7 +300,7 @@ PROBREG_HOST_DEVICE void eigenbasis_residual_inputs(const T loc[D], const T y[D]
   }
 }
 
-// Forward from the eigen-decomposition (l ascending, V columns) of B. Eigenvalues and
+// Forward from the eigen-decomposition (l, V columns; any order of the pairs) of B. Eigenvalues and
 // theta in L, the rest in T (L = T except the float32 paths, spectral.h). Out (here and
 // below): the type the results are rounded to (spectral.h Theta).
 template <int D, int F, typename T, typename L = T, typename Out = T>
@@ -310,7 +324,7 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T 
   return T(neg_log_det_remap<D>(l, theta)) + family_rho<F>(scaled_norm<D>(p), delta);
 }
 
-// Backward from the eigen-decomposition of B (l ascending, as for the forward): gradients
+// Backward from the eigen-decomposition of B (l ascending: ordered divided differences): gradients
 // w.r.t. loc (D), the symmetric B (D x D) and y (D), scaled by the upstream gradient go.
 template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][D], const T loc[D],
@@ -565,13 +579,15 @@ PROBREG_HOST_DEVICE void convert_row(const From x[N], To out[N]) {
 }
 
 // Full-covariance row (loc, packed B) -> eigenvalues l (L) and the frame (V, or N at
-// d = 2 under the mixed policy; T).
-template <int D, typename T, typename L>
+// d = 2 under the mixed policy; T). kAscending false: eigenpairs possibly unsorted
+// (symeig_mixed), for the forward, whose loss is symmetric in them; the backward's
+// divided differences take ordered pairs.
+template <int D, typename T, typename L, bool kAscending = true>
 PROBREG_HOST_DEVICE void decompose_full_row(const T pred[D + Packed<D>::P], L l[D], T V[D][D]) {
   L raw[Packed<D>::P], B[D][D];
   convert_row<Packed<D>::P>(pred + D, raw);
   unpack_symmetric<D, L>(raw, B);
-  symeig_frame_split<D, T, L>(B, l, V);
+  symeig_frame_split<D, T, L, kAscending>(B, l, V);
 }
 
 template <int D, int F, int Cov, typename T, typename L = T>
@@ -580,7 +596,7 @@ PROBREG_HOST_DEVICE L huber_nll_row(const T pred[NllLayout<D, Cov>::width], cons
   if constexpr (Cov == kCovarianceFull) {
     L l[D];
     T V[D][D];
-    decompose_full_row<D, T, L>(pred, l, V);
+    decompose_full_row<D, T, L, false>(pred, l, V);
     return L(huber_nll_full_frame<D, F, kSplitReflection<D, T, L>, T, L>(l, V, pred, y, T(delta), theta, mu_param));
   } else {
     L row[NllLayout<D, Cov>::width], yl[D];

@@ -339,12 +339,13 @@ PROBREG_HOST_DEVICE void spd_remap_backward_frame(const L l[D], const T F[D][D],
 
 // Scalar conveniences (the CUDA kernels): decompose (symeig_frame_split: eigenvalues in
 // L, the frame in T; the reflection frame at d = 2 under the mixed policy), then forward /
-// backward.
+// backward. The forward's A = sum_j g(l_j) v_j v_j^T takes the eigenpairs in any order
+// (symeig_mixed's kAscending false); the backward's divided differences need them sorted.
 template <int D, typename T, typename L = T>
 PROBREG_HOST_DEVICE void spd_remap_forward(const L B[D][D], L theta, T A[D][D]) {
   L l[D];
   T F[D][D];
-  symeig_frame_split<D, T, L>(B, l, F);
+  symeig_frame_split<D, T, L, false>(B, l, F);
   spd_remap_forward_frame<D, kSplitReflection<D, T, L>, T, L>(l, F, theta, A);
 }
 

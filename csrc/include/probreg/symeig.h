@@ -627,8 +627,10 @@ inline PROBREG_NOINLINE void symeig3_mixed_special(double b00, double b01, doubl
 // to symeig3_mixed_special, whose results replace the straight path's (which runs for
 // every B: after an early return nvcc would pass the outputs through local memory).
 // d = 2: symeig2_mixed (closed form); d = 1: symeig<1, double>. NaN/Inf anywhere: every
-// output NaN, as symeig; B = 0: V = I, l = 0.
-template <int D>
+// output NaN, as symeig; B = 0: V = I, l = 0. kAscending false (d = 3): the straight
+// path's eigenpairs in no particular order, unsorted, for callers whose result is
+// symmetric in them (huber_nll's forward); B = c I and non-finite B still come sorted.
+template <int D, bool kAscending = true>
 PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V[D][D]) {
   if constexpr (D == 2) {
     symeig2_mixed(B, l, V);
@@ -647,7 +649,7 @@ PROBREG_HOST_DEVICE void symeig_mixed(const double B[D][D], double l[D], float V
       PROBREG_UNROLL
       for (int j = 0; j < D; ++j) V[i][j] = float(Q[i][j]);
     }
-    sort_eigenpairs_extreme_first<double, float>(l, V);
+    if constexpr (kAscending) sort_eigenpairs_extreme_first<double, float>(l, V);
     if (!(spread && frobenius2 < INFINITY)) {  // B = c I, NaN or Inf
       double l_special[3];
       float V_special[3][3];
@@ -687,14 +689,15 @@ PROBREG_HOST_DEVICE void symeig2_reflection_split(const L B[2][2], L l[2], T N[2
     for (int j = 0; j < 2; ++j) N[i][j] = T(frame[i][j]) + poison;
 }
 
-// Eigenvalues in L, eigenvectors in T: symeig when T = L, symeig_mixed for (float, double).
-template <int D, typename T, typename L>
+// Eigenvalues in L, eigenvectors in T: symeig when T = L, symeig_mixed for (float, double)
+// (kAscending: as symeig_mixed's; symeig's are always ascending).
+template <int D, typename T, typename L, bool kAscending = true>
 PROBREG_HOST_DEVICE void symeig_split(const L B[D][D], L l[D], T V[D][D]) {
   if constexpr (std::is_same_v<T, L>) {
     symeig<D, T>(B, l, V);
   } else {
     static_assert(std::is_same_v<T, float> && std::is_same_v<L, double>, "symeig_split: (float, double) only");
-    symeig_mixed<D>(B, l, V);
+    symeig_mixed<D, kAscending>(B, l, V);
   }
 }
 
@@ -705,12 +708,12 @@ constexpr bool kSplitReflection = D == 2 && kMixedPolicy<T, L>;
 
 // The decomposition of those paths: (l, N) by symeig2_reflection_split where
 // kSplitReflection (F receives N), else (l, V) by symeig_split.
-template <int D, typename T, typename L>
+template <int D, typename T, typename L, bool kAscending = true>
 PROBREG_HOST_DEVICE void symeig_frame_split(const L B[D][D], L l[D], T F[D][D]) {
   if constexpr (kSplitReflection<D, T, L>) {
     symeig2_reflection_split<T, L>(B, l, F);
   } else {
-    symeig_split<D, T, L>(B, l, F);
+    symeig_split<D, T, L, kAscending>(B, l, F);
   }
 }
 
