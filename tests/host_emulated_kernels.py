@@ -102,7 +102,10 @@ class GuardedBuffers:
     GUARD = 64
     SENTINEL = 3.0
 
-    def __init__(self):
+    def __init__(self, shift: int = 0):
+        # shift > 0 (elements) moves every buffer off its 16-byte alignment (for shift not a
+        # multiple of 16 bytes): the kernels' generic, value-by-value tile path.
+        self.GUARD = GuardedBuffers.GUARD + shift
         self._inputs = []
         self._outputs = []
 
@@ -181,6 +184,7 @@ class HostEmulatedKernels:
             fn.restype = c_int
         self.lib.probreg_emu_set_schedule.argtypes = [ctypes.c_uint, c_int, ctypes.c_ulonglong]
         self.set_schedule()
+        self.shift = 0  # elements every buffer is moved by (GuardedBuffers)
 
     def set_schedule(self, max_blocks: int = 0, order: str = "rotating", seed: int = 0) -> None:
         """max_blocks: cap on the emulated grid (0: none); order: fiber order per round."""
@@ -190,7 +194,7 @@ class HostEmulatedKernels:
         """Calls probreg_emu_<name>(*args) with each tensor copied into a guarded input
         buffer, each Out allocated as a guarded output, None as a null pointer; checks the
         launch status and the guards; returns the outputs in order."""
-        buffers = GuardedBuffers()
+        buffers = GuardedBuffers(self.shift)
         outputs, c_args = [], []
         for a in args:
             if isinstance(a, torch.Tensor):

@@ -348,6 +348,36 @@ def test_results_independent_of_thread_order_and_grid(emu, dtype):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_unaligned_buffers_take_the_generic_tile_path(emu, dtype):
+    """Buffers off their 16-byte alignment (one element in) take the value-by-value tile
+    copies (kernel_common.cuh for_each_tile) for every tile: the results are the CPU ops'
+    and bitwise those of aligned buffers (the same values reach the same arithmetic)."""
+    n, d = 700, 3
+    pred, pred64, target, target64 = nll_inputs(n, d, "full", dtype, seed=21)
+    raw = pred[:, d:].contiguous()
+    gA = torch.randn(n, d, d, generator=gen(22)).to(dtype)
+    grad_loss = torch.rand(n, generator=gen(23)).to(emu.loss_dtype(dtype))
+    args = (DELTA, THETA, FAMILIES["huber"], COVARIANCES["full"], False)
+    runs = []
+    try:
+        for shift in (0, 1):
+            emu.shift = shift
+            runs.append([emu.spd_from_raw(raw, d, THETA), emu.spd_from_raw_backward(gA, raw, THETA),
+                         emu.huber_nll(pred, target, *args),
+                         *emu.huber_nll_backward(grad_loss, pred, target, *args, need_grad_target=True)])
+    finally:
+        emu.shift = 0
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    A, _, loss, gp, gt = runs[1]
+    assert_close(A, ops.spd_from_raw(raw.double(), THETA), dtype, "spd_from_raw")
+    assert_close(loss.unsqueeze(-1), ops.huber_nll(pred64, target64, *args).unsqueeze(-1), dtype, "loss", floor=1.0)
+    egp, egt = ops._huber_nll_backward(grad_loss.double(), pred64, target64, *args, True)
+    assert_close(gp, egp, dtype, "grad_pred")
+    assert_close(gt, egt, dtype, "grad_target")
+
+
 def test_empty_batch_launches_nothing(emu):
     """n = 0 returns success without launching (an empty grid is a launch error)."""
     empty = torch.empty(0, 3, dtype=torch.float32)

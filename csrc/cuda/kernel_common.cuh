@@ -152,26 +152,58 @@ struct PartialTile {
   __device__ __forceinline__ bool mine() const { return int(threadIdx.x) < size; }
 };
 
+// 16-byte chunks of a full tile's copy (copy_tile): global rows are read and written as
+// uint4 where every global pointer of the kernel is 16-byte aligned (for_each_tile's
+// `vectorized`; a full tile starts at a multiple of kThreads * N values, 512 bytes or more,
+// and the shared tile is 16-byte aligned).
+using TileChunk = uint4;
+
+__device__ __forceinline__ void move_chunk(const TileChunk* from, TileChunk* to) {
+#if defined(PROBREG_CUDA_HOST_EMULATION)
+  // No type punning in the host build; a misaligned chunk fails the launch, as it faults on a GPU.
+  host_emulation::check_aligned(from, sizeof(TileChunk), __FILE__, __LINE__);
+  host_emulation::check_aligned(to, sizeof(TileChunk), __FILE__, __LINE__);
+  std::memcpy(to, from, sizeof(TileChunk));
+#else
+  *to = *from;
+#endif
+}
+
 // Copies the tile's count() * N values of S at src to dst, one of them global and the
 // other the shared tile (same layout), consecutive threads on consecutive addresses (each
-// warp access is one contiguous span); launch with kThreads threads. A full tile is
-// unrolled: each thread issues its N loads before its first store, so the block has the
-// whole tile in flight at once instead of one value per thread per round trip. (16-byte
-// vector chunks would issue fewer instructions but cost the d = 3 kernels about 20
-// registers, one block per SM, on sm_90: tools/sass_counts.py.)
+// warp access is one contiguous span); launch with kThreads threads. A full tile moves
+// 16-byte chunks (kThreads * N * sizeof(S) / 16 of them, a multiple of 32), unrolled: each
+// thread issues its loads before its first store, so the block has the whole tile in
+// flight at once; the last round is partial where kThreads does not divide the chunk
+// count. A partial tile (the generic path) copies value by value.
 template <int N, typename S, typename Tile>
 __device__ __forceinline__ void copy_tile(const S* __restrict__ src, S* __restrict__ dst, Tile tile) {
   if constexpr (Tile::kFull) {
-    S values[N];
+    constexpr int kChunks = kThreads * N * int(sizeof(S)) / int(sizeof(TileChunk));
+    static_assert(kChunks * int(sizeof(TileChunk)) == kThreads * N * int(sizeof(S)), "whole chunks");
+    constexpr int kRounds = (kChunks + kThreads - 1) / kThreads;
+    const TileChunk* from = reinterpret_cast<const TileChunk*>(src);
+    TileChunk* to = reinterpret_cast<TileChunk*>(dst);
+    const int k = int(threadIdx.x);
+    TileChunk values[kRounds];
 #pragma unroll
-    for (int j = 0; j < N; ++j) values[j] = src[int(threadIdx.x) + j * kThreads];
+    for (int j = 0; j < kRounds; ++j)
+      if (j * kThreads + kThreads <= kChunks || k < kChunks - j * kThreads) move_chunk(from + k + j * kThreads, &values[j]);
 #pragma unroll
-    for (int j = 0; j < N; ++j) dst[int(threadIdx.x) + j * kThreads] = values[j];
+    for (int j = 0; j < kRounds; ++j)
+      if (j * kThreads + kThreads <= kChunks || k < kChunks - j * kThreads) move_chunk(&values[j], to + k + j * kThreads);
   } else {
     const int size = tile.count() * N;
 #pragma unroll 1
     for (int k = int(threadIdx.x); k < size; k += kThreads) dst[k] = src[k];
   }
+}
+
+// Whether every pointer is 16-byte aligned (null pointers are): the vectorized copies'
+// condition (for_each_tile).
+template <typename... P>
+__device__ __forceinline__ bool chunk_aligned(const P*... pointers) {
+  return ((reinterpret_cast<std::uintptr_t>(pointers) | ... | std::uintptr_t(0)) % sizeof(TileChunk)) == 0;
 }
 
 // out = the N values of item first + threadIdx.x (left untouched where !tile.mine()).
@@ -194,26 +226,64 @@ __device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t fi
   __syncthreads();
 }
 
-// The grid's last, partial tile, out of line (a call): it runs once per grid, so the
-// loop body that every full tile runs holds no bounds checks and no copy loops
-// (instruction cache; and tools/sass_counts.py's count of the main body, which leaves
-// out-of-line code out, is then the full tile's path).
+// load_row_tiled of two rows per item, N1 values from base1 and N2 from base2, staged
+// through one shared tile of (N1 + N2) values per item (the second block after the
+// first's kThreads * N1, 16-byte aligned): one pair of barriers for both.
+template <int N1, int N2, typename C, typename S, typename Tile>
+__device__ __forceinline__ void load_rows_tiled(const S* __restrict__ base1, const S* __restrict__ base2,
+                                                int64_t first, Tile tile, S* shared, C out1[N1], C out2[N2]) {
+  copy_tile<N1>(base1 + first * N1, shared, tile);
+  copy_tile<N2>(base2 + first * N2, shared + kThreads * N1, tile);
+  __syncthreads();
+  if (tile.mine()) {
+    load_row<N1>(shared, threadIdx.x, out1);
+    load_row<N2>(shared + kThreads * N1, threadIdx.x, out2);
+  }
+  __syncthreads();
+}
+
+// store_row_tiled of two rows per item (as load_rows_tiled); base2 may be null (uniform
+// over the grid): then only the first row is stored.
+template <int N1, int N2, typename S, typename C, typename Tile>
+__device__ __forceinline__ void store_rows_tiled(S* __restrict__ base1, S* __restrict__ base2, int64_t first,
+                                                 Tile tile, S* shared, const C in1[N1], const C in2[N2]) {
+  if (tile.mine()) {
+    store_row<N1>(shared, threadIdx.x, in1);
+    store_row<N2>(shared + kThreads * N1, threadIdx.x, in2);
+  }
+  __syncthreads();
+  copy_tile<N1>(shared, base1 + first * N1, tile);
+  if (base2 != nullptr) copy_tile<N2>(shared + kThreads * N1, base2 + first * N2, tile);
+  __syncthreads();
+}
+
+// The generic path, out of line (a call): the tiles from `first` on (block-stride) as
+// PartialTile, copied value by value. It runs the grid's last, partial tile, and every
+// tile where the pointers are not 16-byte aligned, so the loop body that every full tile
+// runs holds no bounds checks and no copy loops (instruction cache; and
+// tools/sass_counts.py's count of the main body, which leaves out-of-line code out, is
+// then the full tile's path).
 template <typename Body>
-__device__ PROBREG_NOINLINE void run_partial_tile(Body body, int64_t first, int count) {
-  body(first, PartialTile{count});
+__device__ PROBREG_NOINLINE void run_tiles_generic(Body body, int64_t first, int64_t n) {
+  const int64_t stride = int64_t(kThreads) * gridDim.x;
+#pragma unroll 1
+  for (; first < n; first += stride) body(first, PartialTile{int(n - first < kThreads ? n - first : kThreads)});
 }
 
 // Block-stride loop over the tiles of kThreads consecutive items of [0, n) (launch with
 // kThreads threads): body(first, tile) with `first` the tile's first item and `tile` a
-// FullTile, or a PartialTile for the grid's last tile when kThreads does not divide n.
-// Both are uniform over the block, so the body may synchronise (the tiled helpers above).
-// The body must capture by value: it is passed to run_partial_tile.
+// FullTile (16-byte chunk copies: needs `vectorized`, chunk_aligned of the kernel's global
+// pointers), or a PartialTile for the grid's last tile when kThreads does not divide n and
+// for every tile without `vectorized`. Both are uniform over the block, so the body may
+// synchronise (the tiled helpers above). The body must capture by value: it is passed to
+// run_tiles_generic.
 template <typename Body>
-__device__ __forceinline__ void for_each_tile(int64_t n, Body body) {
+__device__ __forceinline__ void for_each_tile(int64_t n, bool vectorized, Body body) {
   const int64_t stride = int64_t(kThreads) * gridDim.x;
   int64_t first = blockIdx.x * int64_t(kThreads);
-  for (; first + kThreads <= n; first += stride) body(first, FullTile{});
-  if (first < n) run_partial_tile(body, first, int(n - first));
+  if (vectorized)
+    for (; first + kThreads <= n; first += stride) body(first, FullTile{});
+  if (first < n) run_tiles_generic(body, first, n);
 }
 
 // Launch bounds of the tiled kernels (launched with kThreads threads). With

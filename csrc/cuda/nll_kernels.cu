@@ -34,12 +34,11 @@ PROBREG_TILED_KERNEL huber_nll_forward_kernel(const S* __restrict__ pred, const 
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
-  __shared__ SharedRows<S, W> tile;  // W >= D
+  __shared__ SharedRows<S, W + D> tile;
   S* const shared = tile.rows();
-  for_each_tile(n, [=](int64_t first, auto part) {
+  for_each_tile(n, chunk_aligned(pred, target), [=](int64_t first, auto part) {  // the tiled rows
     T row[W], y[D];  // T holds S exactly (kernel_common.cuh Compute)
-    load_row_tiled<W>(pred, first, part, shared, row);
-    load_row_tiled<D>(target, first, part, shared, y);
+    load_rows_tiled<W, D>(pred, target, first, part, shared, row, y);
     if (part.mine())
       store_as(loss + first + threadIdx.x, huber_nll_row<D, F, Cov, T, L>(row, y, L(delta), L(theta), mu_param));
   });
@@ -54,18 +53,17 @@ PROBREG_TILED_KERNEL huber_nll_backward_kernel(const typename LossStorage<S>::ty
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
-  __shared__ SharedRows<S, W> tile;
+  __shared__ SharedRows<S, W + D> tile;
   S* const shared = tile.rows();
-  for_each_tile(n, [=](int64_t first, auto part) {
+  const bool vectorized = chunk_aligned(pred, target, grad_pred, grad_target);  // the tiled rows
+  for_each_tile(n, vectorized, [=](int64_t first, auto part) {
     T row[W], y[D], grow[W], gy[D];
-    load_row_tiled<W>(pred, first, part, shared, row);
-    load_row_tiled<D>(target, first, part, shared, y);
+    load_rows_tiled<W, D>(pred, target, first, part, shared, row, y);
     if (part.mine()) {
       const L go = load_as<L>(grad_loss + (first + threadIdx.x) * grad_loss_stride);
       huber_nll_row_backward<D, F, Cov, T, L>(row, y, go, L(delta), L(theta), mu_param, grow, gy);
     }
-    store_row_tiled<W>(grad_pred, first, part, shared, grow);
-    if (grad_target != nullptr) store_row_tiled<D>(grad_target, first, part, shared, gy);
+    store_rows_tiled<W, D>(grad_pred, grad_target, first, part, shared, grow, gy);
   });
 }
 

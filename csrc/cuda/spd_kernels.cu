@@ -33,7 +33,7 @@ PROBREG_TILED_KERNEL symeig_forward_kernel(const S* __restrict__ B, S* __restric
   using C = typename CT::type;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
-  for_each_tile(n, [=](int64_t first, auto part) {
+  for_each_tile(n, chunk_aligned(B, L, V), [=](int64_t first, auto part) {
     C flat[D * D], l[D], Vm[D][D];
     load_row_tiled<D * D>(B, first, part, shared, flat);
     if (part.mine()) {
@@ -53,7 +53,7 @@ PROBREG_TILED_KERNEL symeig_backward_kernel(const S* __restrict__ gL, const S* _
   using C = typename CT::type;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
-  for_each_tile(n, [=](int64_t first, auto part) {
+  for_each_tile(n, chunk_aligned(gL, gV, L, V, gB), [=](int64_t first, auto part) {
     C l[D], gl[D], Vm[D][D], gVm[D][D], g[D][D];
     load_row_tiled<D>(L, first, part, shared, l);
     load_row_tiled<D>(gL, first, part, shared, gl);
@@ -71,7 +71,7 @@ PROBREG_TILED_KERNEL spd_remap_forward_kernel(const S* __restrict__ B, S* __rest
   using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
-  for_each_tile(n, [=](int64_t first, auto part) {
+  for_each_tile(n, chunk_aligned(B, A), [=](int64_t first, auto part) {
     L flat[D * D];
     T Am[D][D];
     load_row_tiled<D * D>(B, first, part, shared, flat);
@@ -91,7 +91,7 @@ PROBREG_TILED_KERNEL spd_remap_backward_kernel(const S* __restrict__ gA, const S
   using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
-  for_each_tile(n, [=](int64_t first, auto part) {
+  for_each_tile(n, chunk_aligned(gA, B, gB), [=](int64_t first, auto part) {
     L flat[D * D];
     T gAm[D][D], gBm[D][D];
     load_row_tiled<D * D>(B, first, part, shared, flat);
@@ -113,7 +113,7 @@ PROBREG_TILED_KERNEL spd_from_raw_forward_kernel(const S* __restrict__ raw, S* _
   constexpr int P = Packed<D>::P;
   __shared__ SharedRows<S, D * D> tile;  // D * D >= P
   S* const shared = tile.rows();
-  for_each_tile(n, [=](int64_t first, auto part) {
+  for_each_tile(n, chunk_aligned(raw, A), [=](int64_t first, auto part) {
     L r[P];
     T Am[D][D];
     load_row_tiled<P>(raw, first, part, shared, r);
@@ -134,7 +134,7 @@ PROBREG_TILED_KERNEL spd_from_raw_backward_kernel(const S* __restrict__ gA, cons
   constexpr int P = Packed<D>::P;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
-  for_each_tile(n, [=](int64_t first, auto part) {
+  for_each_tile(n, chunk_aligned(gA, raw, graw), [=](int64_t first, auto part) {
     L r[P];
     T gAm[D][D], g[P];
     load_row_tiled<P>(raw, first, part, shared, r);

@@ -37,6 +37,7 @@ struct Grid {
   std::vector<Fiber> fibers;
   ucontext_t scheduler;
   const std::function<void()>* body = nullptr;
+  std::string fault;  // the first misaligned vector access (check_aligned), if any
 };
 
 std::mutex g_launch_mutex;  // one launch at a time (the running grid is global)
@@ -139,6 +140,10 @@ cudaError_t launch(unsigned int blocks, unsigned int threads, const std::functio
     g_last_error = error;
     return cudaErrorLaunchFailure;
   }
+  if (!grid.fault.empty()) {
+    g_last_error = grid.fault;
+    return cudaErrorMisalignedAddress;
+  }
   return cudaSuccess;
 }
 
@@ -146,6 +151,12 @@ uint3 thread_index() { return make_uint3(g_grid->current, 0, 0); }
 uint3 block_index() { return g_grid->block_idx; }
 dim3 block_dimension() { return g_grid->block_dim; }
 dim3 grid_dimension() { return g_grid->grid_dim; }
+
+void check_aligned(const void* p, std::size_t alignment, const char* file, int line) {
+  if (reinterpret_cast<std::uintptr_t>(p) % alignment != 0 && g_grid->fault.empty())
+    g_grid->fault = "misaligned " + std::to_string(alignment) + "-byte access at " + std::string(file) + ":" +
+                    std::to_string(line);
+}
 
 void sync_threads(const char* file, int line) {
   Fiber& f = g_grid->fibers[g_grid->current];

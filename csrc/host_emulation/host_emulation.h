@@ -25,6 +25,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 
@@ -53,6 +54,9 @@ uint3 block_index();
 dim3 block_dimension();
 dim3 grid_dimension();
 void sync_threads(const char* file, int line);
+// Records a misaligned access (p not a multiple of `alignment`), which fails the launch
+// (cudaErrorMisalignedAddress) as a vector access at such an address faults on a GPU.
+void check_aligned(const void* p, std::size_t alignment, const char* file, int line);
 
 }  // namespace host_emulation
 }  // namespace cuda

@@ -89,6 +89,7 @@ PROBREG_HOST_DEVICE double pr_fma(double a, double b, double c) { return a * b +
 #endif
 PROBREG_HOST_DEVICE double pr_sqrt(double x) { return sqrt(x); }
 PROBREG_HOST_DEVICE float pr_exp(float x) { return expf(x); }
+PROBREG_HOST_DEVICE float pr_exp2(float x) { return exp2f(x); }  // CUDA: the ex2 unit, <= 2 ulp
 PROBREG_HOST_DEVICE double pr_exp(double x) { return exp(x); }
 // exp(x) for x <= 0 and a result rounded to float (series_precision 1): libm's exp for
 // scalars (as fast as any shorter form); lanes.h cuts its series and its range (Lanes
@@ -126,6 +127,13 @@ PROBREG_HOST_DEVICE double pr_rsqrt(double x) {
   y = y * (1.5 - half_x * y * y);  // relative error e -> 1.5 e^2
   return y * (1.5 - half_x * y * y);
 }
+// One Newton step: relative error ~1e-13 (callers that need no more: symeig3_trace_free's
+// kFloatFrame).
+PROBREG_HOST_DEVICE double pr_rsqrt_coarse(double x) {
+  double y;
+  asm("rsqrt.approx.ftz.f64 %0, %1;" : "=d"(y) : "d"(x));
+  return y * (1.5 - (0.5 * x) * y * y);
+}
 PROBREG_HOST_DEVICE float pr_recip(float x) {
   float y;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -140,6 +148,7 @@ PROBREG_HOST_DEVICE double pr_recip(double x) {
 #else
 PROBREG_HOST_DEVICE float pr_rsqrt(float x) { return 1.0f / sqrtf(x); }
 PROBREG_HOST_DEVICE double pr_rsqrt(double x) { return 1.0 / sqrt(x); }
+PROBREG_HOST_DEVICE double pr_rsqrt_coarse(double x) { return 1.0 / sqrt(x); }
 PROBREG_HOST_DEVICE float pr_recip(float x) { return 1.0f / x; }
 PROBREG_HOST_DEVICE double pr_recip(double x) { return 1.0 / x; }
 #endif

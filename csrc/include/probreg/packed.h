@@ -42,16 +42,16 @@ PROBREG_UNROLL
     }
 }
 
-// Gradient w.r.t. raw from the symmetric gradient gB w.r.t. the symmetric B:
-// B_ij = B_ji = raw_k / sqrt(2) gives dL/draw_k = (gB_ij + gB_ji) / sqrt(2).
+// Gradient w.r.t. raw from the gradient gB w.r.t. the symmetric B, itself SYMMETRIC
+// (every caller's is; only the upper triangle is read): B_ij = B_ji = raw_k / sqrt(2)
+// gives dL/draw_k = (gB_ij + gB_ji) / sqrt(2) = gB_ij sqrt(2), one product (the same
+// rounding: fl(1/sqrt(2)) is fl(sqrt(2)) / 2 exactly; and no overflow of the sum).
 template <int D, typename T>
 PROBREG_HOST_DEVICE void pack_symmetric_grad(const T gB[D][D], T graw[Packed<D>::P]) {
 PROBREG_UNROLL
   for (int i = 0; i < D; ++i)
 PROBREG_UNROLL
-    for (int j = i; j < D; ++j)
-      graw[packed_index<D>(i, j)] =
-          (i == j) ? gB[i][i] : (gB[i][j] + gB[j][i]) * inv_sqrt2<T>();
+    for (int j = i; j < D; ++j) graw[packed_index<D>(i, j)] = (i == j) ? gB[i][i] : gB[i][j] * sqrt2<T>();
 }
 
 }  // namespace probreg

@@ -64,6 +64,15 @@ PROBREG_HOST_DEVICE T exp_factor_of(L z) {
     } else {
       return pr_exp(z);
     }
+  } else if constexpr (std::is_same_v<T, float>) {
+    // Scalar float (CUDA): in base 2, exp(z) = 2^t, t = z log2(e) in L (its rounding is
+    // L's), 2^t_hi by the ex2 unit (exp2f, <= 2 ulp, four instructions where expf takes
+    // nine) and 2^t_lo = 1 + t_lo ln 2. Floors as above: t_hi at -160 (2^-160 is 0 in
+    // float, with room for ex2's error), t_lo at -1 (1 - ln 2 > 0: the product stays 0).
+    const L t = z * L(1.44269504088896340736);
+    const T t_hi = pr_max(T(t), T(-160));
+    const T t_lo = pr_max(T(t - L(t_hi)), T(-1));
+    return pr_exp2(t_hi) * pr_fma(t_lo, T(0.69314718055994530942), T(1));
   } else {
     const T z_hi = pr_max(T(z), T(-150));
     const T z_lo = pr_max(T(z - L(z_hi)), T(-1));

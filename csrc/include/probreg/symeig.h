@@ -417,7 +417,14 @@ PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], T frobenius2, Mask 
       return (p2 > T(256) * eps * eps) & valid;
     }
   }();
-  const T inv_p = pr_rsqrt(pr_where(spread, p2, T(1)));
+  // p and r only locate the extreme eigenvalue: kFloatFrame needs them to ~1e-11 only.
+  const T inv_p = [&] {
+    if constexpr (kFloatFrame && std::is_same_v<T, double>) {
+      return pr_rsqrt_coarse(pr_where(spread, p2, T(1)));
+    } else {
+      return pr_rsqrt(pr_where(spread, p2, T(1)));
+    }
+  }();
   const T p = p2 * inv_p;
   const T det = a00 * (a11 * a22 - a12 * a12) - a01 * (a01 * a22 - a12 * a02) + a02 * (a01 * a12 - a11 * a02);
   const T r = det * (T(0.5) * inv_p * inv_p * inv_p);
@@ -466,8 +473,10 @@ PROBREG_HOST_DEVICE void symeig3_trace_free(const T a[3][3], T frobenius2, Mask 
   const T inv_norm = pr_rsqrt(pr_where(rotates, T(2) * h * w, T(1)));
   const T c = pr_where(rotates, w * inv_norm, T(1));
   const T sn = pr_where(rotates, y * inv_norm, T(0));
-  // The eigenvalues: the Rayleigh quotient of v0, and the 2x2's diagonal after the
-  // rotation, al - t be and ga + t be with t = tan = y / w = 2 h y / n^2.
+  // The eigenvalues: the 2x2's diagonal after the rotation, al - t be and ga + t be with
+  // t = tan = y / w = 2 h y / n^2, and the rest of the trace, tr(a) - al - ga (the sum of
+  // a's eigenvalues is its trace; al + ga is the trace of the compression, so this is v0's
+  // Rayleigh quotient, to the rounding of the sums, O(eps p), without forming a v0).
   const T t_be = pr_where(rotates, T(2) * h * y * inv_norm * inv_norm, T(0)) * be;
   T av0[3];
   PROBREG_UNROLL
