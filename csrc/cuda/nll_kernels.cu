@@ -30,17 +30,18 @@ struct LossStorage<__nv_bfloat16> {
 template <int D, int F, int Cov, typename S, typename CT>
 PROBREG_TILED_KERNEL huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
                                          typename LossStorage<S>::type* __restrict__ loss, int64_t n,
-                                         double delta, double theta, bool mu_param) {
+                                         double delta, double theta, double inv_theta, bool mu_param) {
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W + D> tile;
   S* const shared = tile.rows();
+  const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
   for_each_tile(n, chunk_aligned(pred, target), [=](int64_t first, auto part) {  // the tiled rows
     T row[W], y[D];  // T holds S exactly (kernel_common.cuh Compute)
     load_rows_tiled<W, D>(pred, target, first, part, shared, row, y);
     if (part.mine())
-      store_as(loss + first + threadIdx.x, huber_nll_row<D, F, Cov, T, L>(row, y, L(delta), L(theta), mu_param));
+      store_as(loss + first + threadIdx.x, huber_nll_row<D, F, Cov, T, L>(row, y, L(delta), theta_arg, mu_param));
   });
 }
 
@@ -48,20 +49,21 @@ template <int D, int F, int Cov, typename S, typename CT>
 PROBREG_TILED_KERNEL huber_nll_backward_kernel(const typename LossStorage<S>::type* __restrict__ grad_loss,
                                           int64_t grad_loss_stride, const S* __restrict__ pred,
                                           const S* __restrict__ target, S* __restrict__ grad_pred,
-                                          S* __restrict__ grad_target, int64_t n, double delta, double theta,
+                                          S* __restrict__ grad_target, int64_t n, double delta, double theta, double inv_theta,
                                           bool mu_param) {
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W + D> tile;
   S* const shared = tile.rows();
+  const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
   const bool vectorized = chunk_aligned(pred, target, grad_pred, grad_target);  // the tiled rows
   for_each_tile(n, vectorized, [=](int64_t first, auto part) {
     T row[W], y[D], grow[W], gy[D];
     load_rows_tiled<W, D>(pred, target, first, part, shared, row, y);
     if (part.mine()) {
       const L go = load_as<L>(grad_loss + (first + threadIdx.x) * grad_loss_stride);
-      huber_nll_row_backward<D, F, Cov, T, L>(row, y, go, L(delta), L(theta), mu_param, grow, gy);
+      huber_nll_row_backward<D, F, Cov, T, L>(row, y, go, L(delta), theta_arg, mu_param, grow, gy);
     }
     store_rows_tiled<W, D>(grad_pred, grad_target, first, part, shared, grow, gy);
   });
@@ -122,7 +124,7 @@ cudaError_t launch_huber_nll_forward(Dtype dtype, int d, int family, int covaria
                                      double theta, cudaStream_t stream) {
   PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, huber_nll_forward_kernel,
                      static_cast<const S*>(pred), static_cast<const S*>(target), static_cast<L*>(loss), n,
-                     delta, theta, mu_parameterization);
+                     delta, theta, 1.0 / theta, mu_parameterization);
 }
 
 cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covariance, bool mu_parameterization,
@@ -132,7 +134,7 @@ cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covari
   PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, huber_nll_backward_kernel,
                      static_cast<const L*>(grad_loss), grad_loss_stride, static_cast<const S*>(pred),
                      static_cast<const S*>(target), static_cast<S*>(grad_pred), static_cast<S*>(grad_target), n,
-                     delta, theta, mu_parameterization);
+                     delta, theta, 1.0 / theta, mu_parameterization);
 }
 
 }  // namespace cuda

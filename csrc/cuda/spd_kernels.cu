@@ -66,11 +66,12 @@ PROBREG_TILED_KERNEL symeig_backward_kernel(const S* __restrict__ gL, const S* _
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, int64_t n,
-                                         double theta) {
+                                         double theta, double inv_theta) {
   using L = typename CT::type;
   using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
+  const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
   for_each_tile(n, chunk_aligned(B, A), [=](int64_t first, auto part) {
     L flat[D * D];
     T Am[D][D];
@@ -78,7 +79,7 @@ PROBREG_TILED_KERNEL spd_remap_forward_kernel(const S* __restrict__ B, S* __rest
     if (part.mine()) {
       L Bm[D][D];
       symmetrize<D>(flat, Bm);
-      spd_remap_forward<D, T, L>(Bm, L(theta), Am);
+      spd_remap_forward<D, T, L>(Bm, theta_arg, Am);
     }
     store_row_tiled<D * D>(A, first, part, shared, &Am[0][0]);
   });
@@ -86,11 +87,12 @@ PROBREG_TILED_KERNEL spd_remap_forward_kernel(const S* __restrict__ B, S* __rest
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL spd_remap_backward_kernel(const S* __restrict__ gA, const S* __restrict__ B,
-                                          S* __restrict__ gB, int64_t n, double theta) {
+                                          S* __restrict__ gB, int64_t n, double theta, double inv_theta) {
   using L = typename CT::type;
   using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
+  const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
   for_each_tile(n, chunk_aligned(gA, B, gB), [=](int64_t first, auto part) {
     L flat[D * D];
     T gAm[D][D], gBm[D][D];
@@ -99,7 +101,7 @@ PROBREG_TILED_KERNEL spd_remap_backward_kernel(const S* __restrict__ gA, const S
     if (part.mine()) {
       L Bm[D][D];
       symmetrize<D>(flat, Bm);
-      spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
+      spd_remap_backward<D, T, L>(Bm, gAm, theta_arg, gBm);
     }
     store_row_tiled<D * D>(gB, first, part, shared, &gBm[0][0]);
   });
@@ -107,12 +109,13 @@ PROBREG_TILED_KERNEL spd_remap_backward_kernel(const S* __restrict__ gA, const S
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __restrict__ A, int64_t n,
-                                            double theta) {
+                                            double theta, double inv_theta) {
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int P = Packed<D>::P;
   __shared__ SharedRows<S, D * D> tile;  // D * D >= P
   S* const shared = tile.rows();
+  const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
   for_each_tile(n, chunk_aligned(raw, A), [=](int64_t first, auto part) {
     L r[P];
     T Am[D][D];
@@ -120,7 +123,7 @@ PROBREG_TILED_KERNEL spd_from_raw_forward_kernel(const S* __restrict__ raw, S* _
     if (part.mine()) {
       L Bm[D][D];
       unpack_symmetric<D, L>(r, Bm);
-      spd_remap_forward<D, T, L>(Bm, L(theta), Am);
+      spd_remap_forward<D, T, L>(Bm, theta_arg, Am);
     }
     store_row_tiled<D * D>(A, first, part, shared, &Am[0][0]);
   });
@@ -128,12 +131,13 @@ PROBREG_TILED_KERNEL spd_from_raw_forward_kernel(const S* __restrict__ raw, S* _
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* __restrict__ raw,
-                                             S* __restrict__ graw, int64_t n, double theta) {
+                                             S* __restrict__ graw, int64_t n, double theta, double inv_theta) {
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int P = Packed<D>::P;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
+  const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
   for_each_tile(n, chunk_aligned(gA, raw, graw), [=](int64_t first, auto part) {
     L r[P];
     T gAm[D][D], g[P];
@@ -143,7 +147,7 @@ PROBREG_TILED_KERNEL spd_from_raw_backward_kernel(const S* __restrict__ gA, cons
       L Bm[D][D];
       T gBm[D][D];
       unpack_symmetric<D, L>(r, Bm);
-      spd_remap_backward<D, T, L>(Bm, gAm, L(theta), gBm);
+      spd_remap_backward<D, T, L>(Bm, gAm, theta_arg, gBm);
       pack_symmetric_grad<D, T>(gBm, g);
     }
     store_row_tiled<P>(graw, first, part, shared, g);
@@ -190,24 +194,24 @@ cudaError_t launch_symeig_backward(Dtype dtype, int d, const void* grad_L, const
 
 cudaError_t launch_spd_remap_forward(Dtype dtype, int d, const void* B, void* A, int64_t n, double theta,
                               cudaStream_t stream) {
-  PROBREG_LAUNCH(dtype, d, n, stream, spd_remap_forward_kernel, in<S>(B), out<S>(A), n, theta);
+  PROBREG_LAUNCH(dtype, d, n, stream, spd_remap_forward_kernel, in<S>(B), out<S>(A), n, theta, 1.0 / theta);
 }
 
 cudaError_t launch_spd_remap_backward(Dtype dtype, int d, const void* grad_A, const void* B,
                                void* grad_B, int64_t n, double theta, cudaStream_t stream) {
   PROBREG_LAUNCH(dtype, d, n, stream, spd_remap_backward_kernel, in<S>(grad_A), in<S>(B),
-                 out<S>(grad_B), n, theta);
+                 out<S>(grad_B), n, theta, 1.0 / theta);
 }
 
 cudaError_t launch_spd_from_raw_forward(Dtype dtype, int d, const void* raw, void* A, int64_t n,
                                  double theta, cudaStream_t stream) {
-  PROBREG_LAUNCH(dtype, d, n, stream, spd_from_raw_forward_kernel, in<S>(raw), out<S>(A), n, theta);
+  PROBREG_LAUNCH(dtype, d, n, stream, spd_from_raw_forward_kernel, in<S>(raw), out<S>(A), n, theta, 1.0 / theta);
 }
 
 cudaError_t launch_spd_from_raw_backward(Dtype dtype, int d, const void* grad_A, const void* raw,
                                   void* grad_raw, int64_t n, double theta, cudaStream_t stream) {
   PROBREG_LAUNCH(dtype, d, n, stream, spd_from_raw_backward_kernel, in<S>(grad_A), in<S>(raw),
-                 out<S>(grad_raw), n, theta);
+                 out<S>(grad_raw), n, theta, 1.0 / theta);
 }
 
 }  // namespace cuda
