@@ -37,7 +37,10 @@ ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2, "rotating": 3}
 # conversions), so the host build accepts only what the real build accepts.
 _FLAGS = ["-std=c++17", "-O1", "-fno-fast-math", "-fPIC", "-Wno-unknown-pragmas", "-Wno-psabi",
           "-DPROBREG_CUDA_HOST_EMULATION", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-          "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+          "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+          # Launches of at most 700 items (kernel_common.cuh launch_in_chunks; 2^31 in the
+          # extension): 1000 items run as two launches, the second from item 700.
+          "-DPROBREG_CUDA_MAX_LAUNCH_ITEMS=700"]
 
 
 def cuda_include_dir():

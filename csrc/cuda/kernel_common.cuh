@@ -119,6 +119,36 @@ __device__ __forceinline__ void store_row(S* base, int64_t i, const C in[N]) {
 
 constexpr int kThreads = 256;
 
+// Item indices of the tiled kernels: 32-bit unsigned, so that a row's address is one
+// 32 x 32 -> 64-bit multiply-add (uint64_t(first) * N) and the tile loop's compares and
+// increments are single instructions. A launch covers at most kMaxLaunchItems items (the
+// launchers split larger batches, launch_in_chunks), so first + kThreads and
+// first + the grid stride (<= 2^28) stay below 2^32.
+using TileIndex = unsigned int;
+#ifndef PROBREG_CUDA_MAX_LAUNCH_ITEMS
+#define PROBREG_CUDA_MAX_LAUNCH_ITEMS (int64_t(1) << 31)
+#endif
+constexpr int64_t kMaxLaunchItems = PROBREG_CUDA_MAX_LAUNCH_ITEMS;
+static_assert(kMaxLaunchItems > 0 && kMaxLaunchItems <= (int64_t(1) << 31), "32-bit tile indices");
+
+// Calls launch(start, count) for consecutive chunks [start, start + count) of [0, n), each
+// of at most kMaxLaunchItems items (one chunk unless n exceeds it); stops at the first
+// failure and returns its status.
+template <typename Launch>
+cudaError_t launch_in_chunks(int64_t n, Launch&& launch) {
+  for (int64_t start = 0; start < n; start += kMaxLaunchItems) {
+    const cudaError_t status = launch(start, TileIndex(n - start < kMaxLaunchItems ? n - start : kMaxLaunchItems));
+    if (status != cudaSuccess) return status;
+  }
+  return cudaSuccess;
+}
+
+// p advanced by `start` rows of `width` values (null stays null: optional outputs).
+template <typename S>
+S* rows_from(S* p, int64_t start, int width) {
+  return p == nullptr ? nullptr : p + start * width;
+}
+
 // ---- coalesced rows through shared memory ----
 // The batch layouts are rows of N contiguous values per item (N = 1..12). A thread that
 // reads its own row makes each warp access span N times the cache lines of a coalesced
@@ -156,7 +186,7 @@ struct PartialTile {
 // uint4 where every global pointer of the kernel is 16-byte aligned (for_each_tile's
 // `vectorized`; a full tile starts at a multiple of kThreads * N values, 512 bytes or more,
 // and the shared tile is 16-byte aligned).
-using TileChunk = uint4;
+using TileChunk = uint2;
 
 __device__ __forceinline__ void move_chunk(const TileChunk* from, TileChunk* to) {
 #if defined(PROBREG_CUDA_HOST_EMULATION)
@@ -208,9 +238,9 @@ __device__ __forceinline__ bool chunk_aligned(const P*... pointers) {
 
 // out = the N values of item first + threadIdx.x (left untouched where !tile.mine()).
 template <int N, typename C, typename S, typename Tile>
-__device__ __forceinline__ void load_row_tiled(const S* __restrict__ base, int64_t first, Tile tile, S* shared,
+__device__ __forceinline__ void load_row_tiled(const S* __restrict__ base, TileIndex first, Tile tile, S* shared,
                                                C out[N]) {
-  copy_tile<N>(base + first * N, shared, tile);
+  copy_tile<N>(base + uint64_t(first) * N, shared, tile);
   __syncthreads();
   if (tile.mine()) load_row<N>(shared, threadIdx.x, out);
   __syncthreads();
@@ -218,11 +248,11 @@ __device__ __forceinline__ void load_row_tiled(const S* __restrict__ base, int64
 
 // Writes the N values `in` of item first + threadIdx.x (ignored where !tile.mine()).
 template <int N, typename S, typename C, typename Tile>
-__device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t first, Tile tile, S* shared,
+__device__ __forceinline__ void store_row_tiled(S* __restrict__ base, TileIndex first, Tile tile, S* shared,
                                                 const C in[N]) {
   if (tile.mine()) store_row<N>(shared, threadIdx.x, in);
   __syncthreads();
-  copy_tile<N>(shared, base + first * N, tile);
+  copy_tile<N>(shared, base + uint64_t(first) * N, tile);
   __syncthreads();
 }
 
@@ -231,9 +261,9 @@ __device__ __forceinline__ void store_row_tiled(S* __restrict__ base, int64_t fi
 // first's kThreads * N1, 16-byte aligned): one pair of barriers for both.
 template <int N1, int N2, typename C, typename S, typename Tile>
 __device__ __forceinline__ void load_rows_tiled(const S* __restrict__ base1, const S* __restrict__ base2,
-                                                int64_t first, Tile tile, S* shared, C out1[N1], C out2[N2]) {
-  copy_tile<N1>(base1 + first * N1, shared, tile);
-  copy_tile<N2>(base2 + first * N2, shared + kThreads * N1, tile);
+                                                TileIndex first, Tile tile, S* shared, C out1[N1], C out2[N2]) {
+  copy_tile<N1>(base1 + uint64_t(first) * N1, shared, tile);
+  copy_tile<N2>(base2 + uint64_t(first) * N2, shared + kThreads * N1, tile);
   __syncthreads();
   if (tile.mine()) {
     load_row<N1>(shared, threadIdx.x, out1);
@@ -245,15 +275,15 @@ __device__ __forceinline__ void load_rows_tiled(const S* __restrict__ base1, con
 // store_row_tiled of two rows per item (as load_rows_tiled); base2 may be null (uniform
 // over the grid): then only the first row is stored.
 template <int N1, int N2, typename S, typename C, typename Tile>
-__device__ __forceinline__ void store_rows_tiled(S* __restrict__ base1, S* __restrict__ base2, int64_t first,
+__device__ __forceinline__ void store_rows_tiled(S* __restrict__ base1, S* __restrict__ base2, TileIndex first,
                                                  Tile tile, S* shared, const C in1[N1], const C in2[N2]) {
   if (tile.mine()) {
     store_row<N1>(shared, threadIdx.x, in1);
     store_row<N2>(shared + kThreads * N1, threadIdx.x, in2);
   }
   __syncthreads();
-  copy_tile<N1>(shared, base1 + first * N1, tile);
-  if (base2 != nullptr) copy_tile<N2>(shared + kThreads * N1, base2 + first * N2, tile);
+  copy_tile<N1>(shared, base1 + uint64_t(first) * N1, tile);
+  if (base2 != nullptr) copy_tile<N2>(shared + kThreads * N1, base2 + uint64_t(first) * N2, tile);
   __syncthreads();
 }
 
@@ -264,8 +294,8 @@ __device__ __forceinline__ void store_rows_tiled(S* __restrict__ base1, S* __res
 // tools/sass_counts.py's count of the main body, which leaves out-of-line code out, is
 // then the full tile's path).
 template <typename Body>
-__device__ PROBREG_NOINLINE void run_tiles_generic(Body body, int64_t first, int64_t n) {
-  const int64_t stride = int64_t(kThreads) * gridDim.x;
+__device__ PROBREG_NOINLINE void run_tiles_generic(Body body, TileIndex first, TileIndex n) {
+  const TileIndex stride = kThreads * gridDim.x;
 #pragma unroll 1
   for (; first < n; first += stride) body(first, PartialTile{int(n - first < kThreads ? n - first : kThreads)});
 }
@@ -278,29 +308,38 @@ __device__ PROBREG_NOINLINE void run_tiles_generic(Body body, int64_t first, int
 // synchronise (the tiled helpers above). The body must capture by value: it is passed to
 // run_tiles_generic.
 template <typename Body>
-__device__ __forceinline__ void for_each_tile(int64_t n, bool vectorized, Body body) {
-  const int64_t stride = int64_t(kThreads) * gridDim.x;
-  int64_t first = blockIdx.x * int64_t(kThreads);
+__device__ __forceinline__ void for_each_tile(TileIndex n, bool vectorized, Body body) {
+  const TileIndex stride = kThreads * gridDim.x;
+  TileIndex first = blockIdx.x * kThreads;
   if (vectorized)
     for (; first + kThreads <= n; first += stride) body(first, FullTile{});
   if (first < n) run_tiles_generic(body, first, n);
 }
 
-// Launch bounds of the tiled kernels (launched with kThreads threads). With
-// PROBREG_CUDA_MIN_BLOCKS_PER_SM = N > 0 (e.g. PROBREG_NVCC_FLAGS=-DPROBREG_CUDA_MIN_BLOCKS_PER_SM=3
-// at build time) ptxas also caps registers so that N blocks fit on an SM, spilling if it
-// must: more warps to hide memory latency against spills (sm_90, float32 d = 3: 74-96
-// registers, tools/sass_counts.py: 2 blocks per SM without the cap, 3 for spd_from_raw's
-// forward; at N = 3 the backwards and huber_nll's forward spill 44-72 bytes). Default
-// 0: no cap; tools/gpu_session.sh occupancy measures both.
+// Launch bounds of the tiled kernels (launched with kThreads threads) of compute types
+// CT: the fewest blocks per SM that ptxas must fit, which caps the registers per thread.
+//  - matrices in double (float64 storage; float32 under the AllDouble switch): 2, i.e. at
+//    most 128 registers. Unconstrained, ptxas gave the d = 3 backwards up to 156 (one
+//    block per SM); within 128 their main bodies do not spill (tools/sass_counts.py with
+//    -Xptxas -warn-spills).
+//  - the rest (the mixed float32 policy, the half types): none. The mixed d = 3 kernels
+//    take about 80 registers unconstrained (three blocks per SM); a two-block target
+//    made ptxas take ~100, and a three-block one spilled.
+// PROBREG_CUDA_MIN_BLOCKS_PER_SM = N > 0 at build time (e.g.
+// PROBREG_NVCC_FLAGS=-DPROBREG_CUDA_MIN_BLOCKS_PER_SM=3) sets N for every tiled kernel
+// instead, spilling if it must; tools/gpu_session.sh occupancy measures the variants.
 #ifndef PROBREG_CUDA_MIN_BLOCKS_PER_SM
 #define PROBREG_CUDA_MIN_BLOCKS_PER_SM 0
 #endif
-#if PROBREG_CUDA_MIN_BLOCKS_PER_SM > 0
-#define PROBREG_TILED_KERNEL __global__ void __launch_bounds__(kThreads, PROBREG_CUDA_MIN_BLOCKS_PER_SM)
-#else
-#define PROBREG_TILED_KERNEL __global__ void __launch_bounds__(kThreads)
-#endif
+template <typename CT>
+constexpr int tile_min_blocks() {
+  if constexpr (PROBREG_CUDA_MIN_BLOCKS_PER_SM > 0) {
+    return PROBREG_CUDA_MIN_BLOCKS_PER_SM;
+  } else {
+    return std::is_same<typename CT::value, double>::value ? 2 : 0;  // 0: unconstrained, as without it
+  }
+}
+#define PROBREG_TILED_KERNEL(CT) __global__ void __launch_bounds__(kThreads, tile_min_blocks<CT>())
 
 // Blocks for n items with a grid-stride loop (int64 indices; the grid is capped and the
 // loop covers the rest).

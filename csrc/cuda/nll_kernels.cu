@@ -28,8 +28,8 @@ struct LossStorage<__nv_bfloat16> {
 // gradient rows stored, coalesced through shared memory; the per-target loss and its
 // upstream gradient are one value per item and go straight to global memory.
 template <int D, int F, int Cov, typename S, typename CT>
-PROBREG_TILED_KERNEL huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
-                                         typename LossStorage<S>::type* __restrict__ loss, int64_t n,
+PROBREG_TILED_KERNEL(CT) huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
+                                         typename LossStorage<S>::type* __restrict__ loss, TileIndex n,
                                          double delta, double theta, double inv_theta, bool mu_param) {
   using L = typename CT::type;
   using T = typename CT::value;
@@ -37,7 +37,7 @@ PROBREG_TILED_KERNEL huber_nll_forward_kernel(const S* __restrict__ pred, const 
   __shared__ SharedRows<S, W + D> tile;
   S* const shared = tile.rows();
   const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
-  for_each_tile(n, chunk_aligned(pred, target), [=](int64_t first, auto part) {  // the tiled rows
+  for_each_tile(n, chunk_aligned(pred, target), [=](TileIndex first, auto part) {  // the tiled rows
     T row[W], y[D];  // T holds S exactly (kernel_common.cuh Compute)
     load_rows_tiled<W, D>(pred, target, first, part, shared, row, y);
     if (part.mine())
@@ -46,10 +46,11 @@ PROBREG_TILED_KERNEL huber_nll_forward_kernel(const S* __restrict__ pred, const 
 }
 
 template <int D, int F, int Cov, typename S, typename CT>
-PROBREG_TILED_KERNEL huber_nll_backward_kernel(const typename LossStorage<S>::type* __restrict__ grad_loss,
+PROBREG_TILED_KERNEL(CT) huber_nll_backward_kernel(const typename LossStorage<S>::type* __restrict__ grad_loss,
                                           int64_t grad_loss_stride, const S* __restrict__ pred,
                                           const S* __restrict__ target, S* __restrict__ grad_pred,
-                                          S* __restrict__ grad_target, int64_t n, double delta, double theta, double inv_theta,
+                                          S* __restrict__ grad_target, TileIndex n, double delta, double theta,
+                                          double inv_theta,
                                           bool mu_param) {
   using L = typename CT::type;
   using T = typename CT::value;
@@ -58,7 +59,7 @@ PROBREG_TILED_KERNEL huber_nll_backward_kernel(const typename LossStorage<S>::ty
   S* const shared = tile.rows();
   const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
   const bool vectorized = chunk_aligned(pred, target, grad_pred, grad_target);  // the tiled rows
-  for_each_tile(n, vectorized, [=](int64_t first, auto part) {
+  for_each_tile(n, vectorized, [=](TileIndex first, auto part) {
     T row[W], y[D], grow[W], gy[D];
     load_rows_tiled<W, D>(pred, target, first, part, shared, row, y);
     if (part.mine()) {
@@ -97,8 +98,9 @@ cudaError_t dispatch_family_covariance(int family, int covariance, Fn&& f) {
 }
 
 // Dispatches (dtype, compute types CT (kernel_common.cuh dispatch_compute), d, family,
-// covariance) and launches KERNEL<D, F, Cov, S, CT>; inside the argument list S is the
-// storage type and L its loss storage type.
+// covariance) and launches KERNEL<D, F, Cov, S, CT> for each chunk of items (launch_in_chunks);
+// inside the argument list S is the storage type, L its loss storage type, W the pred
+// row's width, and the chunk is [start, start + count).
 #define PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, KERNEL, ...)                  \
   if ((n) == 0) return cudaSuccess;                                                           \
   return dispatch_dtype(dtype, [&](auto storage) {                                            \
@@ -111,7 +113,10 @@ cudaError_t dispatch_family_covariance(int family, int covariance, Fn&& f) {
         return dispatch_family_covariance(family, covariance, [&](auto fam, auto cov) {       \
           constexpr int F = decltype(fam)::value;                                             \
           constexpr int Cov = decltype(cov)::value;                                           \
-          return launch_kernel(KERNEL<D, F, Cov, S, CT>, blocks_for(n), kThreads, stream, __VA_ARGS__); \
+          constexpr int W = NllLayout<D, Cov>::width;                                         \
+          return launch_in_chunks(n, [&](int64_t start, TileIndex count) {                    \
+            return launch_kernel(KERNEL<D, F, Cov, S, CT>, blocks_for(count), kThreads, stream, __VA_ARGS__); \
+          });                                                                                 \
         });                                                                                   \
       });                                                                                     \
     });                                                                                       \
@@ -123,8 +128,9 @@ cudaError_t launch_huber_nll_forward(Dtype dtype, int d, int family, int covaria
                                      const void* pred, const void* target, void* loss, int64_t n, double delta,
                                      double theta, cudaStream_t stream) {
   PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, huber_nll_forward_kernel,
-                     static_cast<const S*>(pred), static_cast<const S*>(target), static_cast<L*>(loss), n,
-                     delta, theta, 1.0 / theta, mu_parameterization);
+                     rows_from(static_cast<const S*>(pred), start, W), rows_from(static_cast<const S*>(target), start, D),
+                     rows_from(static_cast<L*>(loss), start, 1), count, delta, theta, 1.0 / theta,
+                     mu_parameterization);
 }
 
 cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covariance, bool mu_parameterization,
@@ -132,9 +138,10 @@ cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covari
                                       const void* target, void* grad_pred, void* grad_target, int64_t n,
                                       double delta, double theta, cudaStream_t stream) {
   PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, huber_nll_backward_kernel,
-                     static_cast<const L*>(grad_loss), grad_loss_stride, static_cast<const S*>(pred),
-                     static_cast<const S*>(target), static_cast<S*>(grad_pred), static_cast<S*>(grad_target), n,
-                     delta, theta, 1.0 / theta, mu_parameterization);
+                     static_cast<const L*>(grad_loss) + start * grad_loss_stride, grad_loss_stride,
+                     rows_from(static_cast<const S*>(pred), start, W), rows_from(static_cast<const S*>(target), start, D),
+                     rows_from(static_cast<S*>(grad_pred), start, W), rows_from(static_cast<S*>(grad_target), start, D),
+                     count, delta, theta, 1.0 / theta, mu_parameterization);
 }
 
 }  // namespace cuda

@@ -305,7 +305,7 @@ PROBREG_HOST_DEVICE void eigenbasis_residual_inputs(const T loc[D], const T y[D]
 // below): the type the results are rounded to (spectral.h Theta).
 template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T loc[D], const T y[D],
-                                         T delta, ThetaArg<L> theta_value, bool mu_param) {
+                                         T delta, ThetaParam<L> theta_value, bool mu_param) {
   const Theta<L, Out> theta(theta_value);
   T z[D], v[D];
   eigenbasis_residual_inputs<D>(loc, y, mu_param, z, v);
@@ -329,7 +329,7 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T 
 // gradient go.
 template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][D], const T loc[D],
-                                                     const T y[D], T go, T delta, ThetaArg<L> theta_value, bool mu_param,
+                                                     const T y[D], T go, T delta, ThetaParam<L> theta_value, bool mu_param,
                                                      T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
   const Theta<L, Out> theta(theta_value);
   T z[D], v[D];
@@ -422,7 +422,7 @@ PROBREG_HOST_DEVICE void reflection_residual(T a_mean, T a_half, const T N[2][2]
 // eps |z|, times g_hi).
 template <int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE T huber_nll_full_reflection(const L l[2], const T N[2][2], const T loc[2], const T y[2],
-                                                T delta, ThetaArg<L> theta_value, bool mu_param) {
+                                                T delta, ThetaParam<L> theta_value, bool mu_param) {
   const Theta<L, Out> theta(theta_value);
   const T g_lo = remap_g<L, T>(l[0], theta), g_hi = remap_g<L, T>(l[1], theta);
   const T a_mean = T(0.5) * (g_hi + g_lo), a_half = T(0.5) * (g_hi - g_lo);
@@ -433,7 +433,7 @@ PROBREG_HOST_DEVICE T huber_nll_full_reflection(const L l[2], const T N[2][2], c
 
 template <int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_reflection(const L l[2], const T N[2][2], const T loc[2],
-                                                            const T y[2], T go, T delta, ThetaArg<L> theta_value,
+                                                            const T y[2], T go, T delta, ThetaParam<L> theta_value,
                                                             bool mu_param, T grad_loc[2], T grad_B[2][2],
                                                             T grad_y[2]) {
   const Theta<L, Out> theta(theta_value);
@@ -472,7 +472,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_reflection(const L l[2], const 
 // Reflection (d = 2 only), else the eigenvectors V.
 template <int D, int F, bool Reflection, typename T, typename L, typename Out = T>
 PROBREG_HOST_DEVICE T huber_nll_full_frame(const L l[D], const T frame[D][D], const T loc[D], const T y[D], T delta,
-                                           ThetaArg<L> theta, bool mu_param) {
+                                           ThetaParam<L> theta, bool mu_param) {
   if constexpr (Reflection) {
     static_assert(D == 2, "the reflection frame is 2x2");
     return huber_nll_full_reflection<F, T, L, Out>(l, frame, loc, y, delta, theta, mu_param);
@@ -483,7 +483,7 @@ PROBREG_HOST_DEVICE T huber_nll_full_frame(const L l[D], const T frame[D][D], co
 
 template <int D, int F, bool Reflection, typename T, typename L, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_frame(const L l[D], const T frame[D][D], const T loc[D],
-                                                       const T y[D], T go, T delta, ThetaArg<L> theta, bool mu_param,
+                                                       const T y[D], T go, T delta, ThetaParam<L> theta, bool mu_param,
                                                        T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
   if constexpr (Reflection) {
     static_assert(D == 2, "the reflection frame is 2x2");
@@ -498,7 +498,7 @@ PROBREG_HOST_DEVICE void huber_nll_full_backward_frame(const L l[D], const T fra
 // ---------------------------------------------------------------- diagonal covariance
 // b: the D raw diagonal values, A = diag(g(b)).
 template <int D, int F, typename T>
-PROBREG_HOST_DEVICE T huber_nll_diagonal(const T b[D], const T loc[D], const T y[D], T delta, ThetaArg<T> theta_value,
+PROBREG_HOST_DEVICE T huber_nll_diagonal(const T b[D], const T loc[D], const T y[D], T delta, ThetaParam<T> theta_value,
                                          bool mu_param) {
   const Theta<T> theta(theta_value);
   T p[D];
@@ -512,7 +512,7 @@ PROBREG_HOST_DEVICE T huber_nll_diagonal(const T b[D], const T loc[D], const T y
 
 template <int D, int F, typename T>
 PROBREG_HOST_DEVICE void huber_nll_diagonal_backward(const T b[D], const T loc[D], const T y[D], T go,
-                                                     T delta, ThetaArg<T> theta_value, bool mu_param, T grad_loc[D],
+                                                     T delta, ThetaParam<T> theta_value, bool mu_param, T grad_loc[D],
                                                      T grad_b[D], T grad_y[D]) {
   const Theta<T> theta(theta_value);
   T e[D], g[D], z[D], p[D];
@@ -593,7 +593,7 @@ PROBREG_HOST_DEVICE void decompose_full_row(const T pred[D + Packed<D>::P], L l[
 }
 
 template <int D, int F, int Cov, typename T, typename L = T>
-PROBREG_HOST_DEVICE L huber_nll_row(const T pred[NllLayout<D, Cov>::width], const T y[D], L delta, ThetaArg<L> theta,
+PROBREG_HOST_DEVICE L huber_nll_row(const T pred[NllLayout<D, Cov>::width], const T y[D], L delta, ThetaParam<L> theta,
                                     bool mu_param) {
   if constexpr (Cov == kCovarianceFull) {
     L l[D];
@@ -614,7 +614,7 @@ PROBREG_HOST_DEVICE L huber_nll_row(const T pred[NllLayout<D, Cov>::width], cons
 
 template <int D, int F, int Cov, typename T, typename L = T>
 PROBREG_HOST_DEVICE void huber_nll_row_backward(const T pred[NllLayout<D, Cov>::width], const T y[D], L go,
-                                                L delta, ThetaArg<L> theta, bool mu_param,
+                                                L delta, ThetaParam<L> theta, bool mu_param,
                                                 T grad_pred[NllLayout<D, Cov>::width], T grad_y[D]) {
   constexpr int W = NllLayout<D, Cov>::width;
   if constexpr (Cov == kCovarianceFull) {

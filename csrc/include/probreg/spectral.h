@@ -39,6 +39,10 @@ struct ThetaArg {
   PROBREG_HOST_DEVICE ThetaArg(L theta) : value(theta), inv(pr_recip(theta)) {}
   PROBREG_HOST_DEVICE ThetaArg(L theta, L inverse) : value(theta), inv(inverse) {}
 };
+// The parameter type: ThetaArg<L> in a non-deduced context, so that L is deduced from the
+// eigenvalues alone and a plain theta converts.
+template <typename L>
+using ThetaParam = typename std::enable_if<true, ThetaArg<L>>::type;
 
 template <typename L, typename Out = L>
 struct Theta {
@@ -241,7 +245,7 @@ PROBREG_HOST_DEVICE void compose_spectral(const T V[D][D], const T f[D], T A[D][
 // Forward of the spectral remap from the eigen-decomposition: A = V diag(g(l)) V^T.
 // Out (here and below): the type A is rounded to (Theta).
 template <int D, typename T, typename L = T, typename Out = T>
-PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], ThetaArg<L> theta_value, T A[D][D]) {
+PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], ThetaParam<L> theta_value, T A[D][D]) {
   const Theta<L, Out> theta(theta_value);
   T gl[D];
   PROBREG_UNROLL
@@ -254,7 +258,7 @@ PROBREG_HOST_DEVICE void spd_remap_forward_eig(const L l[D], const T V[D][D], Th
 // gradient dL/dA (any square matrix; it is symmetrised). Writes the symmetric dL/dB.
 template <int D, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], const T gA[D][D],
-                                                ThetaArg<L> theta_value, T gB[D][D]) {
+                                                ThetaParam<L> theta_value, T gB[D][D]) {
   const Theta<L, Out> theta(theta_value);
   T GV[D][D];  // sym(gA) V
   PROBREG_UNROLL
@@ -292,7 +296,7 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], c
 // The d = 2 forward and backward from the reflection frame (l, N) of symeig2_reflection
 // instead of eigenvectors. Forward: A = (g_hi + g_lo)/2 I + (g_hi - g_lo)/2 N.
 template <typename T, typename L = T, typename Out = T>
-PROBREG_HOST_DEVICE void spd_remap_forward_reflection(const L l[2], const T N[2][2], ThetaArg<L> theta_value, T A[2][2]) {
+PROBREG_HOST_DEVICE void spd_remap_forward_reflection(const L l[2], const T N[2][2], ThetaParam<L> theta_value, T A[2][2]) {
   const Theta<L, Out> theta(theta_value);
   const T g_lo = remap_g<L, T>(l[0], theta), g_hi = remap_g<L, T>(l[1], theta);
   const T mean = T(0.5) * (g_hi + g_lo), half_diff = T(0.5) * (g_hi - g_lo);
@@ -328,7 +332,7 @@ PROBREG_HOST_DEVICE void reflection_backward_from(const L l[2], T h_lo, T h_hi, 
 
 template <typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2][2], const T gA[2][2],
-                                                       ThetaArg<L> theta_value, T gB[2][2]) {
+                                                       ThetaParam<L> theta_value, T gB[2][2]) {
   const Theta<L, Out> theta(theta_value);
   reflection_backward_from<T, L>(l, remap_half_exp_factor<T>(l[0], theta), remap_half_exp_factor<T>(l[1], theta), N,
                                  gA, theta, gB);
@@ -337,7 +341,7 @@ PROBREG_HOST_DEVICE void spd_remap_backward_reflection(const L l[2], const T N[2
 // Forward / backward from a decomposition (l, F): F the reflection frame N where
 // Reflection (d = 2 only), else the eigenvectors V.
 template <int D, bool Reflection, typename T, typename L, typename Out = T>
-PROBREG_HOST_DEVICE void spd_remap_forward_frame(const L l[D], const T F[D][D], ThetaArg<L> theta, T A[D][D]) {
+PROBREG_HOST_DEVICE void spd_remap_forward_frame(const L l[D], const T F[D][D], ThetaParam<L> theta, T A[D][D]) {
   if constexpr (Reflection) {
     static_assert(D == 2, "the reflection frame is 2x2");
     spd_remap_forward_reflection<T, L, Out>(l, F, theta, A);
@@ -347,7 +351,7 @@ PROBREG_HOST_DEVICE void spd_remap_forward_frame(const L l[D], const T F[D][D], 
 }
 
 template <int D, bool Reflection, typename T, typename L, typename Out = T>
-PROBREG_HOST_DEVICE void spd_remap_backward_frame(const L l[D], const T F[D][D], const T gA[D][D], ThetaArg<L> theta,
+PROBREG_HOST_DEVICE void spd_remap_backward_frame(const L l[D], const T F[D][D], const T gA[D][D], ThetaParam<L> theta,
                                                   T gB[D][D]) {
   if constexpr (Reflection) {
     static_assert(D == 2, "the reflection frame is 2x2");
@@ -362,7 +366,7 @@ PROBREG_HOST_DEVICE void spd_remap_backward_frame(const L l[D], const T F[D][D],
 // backward. The forward's A = sum_j g(l_j) v_j v_j^T takes the eigenpairs in any order
 // (symeig_mixed's kAscending false); the backward's divided differences need them sorted.
 template <int D, typename T, typename L = T>
-PROBREG_HOST_DEVICE void spd_remap_forward(const L B[D][D], ThetaArg<L> theta, T A[D][D]) {
+PROBREG_HOST_DEVICE void spd_remap_forward(const L B[D][D], ThetaParam<L> theta, T A[D][D]) {
   L l[D];
   T F[D][D];
   symeig_frame_split<D, T, L, false>(B, l, F);
@@ -370,7 +374,7 @@ PROBREG_HOST_DEVICE void spd_remap_forward(const L B[D][D], ThetaArg<L> theta, T
 }
 
 template <int D, typename T, typename L = T>
-PROBREG_HOST_DEVICE void spd_remap_backward(const L B[D][D], const T gA[D][D], ThetaArg<L> theta, T gB[D][D]) {
+PROBREG_HOST_DEVICE void spd_remap_backward(const L B[D][D], const T gA[D][D], ThetaParam<L> theta, T gB[D][D]) {
   L l[D];
   T F[D][D];
   symeig_frame_split<D, T, L>(B, l, F);
