@@ -106,8 +106,8 @@ class GuardedBuffers:
     SENTINEL = 3.0
 
     def __init__(self, shift: int = 0):
-        # shift > 0 (elements) moves every buffer off its 16-byte alignment (for shift not a
-        # multiple of 16 bytes): the kernels' generic, value-by-value tile path.
+        # shift > 0 (elements) moves every buffer off the kernels' 8-byte chunk alignment
+        # (for shift not a multiple of 8 bytes): their generic, value-by-value tile path.
         self.GUARD = GuardedBuffers.GUARD + shift
         self._inputs = []
         self._outputs = []

@@ -350,7 +350,7 @@ def test_results_independent_of_thread_order_and_grid(emu, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_unaligned_buffers_take_the_generic_tile_path(emu, dtype):
-    """Buffers off their 16-byte alignment (one element in) take the value-by-value tile
+    """Buffers off the 8-byte chunk alignment (one element in) take the value-by-value tile
     copies (kernel_common.cuh for_each_tile) for every tile: the results are the CPU ops'
     and bitwise those of aligned buffers (the same values reach the same arithmetic)."""
     n, d = 700, 3

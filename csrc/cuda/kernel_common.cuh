@@ -28,11 +28,11 @@ namespace cuda {
 //  type:  the accurate type: double for float64 and float32, float for the half types.
 //         symeig and huber_fuse compute in it; it is also the eigenvalue type below.
 //  value: the type of matrices, vectors and gradients in spd_remap, spd_from_raw and
-//         huber_nll: float for float32 (the mixed policy of spectral.h: a float
-//         eigenvector estimate (symeig.h symeig_mixed) refined by one double sweep,
-//         eigenvalues and their differences in double, compensated exponentials;
-//         float-rate arithmetic for most of the work without the l/theta error
-//         amplification of a float-only path), else `type`.
+//         huber_nll: float for float32 (the mixed policy of spectral.h: the
+//         decomposition in double (symeig.h symeig_mixed: closed forms) with the
+//         eigenvectors rounded to float, eigenvalues and their differences in double,
+//         compensated exponentials; float-rate arithmetic for most of the work without
+//         the l/theta error amplification of a float-only path), else `type`.
 // The CPU reproduces the float32 policy under PROBREG_CPU_EMULATE_CUDA_FLOAT32=1, which
 // tests/test_cuda_numerics_on_cpu.py uses to test its accuracy without a GPU.
 template <typename S>
@@ -182,10 +182,12 @@ struct PartialTile {
   __device__ __forceinline__ bool mine() const { return int(threadIdx.x) < size; }
 };
 
-// 16-byte chunks of a full tile's copy (copy_tile): global rows are read and written as
-// uint4 where every global pointer of the kernel is 16-byte aligned (for_each_tile's
+// 8-byte chunks of a full tile's copy (copy_tile): global rows are read and written as
+// uint2 where every tiled global pointer of the kernel is 8-byte aligned (for_each_tile's
 // `vectorized`; a full tile starts at a multiple of kThreads * N values, 512 bytes or more,
-// and the shared tile is 16-byte aligned).
+// and the shared tile is 16-byte aligned). 16-byte chunks (uint4) issue the same number
+// of instructions in the d = 3 kernels (tools/sass_counts.py) and held more registers
+// (huber_nll's backward 94 instead of 80: two blocks per SM instead of three).
 using TileChunk = uint2;
 
 __device__ __forceinline__ void move_chunk(const TileChunk* from, TileChunk* to) {
@@ -202,7 +204,7 @@ __device__ __forceinline__ void move_chunk(const TileChunk* from, TileChunk* to)
 // Copies the tile's count() * N values of S at src to dst, one of them global and the
 // other the shared tile (same layout), consecutive threads on consecutive addresses (each
 // warp access is one contiguous span); launch with kThreads threads. A full tile moves
-// 16-byte chunks (kThreads * N * sizeof(S) / 16 of them, a multiple of 32), unrolled: each
+// 8-byte chunks (kThreads * N * sizeof(S) / 8 of them, a multiple of 64), unrolled: each
 // thread issues its loads before its first store, so the block has the whole tile in
 // flight at once; the last round is partial where kThreads does not divide the chunk
 // count. A partial tile (the generic path) copies value by value.
@@ -218,10 +220,12 @@ __device__ __forceinline__ void copy_tile(const S* __restrict__ src, S* __restri
     TileChunk values[kRounds];
 #pragma unroll
     for (int j = 0; j < kRounds; ++j)
-      if (j * kThreads + kThreads <= kChunks || k < kChunks - j * kThreads) move_chunk(from + k + j * kThreads, &values[j]);
+      if (j * kThreads + kThreads <= kChunks || k < kChunks - j * kThreads)
+        move_chunk(from + k + j * kThreads, &values[j]);
 #pragma unroll
     for (int j = 0; j < kRounds; ++j)
-      if (j * kThreads + kThreads <= kChunks || k < kChunks - j * kThreads) move_chunk(&values[j], to + k + j * kThreads);
+      if (j * kThreads + kThreads <= kChunks || k < kChunks - j * kThreads)
+        move_chunk(&values[j], to + k + j * kThreads);
   } else {
     const int size = tile.count() * N;
 #pragma unroll 1
@@ -229,7 +233,7 @@ __device__ __forceinline__ void copy_tile(const S* __restrict__ src, S* __restri
   }
 }
 
-// Whether every pointer is 16-byte aligned (null pointers are): the vectorized copies'
+// Whether every pointer is chunk-aligned (8 bytes; null pointers are): the vectorized copies'
 // condition (for_each_tile).
 template <typename... P>
 __device__ __forceinline__ bool chunk_aligned(const P*... pointers) {
@@ -258,7 +262,7 @@ __device__ __forceinline__ void store_row_tiled(S* __restrict__ base, TileIndex 
 
 // load_row_tiled of two rows per item, N1 values from base1 and N2 from base2, staged
 // through one shared tile of (N1 + N2) values per item (the second block after the
-// first's kThreads * N1, 16-byte aligned): one pair of barriers for both.
+// first's kThreads * N1, chunk-aligned): one pair of barriers for both.
 template <int N1, int N2, typename C, typename S, typename Tile>
 __device__ __forceinline__ void load_rows_tiled(const S* __restrict__ base1, const S* __restrict__ base2,
                                                 TileIndex first, Tile tile, S* shared, C out1[N1], C out2[N2]) {
@@ -289,7 +293,7 @@ __device__ __forceinline__ void store_rows_tiled(S* __restrict__ base1, S* __res
 
 // The generic path, out of line (a call): the tiles from `first` on (block-stride) as
 // PartialTile, copied value by value. It runs the grid's last, partial tile, and every
-// tile where the pointers are not 16-byte aligned, so the loop body that every full tile
+// tile where the pointers are not chunk-aligned, so the loop body that every full tile
 // runs holds no bounds checks and no copy loops (instruction cache; and
 // tools/sass_counts.py's count of the main body, which leaves out-of-line code out, is
 // then the full tile's path).
@@ -302,7 +306,7 @@ __device__ PROBREG_NOINLINE void run_tiles_generic(Body body, TileIndex first, T
 
 // Block-stride loop over the tiles of kThreads consecutive items of [0, n) (launch with
 // kThreads threads): body(first, tile) with `first` the tile's first item and `tile` a
-// FullTile (16-byte chunk copies: needs `vectorized`, chunk_aligned of the kernel's global
+// FullTile (chunk copies: needs `vectorized`, chunk_aligned of the kernel's tiled global
 // pointers), or a PartialTile for the grid's last tile when kThreads does not divide n and
 // for every tile without `vectorized`. Both are uniform over the block, so the body may
 // synchronise (the tiled helpers above). The body must capture by value: it is passed to
