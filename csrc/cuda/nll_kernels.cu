@@ -29,15 +29,16 @@ struct LossStorage<__nv_bfloat16> {
 // upstream gradient are one value per item and go straight to global memory.
 template <int D, int F, int Cov, typename S, typename CT>
 PROBREG_TILED_KERNEL(CT) huber_nll_forward_kernel(const S* __restrict__ pred, const S* __restrict__ target,
-                                         typename LossStorage<S>::type* __restrict__ loss, TileIndex n,
-                                         double delta, double theta, double inv_theta, bool mu_param) {
+                                                  typename LossStorage<S>::type* __restrict__ loss, TileIndex n,
+                                                  double delta, double theta, double inv_theta, bool mu_param) {
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
   __shared__ SharedRows<S, W + D> tile;
   S* const shared = tile.rows();
   const ThetaArg<L> theta_arg{L(theta), L(inv_theta)};  // 1/theta from the host
-  for_each_tile(n, chunk_aligned(pred, target), [=](TileIndex first, auto part) {  // the tiled rows
+  const bool vectorized = chunk_aligned(pred, target);  // the tiled rows
+  for_each_tile(n, vectorized, [=](TileIndex first, auto part) {
     T row[W], y[D];  // T holds S exactly (kernel_common.cuh Compute)
     load_rows_tiled<W, D>(pred, target, first, part, shared, row, y);
     if (part.mine())
@@ -47,11 +48,10 @@ PROBREG_TILED_KERNEL(CT) huber_nll_forward_kernel(const S* __restrict__ pred, co
 
 template <int D, int F, int Cov, typename S, typename CT>
 PROBREG_TILED_KERNEL(CT) huber_nll_backward_kernel(const typename LossStorage<S>::type* __restrict__ grad_loss,
-                                          int64_t grad_loss_stride, const S* __restrict__ pred,
-                                          const S* __restrict__ target, S* __restrict__ grad_pred,
-                                          S* __restrict__ grad_target, TileIndex n, double delta, double theta,
-                                          double inv_theta,
-                                          bool mu_param) {
+                                                   int64_t grad_loss_stride, const S* __restrict__ pred,
+                                                   const S* __restrict__ target, S* __restrict__ grad_pred,
+                                                   S* __restrict__ grad_target, TileIndex n, double delta, double theta,
+                                                   double inv_theta, bool mu_param) {
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int W = NllLayout<D, Cov>::width;
@@ -128,9 +128,9 @@ cudaError_t launch_huber_nll_forward(Dtype dtype, int d, int family, int covaria
                                      const void* pred, const void* target, void* loss, int64_t n, double delta,
                                      double theta, cudaStream_t stream) {
   PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, huber_nll_forward_kernel,
-                     rows_from(static_cast<const S*>(pred), start, W), rows_from(static_cast<const S*>(target), start, D),
-                     rows_from(static_cast<L*>(loss), start, 1), count, delta, theta, 1.0 / theta,
-                     mu_parameterization);
+                     rows_from(static_cast<const S*>(pred), start, W),
+                     rows_from(static_cast<const S*>(target), start, D), rows_from(static_cast<L*>(loss), start, 1),
+                     count, delta, theta, 1.0 / theta, mu_parameterization);
 }
 
 cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covariance, bool mu_parameterization,
@@ -139,9 +139,11 @@ cudaError_t launch_huber_nll_backward(Dtype dtype, int d, int family, int covari
                                       double delta, double theta, cudaStream_t stream) {
   PROBREG_NLL_LAUNCH(dtype, d, family, covariance, n, stream, huber_nll_backward_kernel,
                      static_cast<const L*>(grad_loss) + start * grad_loss_stride, grad_loss_stride,
-                     rows_from(static_cast<const S*>(pred), start, W), rows_from(static_cast<const S*>(target), start, D),
-                     rows_from(static_cast<S*>(grad_pred), start, W), rows_from(static_cast<S*>(grad_target), start, D),
-                     count, delta, theta, 1.0 / theta, mu_parameterization);
+                     rows_from(static_cast<const S*>(pred), start, W),
+                     rows_from(static_cast<const S*>(target), start, D),
+                     rows_from(static_cast<S*>(grad_pred), start, W),
+                     rows_from(static_cast<S*>(grad_target), start, D), count, delta, theta, 1.0 / theta,
+                     mu_parameterization);
 }
 
 }  // namespace cuda

@@ -29,7 +29,7 @@ __device__ __forceinline__ void symmetrize(const C flat[D * D], C B[D][D]) {
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL(CT) symeig_forward_kernel(const S* __restrict__ B, S* __restrict__ L, S* __restrict__ V,
-                                           TileIndex n) {
+                                               TileIndex n) {
   using C = typename CT::type;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
@@ -48,8 +48,8 @@ PROBREG_TILED_KERNEL(CT) symeig_forward_kernel(const S* __restrict__ B, S* __res
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL(CT) symeig_backward_kernel(const S* __restrict__ gL, const S* __restrict__ gV,
-                                            const S* __restrict__ L, const S* __restrict__ V,
-                                            S* __restrict__ gB, TileIndex n) {
+                                                const S* __restrict__ L, const S* __restrict__ V,
+                                                S* __restrict__ gB, TileIndex n) {
   using C = typename CT::type;
   __shared__ SharedRows<S, D * D> tile;
   S* const shared = tile.rows();
@@ -66,7 +66,7 @@ PROBREG_TILED_KERNEL(CT) symeig_backward_kernel(const S* __restrict__ gL, const 
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL(CT) spd_remap_forward_kernel(const S* __restrict__ B, S* __restrict__ A, TileIndex n,
-                                         double theta, double inv_theta) {
+                                                  double theta, double inv_theta) {
   using L = typename CT::type;
   using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
@@ -87,7 +87,7 @@ PROBREG_TILED_KERNEL(CT) spd_remap_forward_kernel(const S* __restrict__ B, S* __
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL(CT) spd_remap_backward_kernel(const S* __restrict__ gA, const S* __restrict__ B,
-                                          S* __restrict__ gB, TileIndex n, double theta, double inv_theta) {
+                                                   S* __restrict__ gB, TileIndex n, double theta, double inv_theta) {
   using L = typename CT::type;
   using T = typename CT::value;
   __shared__ SharedRows<S, D * D> tile;
@@ -109,7 +109,7 @@ PROBREG_TILED_KERNEL(CT) spd_remap_backward_kernel(const S* __restrict__ gA, con
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL(CT) spd_from_raw_forward_kernel(const S* __restrict__ raw, S* __restrict__ A, TileIndex n,
-                                            double theta, double inv_theta) {
+                                                     double theta, double inv_theta) {
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int P = Packed<D>::P;
@@ -131,7 +131,8 @@ PROBREG_TILED_KERNEL(CT) spd_from_raw_forward_kernel(const S* __restrict__ raw, 
 
 template <int D, typename S, typename CT>
 PROBREG_TILED_KERNEL(CT) spd_from_raw_backward_kernel(const S* __restrict__ gA, const S* __restrict__ raw,
-                                             S* __restrict__ graw, TileIndex n, double theta, double inv_theta) {
+                                                      S* __restrict__ graw, TileIndex n, double theta,
+                                                      double inv_theta) {
   using L = typename CT::type;
   using T = typename CT::value;
   constexpr int P = Packed<D>::P;

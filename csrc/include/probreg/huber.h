@@ -329,8 +329,8 @@ PROBREG_HOST_DEVICE T huber_nll_full_eig(const L l[D], const T V[D][D], const T 
 // gradient go.
 template <int D, int F, typename T, typename L = T, typename Out = T>
 PROBREG_HOST_DEVICE void huber_nll_full_backward_eig(const L l[D], const T V[D][D], const T loc[D],
-                                                     const T y[D], T go, T delta, ThetaParam<L> theta_value, bool mu_param,
-                                                     T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
+                                                     const T y[D], T go, T delta, ThetaParam<L> theta_value,
+                                                     bool mu_param, T grad_loc[D], T grad_B[D][D], T grad_y[D]) {
   const Theta<L, Out> theta(theta_value);
   T z[D], v[D];
   eigenbasis_residual_inputs<D>(loc, y, mu_param, z, v);

@@ -296,7 +296,8 @@ PROBREG_HOST_DEVICE void spd_remap_backward_eig(const L l[D], const T V[D][D], c
 // The d = 2 forward and backward from the reflection frame (l, N) of symeig2_reflection
 // instead of eigenvectors. Forward: A = (g_hi + g_lo)/2 I + (g_hi - g_lo)/2 N.
 template <typename T, typename L = T, typename Out = T>
-PROBREG_HOST_DEVICE void spd_remap_forward_reflection(const L l[2], const T N[2][2], ThetaParam<L> theta_value, T A[2][2]) {
+PROBREG_HOST_DEVICE void spd_remap_forward_reflection(const L l[2], const T N[2][2], ThetaParam<L> theta_value,
+                                                      T A[2][2]) {
   const Theta<L, Out> theta(theta_value);
   const T g_lo = remap_g<L, T>(l[0], theta), g_hi = remap_g<L, T>(l[1], theta);
   const T mean = T(0.5) * (g_hi + g_lo), half_diff = T(0.5) * (g_hi - g_lo);
