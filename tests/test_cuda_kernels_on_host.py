@@ -323,24 +323,36 @@ def test_float32_all_double_switch(emu, monkeypatch, d):
 SCHEDULES = [(0, "ascending"), (1, "descending"), (MAX_BLOCKS, "shuffled"), (2, "rotating")]
 
 
+def launch_level_case(emu, dtype, seed):
+    """700 items, d = 3, full covariance: the inputs, and a function that runs
+    spd_from_raw, its backward, huber_nll and its backward on them."""
+    n, d = 700, 3
+    pred, pred64, target, target64 = nll_inputs(n, d, "full", dtype, seed=seed)
+    raw = pred[:, d:].contiguous()
+    gA = torch.randn(n, d, d, generator=gen(seed + 1)).to(dtype)
+    grad_loss = torch.rand(n, generator=gen(seed + 2)).to(emu.loss_dtype(dtype))
+    args = (DELTA, THETA, FAMILIES["huber"], COVARIANCES["full"], False)
+
+    def run():
+        return [emu.spd_from_raw(raw, d, THETA), emu.spd_from_raw_backward(gA, raw, THETA),
+                emu.huber_nll(pred, target, *args),
+                *emu.huber_nll_backward(grad_loss, pred, target, *args, need_grad_target=True)]
+
+    inputs = dict(raw=raw, pred64=pred64, target64=target64, grad_loss=grad_loss, args=args)
+    return inputs, run
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_results_independent_of_thread_order_and_grid(emu, dtype):
     """Bitwise-identical outputs under every fiber order and grid size: no thread reads
     another's shared-memory writes without a barrier between them, and the tile and
     grid-stride loops cover every item exactly once."""
-    n, d = 700, 3
-    pred, _, target, _ = nll_inputs(n, d, "full", dtype, seed=11)
-    raw = pred[:, d:].contiguous()
-    gA = torch.randn(n, d, d, generator=gen(12)).to(dtype)
-    grad_loss = torch.rand(n, generator=gen(13)).to(emu.loss_dtype(dtype))
-    args = (DELTA, THETA, FAMILIES["huber"], COVARIANCES["full"], False)
+    _, run = launch_level_case(emu, dtype, seed=11)
     runs = []
     try:
         for max_blocks, order in SCHEDULES:
             emu.set_schedule(max_blocks=max_blocks, order=order, seed=max_blocks)
-            runs.append([emu.spd_from_raw(raw, d, THETA), emu.spd_from_raw_backward(gA, raw, THETA),
-                         emu.huber_nll(pred, target, *args),
-                         *emu.huber_nll_backward(grad_loss, pred, target, *args, need_grad_target=True)])
+            runs.append(run())
     finally:
         emu.set_schedule(max_blocks=MAX_BLOCKS, order="rotating")
     for other in runs[1:]:
@@ -352,28 +364,23 @@ def test_results_independent_of_thread_order_and_grid(emu, dtype):
 def test_unaligned_buffers_take_the_generic_tile_path(emu, dtype):
     """Buffers off the 8-byte chunk alignment (one element in) take the value-by-value tile
     copies (kernel_common.cuh for_each_tile) for every tile: the results are the CPU ops'
-    and bitwise those of aligned buffers (the same values reach the same arithmetic)."""
-    n, d = 700, 3
-    pred, pred64, target, target64 = nll_inputs(n, d, "full", dtype, seed=21)
-    raw = pred[:, d:].contiguous()
-    gA = torch.randn(n, d, d, generator=gen(22)).to(dtype)
-    grad_loss = torch.rand(n, generator=gen(23)).to(emu.loss_dtype(dtype))
-    args = (DELTA, THETA, FAMILIES["huber"], COVARIANCES["full"], False)
+    and bitwise those of aligned buffers (the same values reach the same arithmetic).
+    (Were the chunk copies taken there, the host emulation would fail the launch.)"""
+    x, run = launch_level_case(emu, dtype, seed=21)
     runs = []
     try:
         for shift in (0, 1):
             emu.shift = shift
-            runs.append([emu.spd_from_raw(raw, d, THETA), emu.spd_from_raw_backward(gA, raw, THETA),
-                         emu.huber_nll(pred, target, *args),
-                         *emu.huber_nll_backward(grad_loss, pred, target, *args, need_grad_target=True)])
+            runs.append(run())
     finally:
         emu.shift = 0
     for a, b in zip(*runs):
         assert torch.equal(a, b)
     A, _, loss, gp, gt = runs[1]
-    assert_close(A, ops.spd_from_raw(raw.double(), THETA), dtype, "spd_from_raw")
-    assert_close(loss.unsqueeze(-1), ops.huber_nll(pred64, target64, *args).unsqueeze(-1), dtype, "loss", floor=1.0)
-    egp, egt = ops._huber_nll_backward(grad_loss.double(), pred64, target64, *args, True)
+    assert_close(A, ops.spd_from_raw(x["raw"].double(), THETA), dtype, "spd_from_raw")
+    expected_loss = ops.huber_nll(x["pred64"], x["target64"], *x["args"])
+    assert_close(loss.unsqueeze(-1), expected_loss.unsqueeze(-1), dtype, "loss", floor=1.0)
+    egp, egt = ops._huber_nll_backward(x["grad_loss"].double(), x["pred64"], x["target64"], *x["args"], True)
     assert_close(gp, egp, dtype, "grad_pred")
     assert_close(gt, egt, dtype, "grad_target")
 
