@@ -7,9 +7,9 @@ huber_nll (huber family, full covariance) forward and backward, d = 2 and 3, flo
   instructions  SASS instructions of the kernel's main body, i.e. what runs for every
                 tile and item: out-of-line subroutines reached by CALL (the slow paths
                 of IEEE division and square root, taken only for extreme operands, and
-                the last, partial tile's row copies, kernel_common.cuh
-                copy_partial_tile) and padding NOPs are left out. A static count: loops
-                count once;
+                the generic tile path for the last, partial tile and misaligned rows,
+                kernel_common.cuh run_tiles_generic) and padding NOPs are left out. A
+                static count: loops count once;
   hot path      of which the instructions outside the basic blocks that call out-of-line
                 code (their argument set-up, the CALL, the result loads): what a full tile
                 of regular items issues per item, where `instructions` also counts the
